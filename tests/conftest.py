@@ -1,0 +1,61 @@
+"""Shared fixtures.
+
+- ``tiny_model_dir``: a tiny random Gemma 3 checkpoint (seconds to build, for unit tests).
+- ``real_model_dir``: the real prepared Gemma 3 270M (slow tests; prepared once, idempotent,
+  under the real ``$TUNESERVE_HOME`` so CI and developers share it).
+- ``isolated_home``: a fresh ``$TUNESERVE_HOME`` for tests that write state.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+REAL_BASE_MODEL = "gemma-3-270m"
+# Where tests save artefacts a person may want to look at (screenshots, reports).
+TEST_OUTPUT = REPO_ROOT / "test-output"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    from training.prepare import prepare_base_model
+
+    return prepare_base_model(REAL_BASE_MODEL)
+
+
+@pytest.fixture
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "tuneserve-home"
+    monkeypatch.setenv("TUNESERVE_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"shared data folder missing: {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def test_output() -> Path:
+    TEST_OUTPUT.mkdir(exist_ok=True)
+    return TEST_OUTPUT
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Never reach a model hub from tests: everything is local or built from configs.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

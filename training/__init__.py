@@ -1,0 +1,1 @@
+"""Training side: base-model preparation, datasets, SFT (TRL + PEFT), adapters."""
