@@ -1,0 +1,1 @@
+"""Evaluation: suites, local `evaluate` metric modules, runner, reports, history, scheduler."""

@@ -1,0 +1,118 @@
+"""The rows a suite is scored on: the held-out split, never rows an adapter trained on.
+
+Rows are read with the training loaders (``training.data.load_rows``) and split with the
+same function training used (``training.data.split_rows``). When an adapter's manifest
+records its split (seed and held-out size), that split wins over the suite's defaults,
+so the evaluation set is exactly what the adapter never saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evaluation.suite import Suite
+from tuneserve.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Example:
+    """One scored item: the conversation up to the answer, and the reference answer."""
+
+    index: int
+    messages: list[dict[str, Any]]
+    reference: str
+
+
+@dataclass
+class HeldOut:
+    examples: list[Example]
+    path: Path
+    sha256: str
+    val_set_size: float
+    seed: int
+    split_source: str  # "manifest:<name>" or "suite"
+    notes: list[str] = field(default_factory=list)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def split_from_manifest(manifest: dict[str, Any]) -> tuple[float, int] | None:
+    """``(val_set_size, seed)`` recorded in an adapter manifest, or None when absent.
+
+    Looks in the documented places: a ``split`` block, then the resolved training config.
+    """
+    split = manifest.get("split") or manifest.get("held_out") or {}
+    config = manifest.get("config") or manifest.get("train_config") or {}
+    size = split.get("val_set_size", config.get("val_set_size"))
+    seed = split.get("seed", manifest.get("split_seed", config.get("seed")))
+    if size is None or seed is None:
+        return None
+    return float(size), int(seed)
+
+
+def to_example(index: int, row: dict[str, Any]) -> Example:
+    """Split a ``{"messages": [...]}`` row into the prompt turns and the reference answer."""
+    messages = row.get("messages") or []
+    if not messages or messages[-1].get("role") != "assistant":
+        raise UserError(f"row {index}: the last message must be the assistant's reference answer")
+    return Example(index=index, messages=list(messages[:-1]), reference=messages[-1]["content"])
+
+
+def held_out_examples(
+    suite: Suite,
+    manifests: dict[str, dict[str, Any]] | None = None,
+    dataset_override: Path | None = None,
+) -> HeldOut:
+    """The suite's held-out examples; split parameters from the first manifest that has them.
+
+    ``manifests`` maps model label -> adapter manifest (tuneserve.json contents).
+    """
+    try:
+        from training.data import load_rows, split_rows
+    except ImportError as exc:  # the training package ships these; say so plainly if not
+        raise UserError(f"training.data is not available ({exc})") from None
+
+    path = dataset_override or suite.dataset_path()
+    if not path.is_file():
+        raise UserError(f"dataset not found: {path} (suite {suite.name}; override with --dataset)")
+    report = load_rows(str(path), type=suite.dataset.type)
+    if not report.ok:
+        raise UserError(f"{path}: invalid rows\n{report.format_errors(limit=10)}")
+    size, seed, source = suite.dataset.val_set_size, suite.dataset.seed, "suite"
+    notes: list[str] = []
+    for label, manifest in (manifests or {}).items():
+        recorded = split_from_manifest(manifest)
+        if recorded is None:
+            continue
+        size, seed = recorded
+        source = f"manifest:{label}"
+        break
+    if size >= 1:
+        size = int(size)
+    _, held = split_rows(report.rows, size, seed)
+    if suite.dataset.limit:
+        held = held[: suite.dataset.limit]
+    if not held:
+        raise UserError(f"{path}: the held-out split is empty (val_set_size={size})")
+    examples = [to_example(i, row) for i, row in enumerate(held)]
+    return HeldOut(
+        examples=examples,
+        path=path,
+        sha256=file_sha256(path),
+        val_set_size=size,
+        seed=seed,
+        split_source=source,
+        notes=notes,
+    )
