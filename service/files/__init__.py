@@ -1,0 +1,1 @@
+"""The OpenAI Files API (``/v1/files``), for fine-tuning datasets."""

@@ -1,0 +1,73 @@
+"""Routes of ``/v1/fine_tuning/jobs`` (thin: parse, call FineTuningService, return).
+
+The router carries the jobs runtime's lifespan (``service.jobs.runtime``), so including it
+in an app is all it takes to get the store, the Files service and the supervisor.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from service.deps import UserAuth
+from service.errors import ErrorResponse
+from service.fine_tuning.protocol import (
+    CheckpointList,
+    EventList,
+    FineTuningJob,
+    JobCreateRequest,
+    JobList,
+)
+from service.fine_tuning.serving import FineTuningService
+from service.jobs.runtime import jobs_lifespan
+
+router = APIRouter(
+    prefix="/v1/fine_tuning/jobs",
+    tags=["fine-tuning"],
+    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
+    lifespan=jobs_lifespan,
+)
+
+
+def fine_tuning(request: Request) -> FineTuningService:
+    return request.app.state.fine_tuning
+
+
+@router.post("", response_model=FineTuningJob)
+async def create_job(request: Request, _: UserAuth, body: JobCreateRequest) -> FineTuningJob:
+    return fine_tuning(request).create(body)
+
+
+@router.get("", response_model=JobList)
+async def list_jobs(
+    request: Request, _: UserAuth, after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> JobList:
+    return fine_tuning(request).list(after=after, limit=limit)
+
+
+@router.get("/{job_id}", response_model=FineTuningJob)
+async def retrieve_job(request: Request, _: UserAuth, job_id: str) -> FineTuningJob:
+    return fine_tuning(request).retrieve(job_id)
+
+
+@router.post("/{job_id}/cancel", response_model=FineTuningJob)
+async def cancel_job(request: Request, _: UserAuth, job_id: str) -> FineTuningJob:
+    return await fine_tuning(request).cancel(job_id)
+
+
+@router.get("/{job_id}/events", response_model=EventList)
+async def list_events(
+    request: Request, _: UserAuth, job_id: str, after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> EventList:
+    return fine_tuning(request).events(job_id, after=after, limit=limit)
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointList)
+async def list_checkpoints(
+    request: Request, _: UserAuth, job_id: str, after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> CheckpointList:
+    return fine_tuning(request).checkpoints(job_id, after=after, limit=limit)

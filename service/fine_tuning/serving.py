@@ -1,0 +1,189 @@
+"""Fine-tuning jobs logic: validate a job request, queue it, and present jobs, events and
+checkpoints in OpenAI's shapes. Training itself happens in the supervisor's worker
+processes (``service.jobs.supervisor``)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+from service.errors import BadRequest, ModelNotFound, NotFound
+from service.fine_tuning.protocol import (
+    CheckpointList,
+    EventList,
+    FineTuningJob,
+    FineTuningJobCheckpoint,
+    FineTuningJobEvent,
+    JobCreateRequest,
+    JobList,
+    Method,
+)
+from service.jobs.store import TERMINAL_STATUSES, JobStore, new_id, now
+from service.jobs.supervisor import JobSupervisor, fine_tuned_model_name
+from service.jobs.train_config import build_train_config, resolve_hyperparameters
+from tuneserve.errors import UserError
+
+# Suffixes become part of a served model id: no ':' (the id's separator), '/' or spaces.
+_SUFFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
+
+
+class FineTuningService:
+    """Create, list, retrieve and cancel jobs; list their events and checkpoints.
+
+    ``bases`` maps each base model id that can be fine-tuned here (the served base) to its
+    checkpoint folder; ``max_lora_rank`` is the largest rank the engine serves.
+    """
+
+    def __init__(self, store: JobStore, supervisor: JobSupervisor, *, bases: dict[str, Path],
+                 max_lora_rank: int | None = None) -> None:
+        self.store = store
+        self.supervisor = supervisor
+        self.bases = bases
+        self.max_lora_rank = max_lora_rank
+
+    # ---- create -----------------------------------------------------------------------
+    def create(self, request: JobCreateRequest) -> FineTuningJob:
+        """Validate ``request`` and queue the job; 400/404 with the parameter on bad input."""
+        if request.model not in self.bases:
+            known = ", ".join(sorted(self.bases)) or "none"
+            raise ModelNotFound(
+                f"The model `{request.model}` does not exist or cannot be fine-tuned on this "
+                f"server (fine-tunable base models: {known})",
+                param="model",
+            )
+        method = request.method or Method(type="supervised")
+        if method.type != "supervised":
+            raise BadRequest(f"method.type {method.type!r} is not supported; use 'supervised'",
+                             param="method.type")
+        if request.integrations:
+            raise BadRequest("integrations are not supported by this server",
+                             param="integrations")
+        if request.suffix is not None and not _SUFFIX_RE.match(request.suffix):
+            raise BadRequest(
+                f"suffix {request.suffix!r} is not valid: use 1-40 letters, digits, '.', '_' or "
+                "'-', starting with a letter or digit",
+                param="suffix",
+            )
+        training_path = self._dataset_path(request.training_file, "training_file")
+        validation_path = (self._dataset_path(request.validation_file, "validation_file")
+                           if request.validation_file else None)
+
+        hp: dict[str, Any] = {}
+        if request.hyperparameters is not None:
+            hp.update(request.hyperparameters.model_dump(exclude_none=True))
+        if method.supervised and method.supervised.hyperparameters is not None:
+            hp.update(method.supervised.hyperparameters.model_dump(exclude_none=True))
+        hp = resolve_hyperparameters(hp)
+        rank = hp.get("lora_rank")
+        if self.max_lora_rank is not None and rank is not None and int(rank) > self.max_lora_rank:
+            raise BadRequest(
+                f"lora_rank {rank} is above this server's max_lora_rank ({self.max_lora_rank}); "
+                "the adapter could not be served",
+                param="method.supervised.hyperparameters.lora_rank",
+            )
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+        job_id = new_id("ftjob")
+        try:
+            config = build_train_config(
+                job_id=job_id,
+                base_model_path=str(self.bases[request.model]),
+                training_path=training_path,
+                validation_path=validation_path,
+                seed=seed,
+                hyperparameters=hp,
+                output_dir=self.store.runs_dir / job_id / "output",
+            )
+        except UserError as exc:
+            raise BadRequest(str(exc), param="method.supervised.hyperparameters") from None
+
+        method_out = {"type": "supervised", "supervised": {"hyperparameters": hp}}
+        openai_hp = {k: hp[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
+        self.store.add_job({
+            "id": job_id, "created_at": now(), "model": request.model,
+            "training_file": request.training_file, "validation_file": request.validation_file,
+            "suffix": request.suffix, "seed": seed, "status": "validating_files",
+            "hyperparameters": openai_hp, "method": method_out, "metadata": request.metadata,
+            "train_config": config,
+        })
+        self.store.add_event(job_id, f"Validating training file: {request.training_file}")
+        # Files were validated row by row at upload; what is left is that they still exist.
+        self.store.update_job(job_id, only_if_status={"validating_files"}, status="queued")
+        self.store.add_event(job_id, "Files validated, moving job to queued state.")
+        self.supervisor.wake()
+        return self.retrieve(job_id)
+
+    def _dataset_path(self, file_id: str, param: str) -> Path:
+        record = self.store.get_file(file_id)
+        if record is None:
+            raise BadRequest(f"invalid {param}: no such file {file_id!r}", param=param,
+                             code="invalid_file")
+        if record["purpose"] != "fine-tune":
+            raise BadRequest(f"invalid {param}: file {file_id!r} has purpose "
+                             f"{record['purpose']!r}, not 'fine-tune'", param=param)
+        return Path(record["path"])
+
+    # ---- read -------------------------------------------------------------------------
+    def retrieve(self, job_id: str) -> FineTuningJob:
+        return to_job(self._get(job_id))
+
+    def list(self, *, after: str | None = None, limit: int = 20) -> JobList:
+        jobs, has_more = self.store.list_jobs(after=after, limit=limit)
+        return JobList(data=[to_job(j) for j in jobs], has_more=has_more)
+
+    def events(self, job_id: str, *, after: str | None = None, limit: int = 20) -> EventList:
+        self._get(job_id)
+        events, has_more = self.store.list_events(job_id, after=after, limit=limit)
+        return EventList(data=[to_event(e) for e in events], has_more=has_more)
+
+    def checkpoints(self, job_id: str, *, after: str | None = None,
+                    limit: int = 10) -> CheckpointList:
+        job = self._get(job_id)
+        rows, has_more = self.store.list_checkpoints(job_id, after=after, limit=limit)
+        model = fine_tuned_model_name(job["model"], job["suffix"], job_id)
+        data = [
+            FineTuningJobCheckpoint(
+                id=r["id"], created_at=r["created_at"], fine_tuning_job_id=job_id,
+                fine_tuned_model_checkpoint=f"{model}:ckpt-step-{r['step_number']}",
+                metrics=r["metrics"], step_number=r["step_number"],
+            )
+            for r in rows
+        ]
+        return CheckpointList(data=data, has_more=has_more,
+                              first_id=data[0].id if data else None,
+                              last_id=data[-1].id if data else None)
+
+    # ---- cancel -----------------------------------------------------------------------
+    async def cancel(self, job_id: str) -> FineTuningJob:
+        job = self._get(job_id)
+        if job["status"] in TERMINAL_STATUSES:
+            raise BadRequest(f"job {job_id} has already finished ({job['status']}) and cannot be "
+                             "cancelled", param="fine_tuning_job_id", code="job_not_cancellable")
+        await self.supervisor.cancel(job_id)
+        return self.retrieve(job_id)
+
+    def _get(self, job_id: str) -> dict[str, Any]:
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
+        return job
+
+
+def to_job(record: dict[str, Any]) -> FineTuningJob:
+    """The OpenAI view of a stored job (``fine_tuned_model``/``trained_tokens`` once done)."""
+    done = record["status"] == "succeeded"
+    return FineTuningJob(
+        id=record["id"], created_at=record["created_at"], error=record["error"],
+        fine_tuned_model=record["fine_tuned_model"], finished_at=record["finished_at"],
+        hyperparameters=record["hyperparameters"], model=record["model"], seed=record["seed"],
+        status=record["status"], trained_tokens=record["trained_tokens"] if done else None,
+        training_file=record["training_file"], validation_file=record["validation_file"],
+        metadata=record["metadata"], method=record["method"],
+    )
+
+
+def to_event(record: dict[str, Any]) -> FineTuningJobEvent:
+    return FineTuningJobEvent(id=record["id"], created_at=record["created_at"],
+                              level=record["level"], message=record["message"],
+                              data=record["data"], type=record["type"])

@@ -1,0 +1,47 @@
+"""Settings of the fine-tuning runtime (env prefix ``TUNESERVE_JOBS_``)."""
+
+from __future__ import annotations
+
+import sys
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_train_command() -> list[str]:
+    # The same interpreter as the server, so the worker sees the same venv and packages.
+    return [sys.executable, "-m", "tuneserve.cli", "train"]
+
+
+class JobsSettings(BaseSettings):
+    """How jobs are queued, run, stopped and resumed; every field has a default."""
+
+    model_config = SettingsConfigDict(env_prefix="TUNESERVE_JOBS_", extra="ignore")
+
+    enabled: bool = Field(True, description="Run the job supervisor inside `tuneserve serve`.")
+    max_concurrent: int = Field(1, ge=1, description="Training processes allowed at once.")
+    max_upload_mb: float = Field(100.0, gt=0, description="Largest accepted /v1/files upload.")
+    poll_interval_s: float = Field(
+        0.5, gt=0, description="How often the supervisor reads logs and checks the queue."
+    )
+    cancel_grace_s: float = Field(
+        10.0, gt=0, description="Seconds between SIGTERM and SIGKILL when a job is cancelled."
+    )
+    max_resume_attempts: int = Field(
+        1, ge=0, description="Times an interrupted job is resumed from its last checkpoint."
+    )
+    train_command: list[str] = Field(
+        default_factory=_default_train_command,
+        description="Command that trains one config (contract: `tuneserve train CONFIG "
+        "--log-file LOG`); a JSON list in the environment.",
+    )
+    demo_job_if_no_adapters: bool = Field(
+        False,
+        description="At start, when no adapter is registered and no job exists, queue a "
+        "CPU-sized demo job on the docker-commands data (the first run of `make run`).",
+    )
+    demo_data: str | None = Field(
+        None, description="Dataset for the demo job (default: the docker-commands data)."
+    )
+    demo_rows: int = Field(128, ge=8, description="Rows of the demo dataset to train on.")
+    demo_max_steps: int = Field(30, ge=1, description="Optimiser steps of the demo job.")

@@ -1,0 +1,419 @@
+"""The job supervisor: runs queued jobs as ``tuneserve train`` worker processes.
+
+It lives as an asyncio task in the serving process but never trains there: each job is a
+subprocess in its own process group (``start_new_session``), so an OOM or crash in training
+cannot take the API down and a cancel can signal the whole group. The queue is the
+``jobs`` table, so a restart loses nothing:
+
+- ``start()`` first recovers jobs left ``running`` by a dead service: a leftover worker is
+  killed, then the job is re-queued to resume from its newest checkpoint (at most
+  ``max_resume_attempts`` times) or marked failed with the reason. Never left running.
+- A worker that dies on a signal we did not send (kill -9, OOM killer) is resumed the same way.
+- ``cancel()`` sends SIGTERM to the group (SIGKILL after ``cancel_grace_s``) and removes any
+  adapter or checkpoint the job wrote.
+- The worker's JSON-lines log (contract #1) becomes the job's events; checkpoint folders
+  become its checkpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from service.jobs.settings import JobsSettings
+from service.jobs.store import JobStore, now
+
+log = logging.getLogger(__name__)
+
+# Called with (job, adapter_dir) after a successful run; raising fails the job with the message.
+OnSuccess = Callable[[dict[str, Any], Path], Awaitable[None]]
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+_ERROR_TAIL_CHARS = 1500
+
+
+def fine_tuned_model_name(base: str, suffix: str | None, job_id: str) -> str:
+    """``ft:<base>:<suffix>:<job-id>`` (``ft:<base>:<job-id>`` without a suffix)."""
+    return f"ft:{base}:{suffix}:{job_id}" if suffix else f"ft:{base}:{job_id}"
+
+
+def adapter_dir(job: dict[str, Any]) -> Path:
+    config = job["train_config"]
+    return Path(config["output_dir"]) / config["name"]
+
+
+def checkpoints_dir(job: dict[str, Any]) -> Path:
+    config = job["train_config"]
+    return Path(config["output_dir"]) / ".checkpoints" / config["name"]
+
+
+def checkpoint_steps(job: dict[str, Any]) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a job as (step, folder), oldest first.
+
+    A folder counts once the HF Trainer wrote ``trainer_state.json`` (it is saved last),
+    so a checkpoint cut short by kill -9 is never resumed from.
+    """
+    root = checkpoints_dir(job)
+    found = []
+    if root.is_dir():
+        for child in root.iterdir():
+            match = _CHECKPOINT_RE.match(child.name)
+            if match and (child / "trainer_state.json").is_file():
+                found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+@dataclass
+class _Run:
+    process: asyncio.subprocess.Process
+    terminating: bool = False
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+    kill_task: asyncio.Task | None = None
+
+
+class JobSupervisor:
+    """Starts, watches, cancels and recovers fine-tuning worker processes."""
+
+    def __init__(self, store: JobStore, settings: JobsSettings, *,
+                 on_success: OnSuccess | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.on_success = on_success
+        self._runs: dict[str, _Run] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._loop_task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    # ---- lifecycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        """Recover jobs a previous service left behind, then start taking jobs."""
+        self.recover()
+        self._stopping = False
+        self._loop_task = asyncio.create_task(self._loop(), name="job-supervisor")
+
+    async def stop(self) -> None:
+        """Stop taking jobs; a running job is stopped and re-queued to resume on restart."""
+        self._stopping = True
+        if self._loop_task:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for run in list(self._runs.values()):
+            self._terminate(run)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.settings.cancel_grace_s + 5)
+
+    def wake(self) -> None:
+        """Look at the queue now (after a job was created)."""
+        self._wake.set()
+
+    def recover(self) -> None:
+        """Settle jobs that a dead or stopped service left ``running`` or ``validating_files``."""
+        for job in self._jobs_with_status("validating_files"):
+            self.store.update_job(job["id"], status="queued")
+        for job in self._jobs_with_status("running"):
+            self._kill_leftover_worker(job)
+            self._ingest_log(job, None)
+            if job["cancel_requested"]:
+                self._settle_cancelled(job)
+            else:
+                self._resume_or_fail(
+                    job,
+                    "the service stopped while the job was running",
+                )
+
+    # ---- API entry points -------------------------------------------------------------
+    async def cancel(self, job_id: str) -> dict[str, Any] | None:
+        """Cancel a job: a queued one at once, a running one by SIGTERM to its worker group.
+
+        Returns the job as it is now (``running`` with the cancel pending until the worker
+        exits, usually within seconds), None when it does not exist.
+        """
+        job = self.store.get_job(job_id)
+        if job is None:
+            return None
+        if self.store.update_job(job_id, only_if_status={"validating_files", "queued"},
+                                 status="cancelled", finished_at=now(), cancel_requested=1):
+            self.store.add_event(job_id, "Job cancelled before it started.")
+            return self.store.get_job(job_id)
+        if self.store.update_job(job_id, only_if_status={"running"}, cancel_requested=1):
+            self.store.add_event(job_id, "Cancellation requested; stopping the training process.")
+            run = self._runs.get(job_id)
+            if run is not None:
+                self._terminate(run)
+        return self.store.get_job(job_id)
+
+    # ---- the queue --------------------------------------------------------------------
+    async def _loop(self) -> None:
+        while True:
+            try:
+                self._start_ready_jobs()
+            except Exception:  # keep the supervisor alive whatever one job does
+                log.exception("job supervisor: could not start a job")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
+            self._wake.clear()
+
+    def _start_ready_jobs(self) -> None:
+        while len(self._runs) < self.settings.max_concurrent and not self._stopping:
+            job = self.store.next_queued()
+            if job is None:
+                return
+            if not self.store.update_job(job["id"], only_if_status={"queued"}, status="running",
+                                         attempts=job["attempts"] + 1):
+                continue  # cancelled between the read and the claim
+            job = self.store.get_job(job["id"])
+            task = asyncio.create_task(self._run(job), name=f"job-{job['id']}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, job: dict[str, Any]) -> None:
+        job_id = job["id"]
+        run_dir = self.store.runs_dir / job_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoints = checkpoint_steps(job)
+        config = dict(job["train_config"], resume_from_checkpoint=bool(checkpoints))
+        config_path = run_dir / "train.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        if checkpoints:
+            self.store.add_event(job_id, f"Resuming training from checkpoint at step "
+                                 f"{checkpoints[-1][0]}.", level="warn")
+        else:
+            self.store.add_event(job_id, "Fine-tuning job started.")
+        worker_log = (run_dir / "worker.log").open("ab")
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self.settings.train_command, str(config_path),
+                "--log-file", str(run_dir / "train.jsonl"),
+                stdin=asyncio.subprocess.DEVNULL, stdout=worker_log, stderr=worker_log,
+                start_new_session=True,  # own process group: cancel signals all of it
+            )
+        except OSError as exc:
+            worker_log.close()
+            self._fail(job, f"could not start the training process: {exc}", "worker_start")
+            return
+        finally:
+            pass
+        run = _Run(process)
+        self._runs[job_id] = run
+        self.store.update_job(job_id, pid=process.pid)
+        try:
+            while True:
+                rc: int | None = None
+                with contextlib.suppress(TimeoutError):
+                    rc = await asyncio.wait_for(process.wait(), self.settings.poll_interval_s)
+                self._ingest_log(self.store.get_job(job_id), run)
+                self._record_checkpoints(job, run)
+                if rc is not None:
+                    break
+                # A cancel written by another process (the CLI) is honoured here too.
+                if not run.terminating and self.store.get_job(job_id)["cancel_requested"]:
+                    self._terminate(run)
+        finally:
+            worker_log.close()
+            self._runs.pop(job_id, None)
+            if run.kill_task:
+                run.kill_task.cancel()
+        await self._finish(self.store.get_job(job_id), rc, run)
+        self.wake()
+
+    async def _finish(self, job: dict[str, Any], rc: int, run: _Run) -> None:
+        job_id = job["id"]
+        self.store.update_job(job_id, pid=None)
+        if job["cancel_requested"]:
+            self._settle_cancelled(job)
+            return
+        if self._stopping:
+            self.store.update_job(job_id, only_if_status={"running"}, status="queued")
+            self.store.add_event(job_id, "The service stopped during training; the job resumes "
+                                 "from its last checkpoint when the service starts again.",
+                                 level="warn")
+            return
+        adapter = adapter_dir(job)
+        if rc == 0 and (adapter / "adapter_config.json").is_file():
+            await self._succeed(job, adapter, run)
+            return
+        if rc is not None and rc < 0:
+            reason = f"the training process was killed by signal {-rc}"
+            self._resume_or_fail(job, reason)
+            return
+        self._fail(job, self._failure_reason(job, rc), "training_failed")
+
+    async def _succeed(self, job: dict[str, Any], adapter: Path, run: _Run) -> None:
+        job_id = job["id"]
+        name = fine_tuned_model_name(job["model"], job["suffix"], job_id)
+        try:
+            if self.on_success is not None:
+                await self.on_success(dict(job, fine_tuned_model=name), adapter)
+        except Exception as exc:  # the registry's checks refused the adapter
+            self._fail(job, f"the trained adapter could not be served: {exc}", "adapter_rejected")
+            return
+        tokens = run.last_metrics.get("trained_tokens", job["trained_tokens"])
+        self.store.update_job(job_id, status="succeeded", fine_tuned_model=name,
+                              finished_at=now(), adapter_path=str(adapter),
+                              trained_tokens=tokens)
+        self.store.add_event(job_id, f"New fine-tuned model created: {name}")
+        self.store.add_event(job_id, "The job has successfully completed.")
+
+    # ---- outcomes ---------------------------------------------------------------------
+    def _resume_or_fail(self, job: dict[str, Any], reason: str) -> None:
+        job_id = job["id"]
+        checkpoints = checkpoint_steps(job)
+        if checkpoints and job["attempts"] <= self.settings.max_resume_attempts:
+            self.store.update_job(job_id, status="queued", pid=None)
+            self.store.add_event(job_id, f"{reason[0].upper()}{reason[1:]}; the job is queued "
+                                 f"to resume from the checkpoint at step {checkpoints[-1][0]}.",
+                                 level="warn")
+            self.wake()
+            return
+        if not checkpoints:
+            detail = "no checkpoint had been saved yet, so it cannot resume; start a new job"
+        else:
+            detail = (f"it was already resumed {job['attempts'] - 1} time(s) "
+                      f"(max_resume_attempts={self.settings.max_resume_attempts})")
+        self._fail(job, f"{reason}; {detail}", "interrupted")
+
+    def _fail(self, job: dict[str, Any], message: str, code: str) -> None:
+        self.store.update_job(job["id"], status="failed", finished_at=now(), pid=None,
+                              error={"code": code, "message": message, "param": None})
+        self.store.add_event(job["id"], f"Fine-tuning job failed: {message}", level="error")
+
+    def _settle_cancelled(self, job: dict[str, Any]) -> None:
+        # Cancel leaves nothing servable behind: no adapter, no checkpoints.
+        shutil.rmtree(adapter_dir(job), ignore_errors=True)
+        shutil.rmtree(checkpoints_dir(job), ignore_errors=True)
+        self.store.update_job(job["id"], status="cancelled", finished_at=now(), pid=None)
+        self.store.add_event(job["id"], "Job cancelled.")
+
+    def _failure_reason(self, job: dict[str, Any], rc: int | None) -> str:
+        """The worker's own error event if it wrote one, else the tail of its output."""
+        run_dir = self.store.runs_dir / job["id"]
+        errors = [e for e in _read_events(run_dir / "train.jsonl") if e.get("type") == "error"]
+        if errors and errors[-1].get("message"):
+            return str(errors[-1]["message"])
+        tail = ""
+        worker_log = run_dir / "worker.log"
+        if worker_log.is_file():
+            tail = worker_log.read_bytes()[-_ERROR_TAIL_CHARS:].decode("utf-8", "replace").strip()
+        return f"the training process exited with code {rc}" + (f": {tail}" if tail else "")
+
+    # ---- signals ----------------------------------------------------------------------
+    def _terminate(self, run: _Run) -> None:
+        if run.terminating or run.process.returncode is not None:
+            return
+        run.terminating = True
+        _signal_group(run.process.pid, signal.SIGTERM)
+        run.kill_task = asyncio.create_task(self._kill_after_grace(run))
+
+    async def _kill_after_grace(self, run: _Run) -> None:
+        await asyncio.sleep(self.settings.cancel_grace_s)
+        if run.process.returncode is None:
+            log.warning("worker %s ignored SIGTERM; killing it", run.process.pid)
+            _signal_group(run.process.pid, signal.SIGKILL)
+
+    def _kill_leftover_worker(self, job: dict[str, Any]) -> None:
+        """Kill the worker a dead service left running (checked by its command line, so a
+        recycled pid is never signalled)."""
+        pid = job.get("pid")
+        if not pid:
+            return
+        marker = str(self.store.runs_dir / job["id"])
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace")
+        except OSError:
+            return
+        if marker in cmdline:
+            _signal_group(pid, signal.SIGKILL)
+
+    # ---- log and checkpoints ----------------------------------------------------------
+    def _ingest_log(self, job: dict[str, Any], run: _Run | None) -> None:
+        """Turn new complete lines of the worker's JSON-lines log into job events."""
+        path = self.store.runs_dir / job["id"] / "train.jsonl"
+        if not path.is_file():
+            return
+        offset = job["log_offset"]
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            chunk = fh.read()
+        end = chunk.rfind(b"\n") + 1  # only whole lines; a half-written one waits
+        if end == 0:
+            return
+        for line in chunk[:end].splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                self._add_log_event(job, record, run)
+        self.store.update_job(job["id"], log_offset=offset + end)
+
+    def _add_log_event(self, job: dict[str, Any], record: dict[str, Any], run: _Run | None) -> None:
+        kind = record.get("type")
+        metrics = {k: record[k] for k in ("step", "total_steps", "epoch", "learning_rate",
+                                          "tokens_per_s", "trained_tokens") if k in record}
+        if record.get("loss") is not None:
+            metrics["train_loss"] = record["loss"]
+        if record.get("eval_loss") is not None:
+            metrics["valid_loss"] = record["eval_loss"]
+        if run is not None:
+            run.last_metrics.update(metrics)
+        if "trained_tokens" in record:
+            self.store.update_job(job["id"], trained_tokens=record["trained_tokens"])
+        if kind in ("progress", "eval") and metrics:
+            step = f"Step {metrics.get('step', '?')}/{metrics.get('total_steps', '?')}"
+            parts = []
+            if "train_loss" in metrics:
+                parts.append(f"training loss={metrics['train_loss']:.4f}")
+            if "valid_loss" in metrics:
+                parts.append(f"validation loss={metrics['valid_loss']:.4f}")
+            message = f"{step}: {', '.join(parts)}" if parts else step
+            self.store.add_event(job["id"], message, type="metrics", data=metrics)
+        elif kind == "error":
+            self.store.add_event(job["id"], str(record.get("message") or "training error"),
+                                 level="error", data=metrics or None)
+        else:
+            message = record.get("message") or {"done": "Training finished."}.get(kind, str(kind))
+            self.store.add_event(job["id"], str(message), data=metrics or None)
+
+    def _record_checkpoints(self, job: dict[str, Any], run: _Run) -> None:
+        for step, path in checkpoint_steps(job):
+            metrics = {"step": step}
+            if "train_loss" in run.last_metrics:
+                metrics["train_loss"] = run.last_metrics["train_loss"]
+            if "valid_loss" in run.last_metrics:
+                metrics["valid_loss"] = run.last_metrics["valid_loss"]
+            if self.store.add_checkpoint(job["id"], step, path, metrics):
+                self.store.add_event(job["id"], f"Checkpoint created at step {step}.")
+
+    def _jobs_with_status(self, status: str) -> list[dict[str, Any]]:
+        jobs, _ = self.store.list_jobs(limit=10_000, statuses=frozenset({status}))
+        return jobs
+
+
+def _read_events(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                out.append(record)
+    return out
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)

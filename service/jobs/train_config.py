@@ -1,0 +1,94 @@
+"""Turn a fine-tuning job request into a ``tuneserve train`` config (contract #1).
+
+OpenAI's hyperparameters map onto the Axolotl-style keys of ``training.config.TrainConfig``:
+``n_epochs`` -> ``num_epochs``, ``batch_size`` -> ``micro_batch_size``,
+``learning_rate_multiplier`` x the default learning rate -> ``learning_rate``.
+LoRA settings ride in ``method.supervised.hyperparameters`` as extra keys (the SDK sends
+TypedDict keys it does not know unchanged), see ``EXTENSION_KEYS``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from training.config import TrainConfig, config_from_dict
+
+# Extension hyperparameters -> TrainConfig keys (documented in docs/fine-tuning.md).
+EXTENSION_KEYS: dict[str, str] = {
+    "lora_rank": "lora_r",
+    "lora_alpha": "lora_alpha",
+    "lora_dropout": "lora_dropout",
+    "max_steps": "max_steps",
+    "sequence_len": "sequence_len",
+    "save_steps": "save_steps",
+    "logging_steps": "logging_steps",
+    "warmup_steps": "warmup_steps",
+}
+# `qlora: true` selects the 4-bit base (adapter: qlora).
+QLORA_KEY = "qlora"
+OPENAI_KEYS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+DEFAULT_LEARNING_RATE = TrainConfig.model_fields["learning_rate"].default
+
+
+def resolve_hyperparameters(hp: dict[str, Any]) -> dict[str, Any]:
+    """Replace ``"auto"``/missing OpenAI hyperparameters with the values actually used."""
+    defaults = {
+        "n_epochs": 1,
+        "batch_size": TrainConfig.model_fields["micro_batch_size"].default,
+        "learning_rate_multiplier": 1.0,
+    }
+    out = dict(hp)
+    for key, default in defaults.items():
+        if out.get(key) in (None, "auto"):
+            out[key] = default
+    return out
+
+
+def build_train_config(
+    *,
+    job_id: str,
+    base_model_path: str,
+    training_path: Path,
+    validation_path: Path | None,
+    seed: int,
+    hyperparameters: dict[str, Any],
+    output_dir: Path,
+) -> dict[str, Any]:
+    """The validated training config (as a JSON-able dict) for one job.
+
+    ``hyperparameters`` are already resolved (see :func:`resolve_hyperparameters`) and may
+    hold extension keys. Raises ``tuneserve.errors.UserError`` naming a bad value.
+    """
+    hp = hyperparameters
+    raw: dict[str, Any] = {
+        "base_model": base_model_path,
+        "name": job_id,
+        "output_dir": str(output_dir),
+        "datasets": [{"path": str(training_path)}],
+        "seed": seed,
+        "num_epochs": hp["n_epochs"],
+        "micro_batch_size": hp["batch_size"],
+        "learning_rate": DEFAULT_LEARNING_RATE * float(hp["learning_rate_multiplier"]),
+    }
+    for ext_key, config_key in EXTENSION_KEYS.items():
+        if hp.get(ext_key) is not None:
+            raw[config_key] = hp[ext_key]
+    if hp.get(QLORA_KEY):
+        raw["adapter"] = "qlora"
+    if validation_path is not None:
+        # The trainer evaluates on datasets named in `val_datasets` when it has that key;
+        # otherwise on a held-out share of the training file.
+        if "val_datasets" in TrainConfig.model_fields:
+            raw["val_datasets"] = [{"path": str(validation_path)}]
+        else:
+            raw["val_set_size"] = 0.1
+    unknown = sorted(set(hp) - set(OPENAI_KEYS) - set(EXTENSION_KEYS) - {QLORA_KEY})
+    if unknown:
+        from tuneserve.errors import UserError
+
+        raise UserError(
+            f"unknown hyperparameter(s) {', '.join(unknown)}; supported: "
+            f"{', '.join([*OPENAI_KEYS, *EXTENSION_KEYS, QLORA_KEY])}"
+        )
+    return config_from_dict(raw).model_dump(mode="json")

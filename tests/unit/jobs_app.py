@@ -1,0 +1,59 @@
+"""A plain FastAPI app with only the Files and Fine-tuning routers (and the shared error
+handlers), its supervisor running the contract-#1 fake trainer. For the unit tests."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from fastapi import FastAPI
+
+from service.errors import register_error_handlers
+from service.files.api_router import router as files_router
+from service.fine_tuning.api_router import router as fine_tuning_router
+from service.jobs.settings import JobsSettings
+
+FAKE_TRAINER = Path(__file__).with_name("jobs_fake_trainer.py")
+BASE_ID = "tiny-base"
+
+
+def build_jobs_app(base_path: Path, *, on_success=None, **settings: Any) -> FastAPI:
+    app = FastAPI()
+    register_error_handlers(app)
+    app.include_router(files_router)
+    app.include_router(fine_tuning_router)
+    app.state.settings = SimpleNamespace(auth_enabled=False)
+    app.state.jobs_settings = JobsSettings(
+        train_command=[sys.executable, str(FAKE_TRAINER)],
+        poll_interval_s=0.05, cancel_grace_s=3.0, **settings,
+    )
+    app.state.jobs_bases = {BASE_ID: base_path}
+    app.state.loaded = []
+
+    async def record(job: dict, adapter: Path) -> None:
+        app.state.loaded.append((job["fine_tuned_model"], adapter))
+
+    app.state.jobs_on_success = on_success or record
+    return app
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+CHAT_ROWS = [
+    {"messages": [{"role": "user", "content": "list containers"},
+                  {"role": "assistant", "content": "docker ps"}]},
+    {"messages": [{"role": "user", "content": "list images"},
+                  {"role": "assistant", "content": "docker images"}]},
+]
