@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# `make run`: serve the prepared base model with its adapters (API + UI) on $HOST:$PORT.
+# The Dockerfile's CMD runs this same script, so local and container runs start identically.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export TUNESERVE_HOME=${TUNESERVE_HOME:-$HOME/.cache/tuneserve}
+BIN=${TUNESERVE_BIN:-.venv/bin}
+BASE_MODEL=${BASE_MODEL:-gemma-3-270m}
+HOST=${HOST:-127.0.0.1}
+PORT=${PORT:-8000}
+
+"$BIN/tuneserve" models prepare "$BASE_MODEL"
+if ! "$BIN/tuneserve" serve --help >/dev/null 2>&1; then
+  echo "base model prepared; serving is not built yet (next: tuneserve serve)" >&2
+  exit 0
+fi
+exec "$BIN/tuneserve" serve --model "$BASE_MODEL" --host "$HOST" --port "$PORT" \
+  --adapters-dir "$TUNESERVE_HOME/adapters" "$@"
