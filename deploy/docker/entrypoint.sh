@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Container entrypoint: make sure the base model is in $TUNESERVE_HOME, then exec the command
+# (default: scripts/run.sh, the `make run` entry point).
+#  1. Models prepared at image build time sit in $TUNESERVE_SEED_HOME/models; link each one
+#     into $TUNESERVE_HOME/models unless the volume already has it (a mounted volume hides
+#     whatever the image had at that path).
+#  2. TUNESERVE_PREPARE_ON_START=1 (default) runs `tuneserve models prepare`, which is a
+#     no-op for a linked or already prepared model and otherwise builds it on the volume.
+set -euo pipefail
+home=${TUNESERVE_HOME:?TUNESERVE_HOME must be set}
+seed=${TUNESERVE_SEED_HOME:-/opt/tuneserve-seed}
+mkdir -p "$home/models"
+if [ -d "$seed/models" ]; then
+  for prepared in "$seed"/models/*/; do
+    [ -d "$prepared" ] || continue
+    name=$(basename "$prepared")
+    # ln fails when another replica on the same shared volume won the race: that is fine.
+    [ -e "$home/models/$name" ] || ln -s "${prepared%/}" "$home/models/$name" 2>/dev/null || true
+  done
+fi
+if [ "${TUNESERVE_PREPARE_ON_START:-1}" = "1" ]; then
+  model=${TUNESERVE_BASE_MODEL:-gemma-3-270m}
+  # A folder path is served as is; only registered names need preparing.
+  if [ ! -d "$model" ]; then
+    tuneserve models prepare "$model"
+  fi
+fi
+exec "$@"
