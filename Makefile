@@ -11,7 +11,7 @@ BASE_MODEL ?= gemma-3-270m
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test test-fast prepare lint bench clean-venv
+.PHONY: install system-deps run test test-fast prepare lint bench clean-venv
 
 install: $(STAMP)
 
@@ -19,13 +19,17 @@ $(STAMP): pyproject.toml scripts/install.sh
 	bash scripts/install.sh $(VENV) "$(EXTRAS)"
 	touch $(STAMP)
 
+# Debian packages the browser tests need (headless Chromium); a no-op when present.
+system-deps:
+	@if [ -f scripts/install-system-deps.sh ]; then bash scripts/install-system-deps.sh; fi
+
 prepare: install
 	$(BIN)/tuneserve models prepare $(BASE_MODEL)
 
 run: prepare
 	bash scripts/run.sh
 
-test: install
+test: install system-deps
 	bash scripts/test.sh
 
 test-fast: install
