@@ -1,0 +1,163 @@
+"""/v1/fine_tuning/jobs through the official openai SDK, the supervisor running the
+contract-#1 fake trainer: status flow, events and checkpoints, cancel, failures, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from fastapi.testclient import TestClient
+from jobs_app import BASE_ID, CHAT_ROWS, build_jobs_app, wait_for
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def _jsonl(rows) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+@pytest.fixture
+def make_client(isolated_home, tmp_path):
+    clients = []
+
+    def make(**kwargs):
+        app = build_jobs_app(tmp_path, **kwargs)
+        http = TestClient(app).__enter__()
+        clients.append(http)
+        sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="k", http_client=http)
+        file_id = sdk.files.create(file=("t.jsonl", _jsonl(CHAT_ROWS)), purpose="fine-tune").id
+        return app, sdk, file_id
+
+    yield make
+    for http in clients:
+        http.__exit__(None, None, None)
+
+
+def _hp(**extra):
+    return {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, **extra}}}
+
+
+def _finished(sdk, job_id):
+    return wait_for(lambda: (j := sdk.fine_tuning.jobs.retrieve(job_id)).status in TERMINAL and j)
+
+
+def test_job_succeeds_and_reports_events_and_checkpoints(make_client):
+    app, sdk, file_id = make_client()
+    job = sdk.fine_tuning.jobs.create(model=BASE_ID, training_file=file_id, suffix="demo",
+                                      seed=7, method=_hp(max_steps=6, save_steps=2, lora_rank=8))
+    assert job.status in {"queued", "running"} and job.fine_tuned_model is None
+    assert job.seed == 7 and job.hyperparameters.n_epochs == 1
+    assert job.method.supervised.hyperparameters.model_extra["lora_rank"] == 8
+    done = _finished(sdk, job.id)
+    assert done.status == "succeeded", done.error
+    assert done.fine_tuned_model == f"ft:{BASE_ID}:demo:{job.id}"
+    assert done.trained_tokens == 600 and done.finished_at >= done.created_at
+    assert app.state.loaded[0][0] == done.fine_tuned_model  # went through on_success
+
+    events = list(sdk.fine_tuning.jobs.list_events(job.id, limit=100))
+    metrics = [e for e in events if e.type == "metrics"]
+    assert [e.data["step"] for e in reversed(metrics)] == [1, 2, 3, 4, 5, 6]
+    assert all("train_loss" in e.data for e in metrics)
+    assert "training loss=" in metrics[0].message
+    messages = [e.message for e in events]
+    assert messages[0] == "The job has successfully completed."
+    assert messages[-1].startswith("Validating training file")
+
+    # cursor pagination: newest first, pages of 3 chained by `after`
+    page = sdk.fine_tuning.jobs.list_events(job.id, limit=3)
+    assert len(page.data) == 3 and page.has_more
+    nxt = sdk.fine_tuning.jobs.list_events(job.id, limit=3, after=page.data[-1].id)
+    assert nxt.data[0].id == events[3].id
+    assert [e.id for e in sdk.fine_tuning.jobs.list_events(job.id, limit=3)] == [
+        e.id for e in events]  # the SDK's auto-pagination walks all pages
+
+    ckpts = list(sdk.fine_tuning.jobs.checkpoints.list(job.id))
+    assert sorted(c.step_number for c in ckpts) == [2, 4, 6]
+    assert ckpts[0].fine_tuned_model_checkpoint.startswith(f"ft:{BASE_ID}:demo:{job.id}:ckpt-step-")
+
+
+def test_jobs_are_listed_newest_first_and_paginated(make_client):
+    _, sdk, file_id = make_client()
+    ids = [sdk.fine_tuning.jobs.create(model=BASE_ID, training_file=file_id,
+                                       method=_hp(max_steps=1)).id for _ in range(3)]
+    page = sdk.fine_tuning.jobs.list(limit=2)
+    assert [j.id for j in page.data] == ids[::-1][:2] and page.has_more
+    assert [j.id for j in sdk.fine_tuning.jobs.list(limit=2)] == ids[::-1]
+    for job_id in ids:
+        assert _finished(sdk, job_id).status == "succeeded"
+
+
+def test_cancel_running_job_stops_worker_and_leaves_no_adapter(make_client, monkeypatch):
+    monkeypatch.setenv("FAKE_TRAIN_STEP_S", "0.5")
+    app, sdk, file_id = make_client()
+    job = sdk.fine_tuning.jobs.create(model=BASE_ID, training_file=file_id,
+                                      method=_hp(max_steps=40))
+    wait_for(lambda: sdk.fine_tuning.jobs.retrieve(job.id).status == "running")
+    # a queued second job is cancelled at once
+    queued = sdk.fine_tuning.jobs.create(model=BASE_ID, training_file=file_id,
+                                         method=_hp(max_steps=1))
+    assert sdk.fine_tuning.jobs.cancel(queued.id).status == "cancelled"
+    sdk.fine_tuning.jobs.cancel(job.id)
+    done = wait_for(lambda: (j := sdk.fine_tuning.jobs.retrieve(job.id)).status in TERMINAL and j,
+                    timeout=5)
+    assert done.status == "cancelled" and done.fine_tuned_model is None
+    store = app.state.jobs_store
+    out = store.runs_dir / job.id / "output"
+    assert not (out / job.id).exists() and not (out / ".checkpoints" / job.id).exists()
+    assert app.state.loaded == []
+    with pytest.raises(openai.BadRequestError):
+        sdk.fine_tuning.jobs.cancel(job.id)  # already finished
+
+
+def test_training_error_fails_job_with_reason(make_client, monkeypatch):
+    monkeypatch.setenv("FAKE_TRAIN_FAIL_AT", "2")
+    _, sdk, file_id = make_client()
+    job = sdk.fine_tuning.jobs.create(model=BASE_ID, training_file=file_id,
+                                      method=_hp(max_steps=4))
+    done = _finished(sdk, job.id)
+    assert done.status == "failed" and done.error.message == "boom at step 2"
+    assert done.fine_tuned_model is None
+    assert any(e.level == "error" for e in sdk.fine_tuning.jobs.list_events(job.id))
+
+
+def test_adapter_rejected_by_registry_fails_job(make_client):
+    async def reject(job, adapter):
+        raise ValueError("rank 64 is above max_lora_rank 16")
+
+    _, sdk, file_id = make_client(on_success=reject)
+    job = sdk.fine_tuning.jobs.create(model=BASE_ID, training_file=file_id,
+                                      method=_hp(max_steps=1))
+    done = _finished(sdk, job.id)
+    assert done.status == "failed" and done.error.code == "adapter_rejected"
+    assert "max_lora_rank" in done.error.message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "param"),
+    [
+        ({"model": "no-such-model"}, openai.NotFoundError, "model"),
+        ({"training_file": "file-missing"}, openai.BadRequestError, "training_file"),
+        ({"validation_file": "file-missing"}, openai.BadRequestError, "validation_file"),
+        ({"suffix": "bad/suffix"}, openai.BadRequestError, "suffix"),
+        ({"method": {"type": "dpo"}}, openai.BadRequestError, "method.type"),
+        ({"method": _hp(bogus=1)}, openai.BadRequestError, "method.supervised.hyperparameters"),
+        ({"method": _hp(lora_rank=0)}, openai.BadRequestError,
+         "method.supervised.hyperparameters"),
+    ],
+)
+def test_bad_job_requests_fail_at_creation(make_client, kwargs, exc, param):
+    _, sdk, file_id = make_client()
+    args = {"model": BASE_ID, "training_file": file_id, **kwargs}
+    with pytest.raises(exc) as err:
+        sdk.fine_tuning.jobs.create(**args)
+    assert err.value.body["param"] == param
+    assert list(sdk.fine_tuning.jobs.list()) == []
+
+
+def test_unknown_job_is_404(make_client):
+    _, sdk, _ = make_client()
+    with pytest.raises(openai.NotFoundError):
+        sdk.fine_tuning.jobs.retrieve("ftjob-nope")
+    with pytest.raises(openai.NotFoundError):
+        list(sdk.fine_tuning.jobs.list_events("ftjob-nope"))

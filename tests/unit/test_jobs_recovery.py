@@ -1,0 +1,112 @@
+"""Jobs survive worker deaths and service restarts: resumed from the last checkpoint or
+failed with a reason, never left ``running``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import openai
+import pytest
+from fastapi.testclient import TestClient
+from jobs_app import BASE_ID, CHAT_ROWS, build_jobs_app, wait_for
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def _jsonl(rows) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def _sdk(http):
+    return openai.OpenAI(base_url="http://testserver/v1", api_key="k", http_client=http)
+
+
+def _create(sdk, **hp):
+    file_id = sdk.files.create(file=("t.jsonl", _jsonl(CHAT_ROWS)), purpose="fine-tune").id
+    return sdk.fine_tuning.jobs.create(
+        model=BASE_ID, training_file=file_id,
+        method={"type": "supervised", "supervised": {"hyperparameters": hp}})
+
+
+def _finished(sdk, job_id, timeout=20):
+    return wait_for(lambda: (j := sdk.fine_tuning.jobs.retrieve(job_id)).status in TERMINAL and j,
+                    timeout=timeout)
+
+
+@pytest.mark.parametrize("with_checkpoint", [True, False])
+def test_worker_killed_mid_job_resumes_or_fails(isolated_home, tmp_path, monkeypatch,
+                                                with_checkpoint):
+    monkeypatch.setenv("FAKE_TRAIN_STEP_S", "0.2")
+    app = build_jobs_app(tmp_path)
+    with TestClient(app) as http:
+        sdk = _sdk(http)
+        job = _create(sdk, max_steps=12, save_steps=3 if with_checkpoint else 100)
+        store = app.state.jobs_store
+        if with_checkpoint:
+            wait_for(lambda: list(sdk.fine_tuning.jobs.checkpoints.list(job.id)))
+        else:
+            wait_for(lambda: (store.get_job(job.id) or {}).get("pid"))
+        os.killpg(store.get_job(job.id)["pid"], signal.SIGKILL)
+        done = _finished(sdk, job.id)
+        events = [e.message for e in sdk.fine_tuning.jobs.list_events(job.id, limit=100)]
+        assert any("killed by signal 9" in m for m in events)
+        if with_checkpoint:
+            assert done.status == "succeeded", done.error
+            assert any(m.startswith("Resuming training from checkpoint") for m in events)
+        else:
+            assert done.status == "failed"
+            assert "killed by signal 9" in done.error.message
+            assert "no checkpoint" in done.error.message
+
+
+def test_graceful_restart_requeues_and_resumes(isolated_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_TRAIN_STEP_S", "0.2")
+    app = build_jobs_app(tmp_path)
+    with TestClient(app) as http:
+        sdk = _sdk(http)
+        job = _create(sdk, max_steps=10, save_steps=2)
+        wait_for(lambda: list(sdk.fine_tuning.jobs.checkpoints.list(job.id)))
+    assert app.state.jobs_store.get_job(job.id)["status"] == "queued"
+    monkeypatch.setenv("FAKE_TRAIN_STEP_S", "0.01")
+    with TestClient(build_jobs_app(tmp_path)) as http:
+        sdk = _sdk(http)
+        done = _finished(sdk, job.id)
+        assert done.status == "succeeded", done.error
+        messages = [e.message for e in sdk.fine_tuning.jobs.list_events(job.id, limit=100)]
+        assert any("resumed from step" in m for m in messages)  # the worker's own log line
+
+
+@pytest.mark.parametrize("with_checkpoint", [True, False])
+def test_crashed_service_leftover_job_is_settled_on_start(isolated_home, tmp_path,
+                                                          with_checkpoint):
+    # A service that crashed mid-job leaves the row `running` and its worker alive.
+    app = build_jobs_app(tmp_path, enabled=False)
+    with TestClient(app) as http:
+        job = _create(_sdk(http), max_steps=4, save_steps=2)
+    store = app.state.jobs_store
+    run_dir = store.runs_dir / job.id
+    run_dir.mkdir(parents=True)
+    leftover = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", str(run_dir / "train.yaml")],
+        start_new_session=True)
+    store.update_job(job.id, status="running", pid=leftover.pid, attempts=1)
+    if with_checkpoint:
+        ckpt = store.runs_dir / job.id / "output" / ".checkpoints" / job.id / "checkpoint-2"
+        ckpt.mkdir(parents=True)
+        (ckpt / "trainer_state.json").write_text("{}")
+    try:
+        with TestClient(build_jobs_app(tmp_path)) as http:
+            assert leftover.wait(timeout=5) == -signal.SIGKILL  # the orphan worker is gone
+            done = _finished(_sdk(http), job.id)
+            if with_checkpoint:
+                assert done.status == "succeeded", done.error
+            else:
+                assert done.status == "failed"
+                assert "service stopped while the job was running" in done.error.message
+    finally:
+        if leftover.poll() is None:
+            leftover.kill()
