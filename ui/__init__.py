@@ -1,0 +1,1 @@
+"""Gradio UI: compare base and adapters, manage adapters, evaluate and train, over HTTP."""

@@ -1,0 +1,29 @@
+"""Mount the UI into the service at ``/ui`` (listed in ``service/routers.py``).
+
+The mounted UI still talks to the service over HTTP: with no server URL configured, the
+page's first load fills in the address of the socket the browser reached (the process's
+own listening address), which works behind any ingress because the call never leaves
+the process's host.
+"""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import FastAPI
+
+UI_PATH = "/ui"
+
+
+def mount(app: FastAPI) -> None:
+    """Attach the Gradio app to ``app`` at ``/ui``.
+
+    ``TUNESERVE_UI_SERVER_URL`` overrides the API address the UI calls (e.g. when TLS is
+    terminated in the process itself).
+    """
+    import gradio as gr
+
+    from ui.app import build_ui
+
+    blocks = build_ui(os.environ.get("TUNESERVE_UI_SERVER_URL") or None)
+    gr.mount_gradio_app(app, blocks, path=UI_PATH, footer_links=[], ssr_mode=False)
