@@ -72,12 +72,16 @@ def to_example(index: int, row: dict[str, Any]) -> Example:
 
 def held_out_examples(
     suite: Suite,
-    manifests: dict[str, dict[str, Any]] | None = None,
+    adapters: dict[str, tuple[dict[str, Any], Path | None]] | None = None,
     dataset_override: Path | None = None,
 ) -> HeldOut:
-    """The suite's held-out examples; split parameters from the first manifest that has them.
+    """The suite's held-out examples.
 
-    ``manifests`` maps model label -> adapter manifest (tuneserve.json contents).
+    ``adapters`` maps model label -> (manifest, adapter folder). In order of preference:
+    the ``held_out.jsonl`` rows an adapter saved (exactly what training never saw), when its
+    manifest lists this dataset file (same sha256); else the manifest's split seed/size
+    applied to the suite's dataset with ``training.data.split_rows``; else the suite's own
+    split settings.
     """
     try:
         from training.data import load_rows, split_rows
@@ -87,30 +91,74 @@ def held_out_examples(
     path = dataset_override or suite.dataset_path()
     if not path.is_file():
         raise UserError(f"dataset not found: {path} (suite {suite.name}; override with --dataset)")
+    digest = file_sha256(path)
+    notes: list[str] = []
+    for label, (manifest, adapter_dir) in (adapters or {}).items():
+        rows = _saved_held_out(manifest, adapter_dir, digest)
+        if rows:
+            split = manifest.get("split") or {}
+            return _finish(
+                suite,
+                rows,
+                path,
+                digest,
+                split.get("val_set_size", len(rows)),
+                split.get("seed", -1),
+                f"manifest:{label} (held_out.jsonl)",
+                notes,
+            )
     report = load_rows(str(path), type=suite.dataset.type)
     if not report.ok:
         raise UserError(f"{path}: invalid rows\n{report.format_errors(limit=10)}")
     size, seed, source = suite.dataset.val_set_size, suite.dataset.seed, "suite"
-    notes: list[str] = []
-    for label, manifest in (manifests or {}).items():
+    for label, (manifest, _) in (adapters or {}).items():
         recorded = split_from_manifest(manifest)
         if recorded is None:
             continue
         size, seed = recorded
-        source = f"manifest:{label}"
+        source = f"manifest:{label} (seed/size)"
+        if not _lists_dataset(manifest, digest):
+            notes.append(
+                f"adapter {label} was trained on other data than {path.name}; "
+                "its split settings are used but rows may overlap its training data"
+            )
         break
     if size >= 1:
         size = int(size)
     _, held = split_rows(report.rows, size, seed)
+    if suite.system_prompt:
+        from training.data import with_system_prompt
+
+        held = with_system_prompt(held, suite.system_prompt)
+    return _finish(suite, held, path, digest, size, seed, source, notes)
+
+
+def _lists_dataset(manifest: dict[str, Any], digest: str) -> bool:
+    return any(d.get("sha256") == digest for d in manifest.get("datasets") or [])
+
+
+def _saved_held_out(
+    manifest: dict[str, Any], adapter_dir: Path | None, digest: str
+) -> list[dict[str, Any]]:
+    """Rows from the adapter's held_out.jsonl, when it was split from exactly this file."""
+    if adapter_dir is None or not _lists_dataset(manifest, digest):
+        return []
+    if len(manifest.get("datasets") or []) != 1:
+        return []  # split over several datasets: held_out.jsonl mixes them
+    from training.manifest import read_held_out
+
+    return read_held_out(adapter_dir)
+
+
+def _finish(suite, rows, path, digest, size, seed, source, notes) -> HeldOut:
     if suite.dataset.limit:
-        held = held[: suite.dataset.limit]
-    if not held:
+        rows = rows[: suite.dataset.limit]
+    if not rows:
         raise UserError(f"{path}: the held-out split is empty (val_set_size={size})")
-    examples = [to_example(i, row) for i, row in enumerate(held)]
     return HeldOut(
-        examples=examples,
+        examples=[to_example(i, row) for i, row in enumerate(rows)],
         path=path,
-        sha256=file_sha256(path),
+        sha256=digest,
         val_set_size=size,
         seed=seed,
         split_source=source,

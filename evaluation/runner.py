@@ -129,8 +129,6 @@ def _describe(exc: BaseException) -> str:
 
 async def _generate(client, sem, suite: Suite, model: ModelSpec, ex: Example) -> dict[str, Any]:
     messages = ex.messages
-    if suite.system_prompt and not any(m["role"] == "system" for m in messages):
-        messages = [{"role": "system", "content": suite.system_prompt}, *messages]
     gen = suite.generation
     async with sem:
         start = time.perf_counter()
@@ -236,8 +234,8 @@ async def collect(suite: Suite, pairs: list[tuple[str, str]], opts: RunOptions) 
     )
     try:
         models = await resolve_models(client, pairs, opts)
-        manifests = {m.label: m.manifest for m in models if m.manifest}
-        held: HeldOut = held_out_examples(suite, manifests, opts.dataset)
+        adapters = {m.label: (m.manifest, m.adapter_path) for m in models if m.manifest}
+        held: HeldOut = held_out_examples(suite, adapters, opts.dataset)
         notes = list(held.notes)
         sem = asyncio.Semaphore(suite.concurrency)
         log.info("%s: %d examples x %d models", suite.name, len(held.examples), len(models))
