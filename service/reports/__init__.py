@@ -1,0 +1,1 @@
+"""``/reports``: evaluation reports written under ``$TUNESERVE_HOME/reports``."""
