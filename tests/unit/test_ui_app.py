@@ -1,0 +1,183 @@
+"""The UI's handlers against a fake API over real HTTP: what each tab shows, errors included."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from tuneserve.cli import main
+from ui import app
+from ui.adapters import adapter_table
+from ui.compare import MAX_SLOTS
+from ui.train import PRESETS, job_request, loss_frame, progress_text
+from ui_fake_api import ADMIN_KEY, BASE, running_fake_api
+
+SKIP = gr.skip()
+
+
+@pytest.fixture(scope="module")
+def api():
+    with running_fake_api() as url:
+        yield url
+
+
+async def _collect(agen):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items = [item async for item in agen]
+    return items, [str(w.message) for w in caught]
+
+
+def test_build_ui_has_the_four_tabs():
+    demo = app.build_ui("http://127.0.0.1:1")
+    labels = {b.label for b in demo.blocks.values() if isinstance(b, gr.Tab)}
+    assert labels == {"Compare", "Adapters", "Evaluate", "Train"}
+
+
+async def test_refresh_models_fills_pickers(api):
+    out = await app.refresh_models(api, "")
+    assert out[0]["choices"] == [BASE, "docker"]
+    assert out[1]["choices"] == ["", BASE, "docker"]  # adapter columns can be switched off
+    assert out[0]["value"] == BASE
+    assert "1 adapter(s)" in out[-1]
+
+
+async def test_refresh_models_unreachable_is_readable():
+    with pytest.warns(UserWarning):
+        out = await app.refresh_models("http://127.0.0.1:9", "")
+    assert out[-1].startswith("⚠️ Cannot reach the server")
+
+
+async def test_send_prompt_streams_and_reports_unknown_adapter(api):
+    slots = [BASE, "docker", "no-such-adapter", "", *([[]] * MAX_SLOTS)]
+    items, warned = await _collect(app.send_prompt(api, "", "", "hello", 0.0, 1.0, 32, None, *slots))
+    chats, stats, status = items[-1][:MAX_SLOTS], items[-1][MAX_SLOTS:-1], items[-1][-1]
+    assert chats[0][-1]["content"].strip() == f"{BASE} answers: hello"
+    assert chats[1][-1]["content"].strip() == "docker answers: hello"
+    assert chats[0][0] == {"role": "user", "content": "hello"}
+    assert "TTFT" in stats[0] and "tokens/s" in stats[1]
+    assert "no-such-adapter" in stats[2] and "does not exist" in stats[2]
+    assert "HTTP 404" in status and "Traceback" not in status
+    assert any("no-such-adapter" in w for w in warned)
+
+
+async def test_send_prompt_keeps_history(api):
+    history = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    slots = [BASE, "", "", "", history, [], [], []]
+    items, _ = await _collect(app.send_prompt(api, "", "sys", "c", 0.0, 1.0, 8, 1, *slots))
+    assert [m["content"] for m in items[-1][0]][:3] == ["a", "b", "c"]
+
+
+async def test_send_prompt_requires_prompt_and_model(api):
+    items, warned = await _collect(app.send_prompt(api, "", "", " ", 0, 1, 8, None, *[""] * 8))
+    assert items[-1][-1] == "Type a prompt first." and warned
+    items, _ = await _collect(app.send_prompt(api, "", "", "x", 0, 1, 8, None, *[""] * 8))
+    assert items[-1][-1] == "Pick at least one model."
+
+
+def test_render_snippet_for_selected_models(api):
+    update = app.render_snippet(api, "", "q", "openai", 0.0, 1.0, 8, None, BASE, "docker", "", "",
+                                *([[]] * MAX_SLOTS))
+    assert update["language"] == "python" and update["value"].count("OpenAI(") == 2
+
+
+async def test_adapters_table_and_admin_refusals(api):
+    table, names, status = await app.load_adapters(api, "")
+    assert list(table["name"]) == ["docker"] and "1 adapter(s)" in status
+    with pytest.warns(UserWarning):
+        refused = await app.unload_adapter(api, "", "docker")
+    assert "HTTP 401" in refused and "admin key" in refused
+    with pytest.warns(UserWarning):
+        refused = await app.register_adapter(api, ADMIN_KEY, "new", "/elsewhere")
+    assert "adapter_rejected" in refused and "adapter_config.json" in refused
+    assert (await app.register_adapter(api, ADMIN_KEY, "new", "/ok/new")).startswith("✅")
+    assert (await app.unload_adapter(api, ADMIN_KEY, "new")).startswith("✅")
+    with pytest.warns(UserWarning):
+        missing = await app.unload_adapter(api, ADMIN_KEY, "new")
+    assert "not registered" in missing
+
+
+async def test_dataset_upload_shows_line_numbered_report(api, tmp_path: Path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": []}\nnot json\n{"messages": []}\nalso bad\n')
+    with pytest.warns(UserWarning):
+        report, file_id = await app.upload_dataset(api, "", str(bad))
+    assert file_id is None and "Rejected" in report
+    assert "line 2: not a chat record" in report and "line 4" in report
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"messages": []}\n{"messages": []}\n')
+    report, file_id = await app.upload_dataset(api, "", str(good))
+    assert file_id == "file-1" and "2 valid rows" in report
+
+
+async def test_job_launch_and_live_loss_until_succeeded(api):
+    preset = next(iter(PRESETS))
+    job_id, progress, timer, status = await app.launch_job(api, "", BASE, "file-1", preset, "x", 1)
+    assert job_id == "ftjob-1" and "created" in status
+    ticks = [await app.poll_job(api, "", job_id) for _ in range(3)]
+    plot, progress, timer, status = ticks[-1]
+    assert list(plot[plot.series == "train"].step) == [1, 2, 3, 4, 5, 6]
+    assert "succeeded" in progress and f"ft:{BASE}:x:ftjob-1" in progress
+    assert timer.active is False
+    assert ticks[0][2].active is True
+    assert app._finished_marker(progress) == progress
+
+
+async def test_job_on_missing_endpoint_says_not_available():
+    with running_fake_api() as url:
+        with pytest.warns(UserWarning):
+            status = await app.cancel_job(url, "", "ftjob-1")
+    assert status == "⚠️ POST /v1/fine_tuning/jobs/ftjob-1/cancel is not available on this server."
+
+
+def test_job_request_puts_lora_settings_in_method():
+    body = job_request(model="m", training_file="f", preset="qlora (3 epochs, 4-bit base, r=16)",
+                       suffix=" s ", seed=3)
+    hp = body["method"]["supervised"]["hyperparameters"]
+    assert hp["qlora"] is True and hp["n_epochs"] == 3 and body["suffix"] == "s"
+    with pytest.raises(ValueError, match="unknown preset"):
+        job_request(model="m", training_file="f", preset="nope")
+
+
+def test_loss_frame_and_progress_text():
+    events = [
+        {"message": "started"},
+        {"data": {"step": 1, "total_steps": 4, "train_loss": 2.0}},
+        {"data": {"step": 2, "total_steps": 4, "train_loss": 1.5, "valid_loss": 1.7}},
+    ]
+    frame = loss_frame(events)
+    assert frame.to_dict("records") == [
+        {"step": 1, "loss": 2.0, "series": "train"},
+        {"step": 2, "loss": 1.5, "series": "train"},
+        {"step": 2, "loss": 1.7, "series": "validation"},
+    ]
+    text = progress_text({"id": "j", "status": "failed", "error": {"message": "OOM"}}, events)
+    assert "step 2/4 (50%)" in text and "loss 1.5000" in text and "❌ OOM" in text
+
+
+def test_adapter_table_reads_manifest_fields():
+    record = {
+        "name": "docker",
+        "created_at": 0,
+        "manifest": {
+            "base_model": "gemma-3-270m",
+            "config": {"lora_r": 16},
+            "datasets": [{"path": "/d/dockerNLcommands.json", "rows": 2415}],
+            "metrics": {"exact_match": 0.5},
+        },
+    }
+    row = adapter_table([record]).iloc[0].to_dict()
+    assert row["base"] == "gemma-3-270m" and row["rank"] == 16
+    assert row["dataset"] == "dockerNLcommands.json (2415 rows)"
+    assert row["eval score"] == "exact_match 0.500" and row["created"].startswith("1970-01-01")
+
+
+def test_cli_ui_help_and_bad_url(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["ui", "--help"])
+    assert info.value.code == 0 and "--server" in capsys.readouterr().out
+    assert main(["ui", "--server", "ftp://x"]) == 2
+    assert "must be an http(s) URL" in capsys.readouterr().err
