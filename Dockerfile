@@ -69,19 +69,18 @@ WORKDIR /app
 COPY --from=builder /app /app
 COPY --from=builder /opt/tuneserve-seed /opt/tuneserve-seed
 COPY deploy/docker/entrypoint.sh deploy/docker/healthcheck.py /app/deploy/docker/
+# HOST / PORT / BASE_MODEL are the variables scripts/run.sh turns into `tuneserve serve`
+# flags; in a container the server must bind all interfaces.
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     HF_DATASETS_OFFLINE=1 \
+    VLLM_NO_USAGE_STATS=1 \
     TUNESERVE_STACK=${STACK} \
     TUNESERVE_HOME=/data \
     TUNESERVE_SEED_HOME=/opt/tuneserve-seed \
-    TUNESERVE_BASE_MODEL=${BASE_MODEL} \
-    TUNESERVE_ADAPTERS_DIR=/data/adapters \
-    TUNESERVE_HOST=0.0.0.0 \
-    TUNESERVE_PORT=8000 \
-    TUNESERVE_SKIP_INSTALL=1 \
+    BASE_MODEL=${BASE_MODEL} \
     HOST=0.0.0.0 \
     PORT=8000
 # Adapters, the registry, jobs and reports: everything that must outlive the container.

