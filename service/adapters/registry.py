@@ -1,0 +1,197 @@
+"""The adapter registry: the single source of truth for what is served.
+
+name → path, base, rank, manifest, state; persisted in SQLite under ``$TUNESERVE_HOME`` so a
+restarted server reloads what it served. Everything that adds an adapter (folder watch,
+upload, API call, finished fine-tuning job) goes through :meth:`AdapterRegistry.add`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import sqlite3
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from service import metrics
+from service.adapters.checks import BaseModelShape, check_adapter, check_name
+from service.engine import AdapterHandle, Engine
+from service.errors import AdapterRejected, NotFound
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS adapters (
+    name TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    base_model TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    alpha REAL,
+    target_modules TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    manifest TEXT,
+    owned_path INTEGER NOT NULL DEFAULT 0
+)
+"""
+
+
+@dataclass
+class AdapterRecord:
+    """One served adapter."""
+
+    name: str
+    path: str
+    base_model: str
+    rank: int
+    alpha: float | None
+    target_modules: list[str]
+    source: str
+    created: int
+    manifest: dict[str, Any] | None = None
+    # True when the registry created the folder (an upload) and deletes it on removal.
+    owned_path: bool = False
+
+    def public(self) -> dict[str, Any]:
+        """The JSON the API shows (no internal flags)."""
+        data = asdict(self)
+        data.pop("owned_path")
+        return data
+
+
+class AdapterRegistry:
+    """Checks, loads, persists and lists adapters for one engine and base model."""
+
+    def __init__(self, db_path: Path, engine: Engine, base: BaseModelShape, max_lora_rank: int):
+        self.db_path = Path(db_path)
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.engine = engine
+        self.base = base
+        self.max_lora_rank = max_lora_rank
+        self._db = sqlite3.connect(self.db_path, check_same_thread=False)
+        self._db.execute(_SCHEMA)
+        self._db.commit()
+        self._served: dict[str, tuple[AdapterRecord, AdapterHandle]] = {}
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._ids = itertools.count(1)
+
+    # -- queries -----------------------------------------------------------------------
+    def list(self) -> list[AdapterRecord]:
+        """Served adapters, oldest first."""
+        return sorted((rec for rec, _ in self._served.values()), key=lambda r: (r.created, r.name))
+
+    def get(self, name: str) -> AdapterRecord | None:
+        entry = self._served.get(name)
+        return entry[0] if entry else None
+
+    def handle(self, name: str) -> AdapterHandle | None:
+        """The engine handle of a served adapter, or None."""
+        entry = self._served.get(name)
+        return entry[1] if entry else None
+
+    # -- changes -----------------------------------------------------------------------
+    async def add(
+        self, name: str, path: str | Path, *, source: str = "api", owned_path: bool = False
+    ) -> AdapterRecord:
+        """Check ``path`` and hot-load it under ``name``; persist it.
+
+        Raises AdapterRejected (with the reason) when a check or the engine load fails.
+        """
+        check_name(name, self.base.name)
+        async with self._locks[name]:
+            if name in self._served:
+                raise AdapterRejected(
+                    f"an adapter named {name!r} is already served; delete it first",
+                    param="name", code="adapter_exists",
+                )
+            started = time.perf_counter()
+            try:
+                record, handle = await self._load(name, Path(path), source, owned_path)
+            except AdapterRejected:
+                metrics.ADAPTER_OPS.labels("load", "rejected").inc()
+                raise
+            metrics.ADAPTER_OPS.labels("load", "ok").inc()
+            metrics.ADAPTER_OP_SECONDS.labels("load").observe(time.perf_counter() - started)
+            self._served[name] = (record, handle)
+            self._persist(record)
+            metrics.ADAPTERS_LOADED.set(len(self._served))
+            logger.info("serving adapter %s (rank %d) from %s", name, record.rank, record.path)
+            return record
+
+    async def _load(
+        self, name: str, path: Path, source: str, owned_path: bool
+    ) -> tuple[AdapterRecord, AdapterHandle]:
+        path = path.expanduser().resolve()
+        # File checks read safetensors headers: off the event loop so streams keep flowing.
+        info = await asyncio.to_thread(check_adapter, path, self.base, self.max_lora_rank)
+        handle = AdapterHandle(name=name, int_id=next(self._ids), path=str(path))
+        try:
+            await self.engine.add_adapter(handle)
+        except ValueError as exc:
+            raise AdapterRejected(str(exc)) from exc
+        record = AdapterRecord(
+            name=name, path=str(path), base_model=self.base.name, rank=info.rank,
+            alpha=info.alpha, target_modules=info.target_modules, source=source,
+            created=int(time.time()), manifest=info.manifest, owned_path=owned_path,
+        )
+        return record, handle
+
+    async def remove(self, name: str) -> AdapterRecord:
+        """Stop serving ``name`` (404 when unknown); running requests on it finish."""
+        async with self._locks[name]:
+            entry = self._served.get(name)
+            if entry is None:
+                raise NotFound(f"no adapter named {name!r} is served", param="name",
+                               code="adapter_not_found")
+            record, handle = entry
+            started = time.perf_counter()
+            del self._served[name]
+            self._db.execute("DELETE FROM adapters WHERE name = ?", (name,))
+            self._db.commit()
+            await self.engine.remove_adapter(handle)
+            metrics.ADAPTER_OPS.labels("unload", "ok").inc()
+            metrics.ADAPTER_OP_SECONDS.labels("unload").observe(time.perf_counter() - started)
+            metrics.ADAPTERS_LOADED.set(len(self._served))
+            if record.owned_path:
+                import shutil
+
+                shutil.rmtree(record.path, ignore_errors=True)
+            logger.info("stopped serving adapter %s", name)
+            return record
+
+    async def restore(self) -> list[tuple[str, str]]:
+        """Reload every adapter persisted by an earlier run; return ``(name, reason)`` of
+        those that no longer pass (they are dropped from the registry, the rest serve)."""
+        rows = self._db.execute(
+            "SELECT name, path, source, owned_path FROM adapters ORDER BY created"
+        ).fetchall()
+        failed: list[tuple[str, str]] = []
+        for name, path, source, owned in rows:
+            self._db.execute("DELETE FROM adapters WHERE name = ?", (name,))
+            self._db.commit()
+            try:
+                await self.add(name, path, source=source, owned_path=bool(owned))
+            except AdapterRejected as exc:
+                logger.warning("adapter %s was not restored: %s", name, exc.message)
+                failed.append((name, exc.message))
+        return failed
+
+    def _persist(self, record: AdapterRecord) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO adapters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.name, record.path, record.base_model, record.rank, record.alpha,
+                json.dumps(record.target_modules), record.source, record.created,
+                json.dumps(record.manifest) if record.manifest is not None else None,
+                int(record.owned_path),
+            ),
+        )
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()

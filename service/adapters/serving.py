@@ -1,0 +1,77 @@
+"""Adapter management logic: register a server-side folder or an uploaded archive,
+list, delete. All of it goes through the :class:`AdapterRegistry`."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from service.adapters.archive import extract_archive
+from service.adapters.checks import check_name
+from service.adapters.protocol import Adapter, AdapterList
+from service.adapters.registry import AdapterRecord, AdapterRegistry
+from service.errors import AdapterRejected
+
+
+def to_adapter(record: AdapterRecord) -> Adapter:
+    return Adapter(**record.public())
+
+
+class AdaptersServing:
+    def __init__(self, registry: AdapterRegistry, uploads_dir: Path, max_upload_bytes: int):
+        self.registry = registry
+        self.uploads_dir = Path(uploads_dir)
+        self.max_upload_bytes = max_upload_bytes
+
+    def list(self) -> AdapterList:
+        return AdapterList(data=[to_adapter(r) for r in self.registry.list()])
+
+    def get(self, name: str) -> Adapter:
+        record = self.registry.get(name)
+        if record is None:
+            from service.errors import NotFound
+
+            raise NotFound(f"no adapter named {name!r} is served", param="name",
+                           code="adapter_not_found")
+        return to_adapter(record)
+
+    async def register_path(self, name: str, path: str, source: str = "api") -> Adapter:
+        return to_adapter(await self.registry.add(name, path, source=source))
+
+    async def register_upload(self, name: str, upload: BinaryIO) -> Adapter:
+        """Save the archive, extract it safely under the uploads folder, register it."""
+        check_name(name, self.registry.base.name)
+        if self.registry.get(name) is not None:
+            raise AdapterRejected(f"an adapter named {name!r} is already served; delete it first",
+                                  param="name", code="adapter_exists")
+        dest = self.uploads_dir / name
+        self.uploads_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.uploads_dir, prefix=".archive-") as tmp:
+            copied = await asyncio.to_thread(self._copy_bounded, upload, tmp)
+            if copied > self.max_upload_bytes:
+                raise AdapterRejected(f"upload is larger than {self.max_upload_bytes} bytes",
+                                      code="archive_too_large")
+            tmp.flush()
+            await asyncio.to_thread(extract_archive, Path(tmp.name), dest,
+                                    self.max_upload_bytes * 4)
+        try:
+            record = await self.registry.add(name, dest, source="upload", owned_path=True)
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        return to_adapter(record)
+
+    def _copy_bounded(self, src: BinaryIO, dst: BinaryIO) -> int:
+        total = 0
+        while chunk := src.read(1 << 20):
+            total += len(chunk)
+            if total > self.max_upload_bytes:
+                return total
+            dst.write(chunk)
+        return total
+
+    async def delete(self, name: str) -> AdapterRecord:
+        return await self.registry.remove(name)

@@ -1,0 +1,149 @@
+"""``build_app(settings)``: the FastAPI app that owns the engine and the adapter registry.
+
+The engine starts in the background so ``/health`` answers at once and ``/ready`` turns
+200 when the engine can serve; until then ``/v1/*`` answers 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+
+from service.adapters.checks import BaseModelShape
+from service.adapters.registry import AdapterRegistry
+from service.adapters.serving import AdaptersServing
+from service.adapters.watcher import AdapterDirWatcher
+from service.chat.serving import ChatServing
+from service.completions.serving import CompletionServing
+from service.engine import Engine
+from service.errors import Unavailable, create_error_response, register_error_handlers
+from service.generation import Generator
+from service.models.serving import ModelsServing
+from service.routers import ROUTERS
+from service.settings import Settings
+from tuneserve.home import tuneserve_home
+
+logger = logging.getLogger(__name__)
+EngineFactory = Callable[[Settings, Path, str], Engine]
+
+
+def served_model_id(settings: Settings, model_path: Path) -> str:
+    """The base's model id: the flag, else the registry name, else the folder name."""
+    if settings.served_model_name:
+        return settings.served_model_name
+    return settings.base_model if not Path(settings.base_model).is_dir() else model_path.name
+
+
+def _default_engine_factory(settings: Settings, model_path: Path, base_id: str) -> Engine:
+    from service.engine import VllmEngine
+
+    return VllmEngine.start(settings, model_path, base_id)
+
+
+async def _start_serving(app: FastAPI, factory: EngineFactory) -> None:
+    state = app.state
+    settings: Settings = state.settings
+    try:
+        # The engine build blocks for about a minute: keep the event loop answering /health.
+        engine = await asyncio.to_thread(factory, settings, state.model_path, state.base_id)
+    except Exception as exc:
+        logger.exception("engine failed to start")
+        state.engine_error = f"{exc.__class__.__name__}: {exc}"
+        if state.exit_on_engine_failure:
+            os.kill(os.getpid(), signal.SIGINT)  # let uvicorn shut down; the CLI exits 1
+        return
+    home = tuneserve_home()
+    base = BaseModelShape.from_checkpoint(state.base_id, state.model_path)
+    registry = AdapterRegistry(home / "registry" / f"{state.base_id}.sqlite", engine, base,
+                               settings.max_lora_rank)
+    generator = Generator(engine, registry, state.base_id, settings.max_in_flight)
+    state.engine = engine
+    state.registry = registry
+    state.generator = generator
+    state.chat_serving = ChatServing(generator, engine.tokenizer)
+    state.completion_serving = CompletionServing(generator, engine.tokenizer)
+    state.models_serving = ModelsServing(state.base_id, str(state.model_path),
+                                         engine.max_model_len, registry, int(time.time()))
+    state.adapters_serving = AdaptersServing(registry, home / "uploaded-adapters" / state.base_id,
+                                             settings.max_upload_mb * 1024 * 1024)
+    failed = await registry.restore()
+    for name, reason in failed:
+        logger.warning("previously served adapter %s dropped: %s", name, reason)
+    if settings.adapters_dir is not None:
+        state.watcher = AdapterDirWatcher(registry, settings.adapters_dir, settings.watch_interval_s)
+        await state.watcher.scan()
+        state.watcher.start()
+    state.ready = True
+    logger.info("ready: serving %s with %d adapter(s)", state.base_id, len(registry.list()))
+
+
+def build_app(
+    settings: Settings,
+    engine_factory: EngineFactory | None = None,
+    *,
+    exit_on_engine_failure: bool = False,
+) -> FastAPI:
+    """The app for ``settings``. ``engine_factory(settings, model_path, base_id)`` builds
+    the engine (default: vLLM); tests pass a fake to exercise HTTP paths quickly."""
+    from training.base_models import resolve_model_path
+
+    model_path = resolve_model_path(settings.base_model)
+    factory = engine_factory or _default_engine_factory
+    starting: dict[str, asyncio.Task] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        starting["task"] = asyncio.create_task(_start_serving(app, factory))
+        try:
+            yield
+        finally:
+            starting["task"].cancel()
+            await asyncio.gather(starting["task"], return_exceptions=True)
+            if getattr(app.state, "watcher", None) is not None:
+                await app.state.watcher.stop()
+            if getattr(app.state, "engine", None) is not None:
+                app.state.engine.shutdown()
+            if getattr(app.state, "registry", None) is not None:
+                app.state.registry.close()
+
+    app = FastAPI(title="tuneserve", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.model_path = model_path
+    app.state.base_id = served_model_id(settings, model_path)
+    app.state.ready = False
+    app.state.engine_error = None
+    app.state.exit_on_engine_failure = exit_on_engine_failure
+    app.state.watcher = None
+    register_error_handlers(app)
+
+    @app.middleware("http")
+    async def _until_ready(request: Request, call_next):
+        # OpenAI routes need the engine; answer 503 (not a crash) while it starts.
+        if request.url.path.startswith("/v1/") and not app.state.ready:
+            reason = app.state.engine_error or "the engine is starting"
+            return create_error_response(
+                Unavailable(f"{reason}; retry shortly", headers={"Retry-After": "5"})
+            )
+        return await call_next(request)
+
+    for module_name in ROUTERS:
+        module = importlib.import_module(module_name)
+        if hasattr(module, "router"):
+            app.include_router(module.router)
+        elif hasattr(module, "mount"):
+            module.mount(app)
+        else:
+            raise RuntimeError(f"{module_name} has neither `router` nor `mount(app)`")
+    return app
+
+
+__all__ = ["build_app", "served_model_id"]

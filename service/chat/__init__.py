@@ -1,0 +1,1 @@
+"""chat API resource."""

@@ -1,0 +1,55 @@
+"""Request and response shapes of ``POST /v1/completions`` (OpenAI legacy names)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.chat.protocol import StreamOptions, Usage
+
+
+class CompletionRequest(BaseModel):
+    """OpenAI fields, plus vLLM's ``prompt_logprobs``, ``top_k``, ``min_tokens``,
+    ``ignore_eos`` extras. ``echo`` with ``logprobs`` and ``max_tokens=0`` scores a prompt."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(16, ge=0)
+    n: int = Field(1, ge=1, le=16)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool = False
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    suffix: str | None = None
+    best_of: int | None = Field(None, ge=1)
+    user: str | None = None
+    prompt_logprobs: int | None = Field(None, ge=0, le=20)
+    top_k: int | None = None
+    min_tokens: int | None = Field(None, ge=0)
+    ignore_eos: bool | None = None
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: dict[str, Any] | None = None
+    finish_reason: str | None
+    prompt_logprobs: list[dict[str, Any] | None] | None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage

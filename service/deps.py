@@ -1,0 +1,64 @@
+"""FastAPI dependencies as ``Annotated`` aliases: the API-key checks.
+
+``UserAuth`` admits a user or an admin key (inference); ``AdminAuth`` only an admin key
+(adapter changes). Keys come as ``Authorization: Bearer KEY`` (what the OpenAI SDK sends)
+and are compared in constant time; they are never logged. With no keys configured the
+server is bound to localhost and both checks pass.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Literal
+
+from fastapi import Depends, Request
+
+from service.errors import Forbidden, Unauthorized
+
+Role = Literal["user", "admin", "anonymous"]
+
+
+def _matches(candidate: str, keys: list[str]) -> bool:
+    # Compare against every key (no early exit) so timing does not reveal which matched.
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(candidate.encode(), key.encode())
+    return found
+
+
+def _presented_key(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("x-api-key") or None
+
+
+def role_of(request: Request) -> Role:
+    """The caller's role; raises 401 when a key is required but missing or unknown."""
+    settings = request.app.state.settings
+    if not settings.auth_enabled:
+        return "anonymous"
+    key = _presented_key(request)
+    if key is None:
+        raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
+    if _matches(key, settings.admin_api_keys):
+        return "admin"
+    if _matches(key, settings.user_api_keys):
+        return "user"
+    raise Unauthorized("invalid API key")
+
+
+def require_user(request: Request) -> Role:
+    return role_of(request)
+
+
+def require_admin(request: Request) -> Role:
+    role = role_of(request)
+    if role == "user":
+        raise Forbidden("this operation needs an admin API key")
+    return role
+
+
+UserAuth = Annotated[Role, Depends(require_user)]
+AdminAuth = Annotated[Role, Depends(require_admin)]

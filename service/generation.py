@@ -1,0 +1,157 @@
+"""What chat and completions share: model resolution, sampling parameters, admission
+control (max in-flight → 429), prompt-length checks, metrics and the engine stream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from service import metrics
+from service.engine import AdapterHandle, Engine
+from service.errors import BadRequest, ModelNotFound, Overloaded, PromptTooLong, Unavailable
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class Generator:
+    """Turns validated requests into engine streams, counting everything on the way."""
+
+    def __init__(self, engine: Engine, registry: Any, base_id: str, max_in_flight: int) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.base_id = base_id
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        # Defaults the checkpoint's generation_config asks for (as the stock server does).
+        self.default_sampling: dict[str, Any] = dict(getattr(engine, "default_sampling", {}) or {})
+
+    # -- resolution --------------------------------------------------------------------
+    def resolve(self, model: str) -> AdapterHandle | None:
+        """None for the base, the adapter's handle for an adapter; 404 otherwise."""
+        if model == self.base_id:
+            return None
+        handle = self.registry.handle(model)
+        if handle is None:
+            raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
+        return handle
+
+    def sampling_params(
+        self, prompt_len: int, max_tokens: int | None, *, param_name: str = "max_tokens", **kw: Any
+    ):
+        """vLLM ``SamplingParams`` for one prompt; raises 400 when it cannot fit the context."""
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        limit = self.engine.max_model_len
+        if prompt_len >= limit:
+            raise PromptTooLong(
+                f"This model's maximum context length is {limit} tokens, but the prompt has "
+                f"{prompt_len} tokens. Shorten the prompt.", param="messages",
+            )
+        if max_tokens is None:
+            max_tokens = limit - prompt_len
+        elif prompt_len + max_tokens > limit:
+            raise PromptTooLong(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for "
+                f"the completion). Reduce the prompt or {param_name}.", param=param_name,
+            )
+        options = {**self.default_sampling, **{k: v for k, v in kw.items() if v is not None}}
+        try:
+            return SamplingParams(
+                max_tokens=max_tokens, output_kind=RequestOutputKind.DELTA, **options
+            )
+        except (ValueError, TypeError) as exc:
+            raise BadRequest(str(exc)) from None
+
+    # -- admission and streaming -------------------------------------------------------
+    @asynccontextmanager
+    async def admitted(self, model: str):
+        """Hold one in-flight slot for the request (429 with Retry-After when full)."""
+        if self.in_flight >= self.max_in_flight:
+            raise Overloaded(
+                f"the server is at its limit of {self.max_in_flight} requests in flight; "
+                "retry shortly", headers={"Retry-After": "1"},
+            )
+        self.in_flight += 1
+        metrics.IN_FLIGHT.labels(model).inc()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            metrics.IN_FLIGHT.labels(model).dec()
+
+    async def stream(
+        self, model: str, prompt_ids: list[int], params: Any, adapter: AdapterHandle | None,
+        request_id: str,
+    ) -> AsyncIterator[Any]:
+        """Engine outputs for one prompt; records TTFT, latency and token counts.
+
+        Closing or cancelling this iterator (client gone) aborts the request in the engine.
+        """
+        started = time.perf_counter()
+        first = True
+        completion_tokens = 0
+        metrics.PROMPT_TOKENS.labels(model).inc(len(prompt_ids))
+        try:
+            async for output in self.engine.generate(prompt_ids, params, adapter, request_id):
+                new_tokens = sum(len(o.token_ids) for o in output.outputs)
+                if first and new_tokens:
+                    metrics.TTFT.labels(model).observe(time.perf_counter() - started)
+                    first = False
+                completion_tokens += new_tokens
+                yield output
+        except asyncio.CancelledError:
+            raise
+        except ValueError as exc:  # vLLM's own request validation
+            raise BadRequest(str(exc)) from None
+        except Exception as exc:
+            if exc.__class__.__name__ in ("EngineDeadError", "EngineGenerateError"):
+                raise Unavailable("the engine is not available; retry later",
+                                  headers={"Retry-After": "5"}) from exc
+            raise
+        finally:
+            metrics.COMPLETION_TOKENS.labels(model).inc(completion_tokens)
+            metrics.E2E.labels(model).observe(time.perf_counter() - started)
+
+
+async def merge_streams(streams: list[AsyncIterator[Any]]) -> AsyncIterator[tuple[int, Any]]:
+    """Interleave several async iterators, yielding ``(stream_index, item)`` as items come.
+
+    Cancelling the consumer cancels (and so aborts) every producer.
+    """
+    if len(streams) == 1:
+        async for item in streams[0]:
+            yield 0, item
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(index: int, stream: AsyncIterator[Any]) -> None:
+        try:
+            async for item in stream:
+                await queue.put((index, item))
+            await queue.put((index, done))
+        except BaseException as exc:  # hand errors to the consumer
+            await queue.put((index, exc))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            index, item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,35 @@
+"""``/health`` (process alive), ``/ready`` (engine ready) and ``/metrics`` (Prometheus)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    state = request.app.state
+    if getattr(state, "engine_error", None):
+        return JSONResponse({"status": "failed", "reason": state.engine_error}, status_code=503)
+    if not getattr(state, "ready", False):
+        return JSONResponse({"status": "starting"}, status_code=503,
+                            headers={"Retry-After": "5"})
+    try:
+        await state.engine.check_health()
+    except Exception:
+        return JSONResponse({"status": "engine unhealthy"}, status_code=503)
+    return JSONResponse({"status": "ready", "model": state.base_id,
+                         "adapters": len(state.registry.list())})
+
+
+@router.get("/metrics")
+async def metrics() -> Response:
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

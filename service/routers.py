@@ -1,0 +1,18 @@
+"""The one list of API pieces ``build_app`` includes, in order.
+
+Each entry is a module path. The module exposes ``router`` (a FastAPI ``APIRouter``) or
+``mount(app)`` (e.g. a Gradio UI mount). To add a resource, add one line here.
+"""
+
+from __future__ import annotations
+
+ROUTERS: list[str] = [
+    "service.health.api_router",
+    "service.models.api_router",
+    "service.chat.api_router",
+    "service.completions.api_router",
+    "service.adapters.api_router",
+    "service.files.api_router",
+    "service.fine_tuning.api_router",  # its lifespan runs the fine-tuning job supervisor
+    "ui.mount",  # the Gradio UI at /ui (mount(app)); TUNESERVE_UI=0 leaves it out
+]
