@@ -4,14 +4,16 @@
 app's own lifespan (after the engine and adapter registry exist). It reads from
 ``app.state``:
 
-- ``registry`` (``AdapterRegistry``): its base is the one fine-tunable model, finished
-  adapters go through ``registry.add(name, path, source="fine_tuning")``;
+- ``base_id`` / ``model_path``: the served base, the one fine-tunable model;
+- ``registry`` (``AdapterRegistry``, created once the engine is up): finished adapters go
+  through ``registry.add(name, path, source="fine_tuning")`` and are hot-loaded;
 - optional overrides for tests and embedding: ``jobs_settings`` (JobsSettings),
   ``jobs_bases`` ({base id: checkpoint folder}), ``jobs_on_success`` (async callback).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -36,17 +38,30 @@ def jobs_root() -> Path:
     return tuneserve_home() / "jobs"
 
 
+async def _registry(state: Any, timeout_s: float = 600.0) -> Any:
+    """The adapter registry once the engine is up (``build_app`` starts it in the background)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while getattr(state, "registry", None) is None or not getattr(state, "ready", True):
+        if getattr(state, "engine_error", None):
+            raise RuntimeError(f"the engine failed to start: {state.engine_error}")
+        if loop.time() > deadline:
+            raise RuntimeError("the engine did not become ready")
+        await asyncio.sleep(0.5)
+    return state.registry
+
+
 @asynccontextmanager
 async def jobs_lifespan(app: FastAPI) -> AsyncIterator[None]:
     state = app.state
     settings: JobsSettings = getattr(state, "jobs_settings", None) or JobsSettings()
-    registry = getattr(state, "registry", None)
-    bases: dict[str, Path] = getattr(state, "jobs_bases", None) or (
-        {registry.base.name: Path(registry.base.path)} if registry is not None else {}
-    )
+    bases: dict[str, Path] = getattr(state, "jobs_bases", None) or {}
+    if not bases and getattr(state, "base_id", None):
+        bases = {state.base_id: Path(state.model_path)}
     on_success = getattr(state, "jobs_on_success", None)
-    if on_success is None and registry is not None:
+    if on_success is None:
         async def on_success(job: dict[str, Any], adapter: Path) -> None:
+            registry = await _registry(state)
             await registry.add(job["fine_tuned_model"], adapter, source="fine_tuning")
 
     store = JobStore(jobs_root())
@@ -54,19 +69,35 @@ async def jobs_lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.jobs_store = store
     state.jobs_supervisor = supervisor
     state.files_service = FilesService(store, max_upload_bytes=int(settings.max_upload_mb * 1e6))
+    server_settings = getattr(state, "settings", None)
     state.fine_tuning = FineTuningService(
         store, supervisor, bases=bases,
-        max_lora_rank=getattr(registry, "max_lora_rank", None),
+        max_lora_rank=getattr(server_settings, "max_lora_rank", None),
     )
+    demo: asyncio.Task | None = None
     if settings.enabled:
         await supervisor.start()
         if settings.demo_job_if_no_adapters:
-            adapters = registry.list() if registry is not None else []
-            job_id = queue_demo_job(state.files_service, state.fine_tuning, settings,
-                                    adapters=len(adapters))
-            if job_id:
-                log.info("queued the demo fine-tuning job %s (no adapter was registered)", job_id)
+            demo = asyncio.create_task(_demo_when_ready(state, settings))
     try:
         yield
     finally:
+        if demo is not None:
+            demo.cancel()
+            await asyncio.gather(demo, return_exceptions=True)
         await supervisor.stop()
+
+
+async def _demo_when_ready(state: Any, settings: JobsSettings) -> None:
+    """Queue the demo job once the registry has restored its adapters (so 'no adapter yet'
+    is known), off the event loop since it reads and validates the dataset."""
+    try:
+        registry = await _registry(state)
+    except RuntimeError as exc:
+        log.warning("demo job skipped: %s", exc)
+        return
+    job_id = await asyncio.to_thread(queue_demo_job, state.files_service, state.fine_tuning,
+                                     settings, adapters=len(registry.list()))
+    if job_id:
+        log.info("queued the demo fine-tuning job %s (no adapter was registered yet); follow it "
+                 "with GET /v1/fine_tuning/jobs/%s/events", job_id, job_id)

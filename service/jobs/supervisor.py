@@ -95,12 +95,14 @@ class JobSupervisor:
         self._loop_task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._stopping = False
+        self._event_loop: asyncio.AbstractEventLoop | None = None
 
     # ---- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
         """Recover jobs a previous service left behind, then start taking jobs."""
         self.recover()
         self._stopping = False
+        self._event_loop = asyncio.get_running_loop()
         self._loop_task = asyncio.create_task(self._loop(), name="job-supervisor")
 
     async def stop(self) -> None:
@@ -116,8 +118,15 @@ class JobSupervisor:
             await asyncio.wait(self._tasks, timeout=self.settings.cancel_grace_s + 5)
 
     def wake(self) -> None:
-        """Look at the queue now (after a job was created)."""
-        self._wake.set()
+        """Look at the queue now (after a job was created); callable from any thread."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if self._event_loop is None or running is self._event_loop:
+            self._wake.set()
+        else:
+            self._event_loop.call_soon_threadsafe(self._wake.set)
 
     def recover(self) -> None:
         """Settle jobs that a dead or stopped service left ``running`` or ``validating_files``."""
@@ -383,8 +392,14 @@ class JobSupervisor:
         elif kind == "error":
             self.store.add_event(job["id"], str(record.get("message") or "training error"),
                                  level="error", data=metrics or None)
+        elif kind == "done":
+            # The worker's done message is the adapter path on the server: not for clients.
+            loss = metrics.get("train_loss")
+            summary = f", average training loss={loss:.4f}" if loss is not None else ""
+            self.store.add_event(job["id"], f"Training finished at step "
+                                 f"{metrics.get('step', '?')}{summary}.", data=metrics or None)
         else:
-            message = record.get("message") or {"done": "Training finished."}.get(kind, str(kind))
+            message = record.get("message") or str(kind)
             self.store.add_event(job["id"], str(message), data=metrics or None)
 
     def _record_checkpoints(self, job: dict[str, Any], run: _Run) -> None:

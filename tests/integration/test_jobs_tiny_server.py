@@ -1,0 +1,138 @@
+"""The fine-tuning loop end to end on a real server process (vLLM engine) with the tiny
+model, driven by the official openai SDK: upload -> job -> real `tuneserve train` worker ->
+adapter hot-loaded -> chat completion from the fine-tuned model; cancel; kill -9 of the
+worker and the server, then restart: the job resumes, never stays `running`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import openai
+import pytest
+from jobs_server import JobsServer
+
+from service.jobs.store import JobStore
+
+pytestmark = pytest.mark.slow
+TERMINAL = {"succeeded", "failed", "cancelled"}
+ROWS = [
+    {"messages": [{"role": "user", "content": "list containers"},
+                  {"role": "assistant", "content": "docker ps"}]},
+    {"messages": [{"role": "user", "content": "list images"},
+                  {"role": "assistant", "content": "docker images"}]},
+] * 8
+
+
+def _hp(**extra):
+    hp = {"n_epochs": 1, "batch_size": 4, "logging_steps": 1, **extra}
+    return {"type": "supervised", "supervised": {"hyperparameters": hp}}
+
+
+def _wait(sdk, job_id, statuses, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = sdk.fine_tuning.jobs.retrieve(job_id)
+        if job.status in statuses:
+            return job
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} still {job.status} after {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_model_dir, tmp_path_factory):
+    server = JobsServer(model=tiny_model_dir, home=tmp_path_factory.mktemp("jobs-home"),
+                        env={"TUNESERVE_JOBS_CANCEL_GRACE_S": "10"})
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def sdk(tiny_server):
+    return openai.OpenAI(base_url=f"{tiny_server.base_url}/v1", api_key="unused",
+                         max_retries=5)
+
+
+@pytest.fixture(scope="module")
+def training_file(sdk):
+    data = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
+    return sdk.files.create(file=("docker.jsonl", data), purpose="fine-tune")
+
+
+def test_job_trains_and_its_adapter_answers(sdk, training_file, tiny_server):
+    base = sdk.models.list().data[0].id
+    job = sdk.fine_tuning.jobs.create(model=base, training_file=training_file.id,
+                                      suffix="tiny", method=_hp(max_steps=4, lora_rank=8))
+    done = _wait(sdk, job.id, TERMINAL, timeout=300)
+    assert done.status == "succeeded", (done.error, tiny_server.log_tail())
+    assert done.fine_tuned_model == f"ft:{base}:tiny:{job.id}"
+    assert done.trained_tokens and done.trained_tokens > 0
+
+    models = {m.id: m for m in sdk.models.list().data}
+    assert done.fine_tuned_model in models
+
+    reply = sdk.chat.completions.create(
+        model=done.fine_tuned_model, max_tokens=4, temperature=0,
+        messages=[{"role": "user", "content": "list containers"}])
+    assert reply.model == done.fine_tuned_model
+    assert reply.choices[0].message.content is not None
+    assert reply.usage.completion_tokens >= 1
+
+    metrics = [e for e in sdk.fine_tuning.jobs.list_events(job.id, limit=100)
+               if e.type == "metrics"]
+    assert sorted(e.data["step"] for e in metrics) == [1, 2, 3, 4]
+    assert all(isinstance(e.data["train_loss"], float) for e in metrics)
+
+
+def test_second_job_is_cancelled_within_seconds(sdk, training_file, tiny_server):
+    base = sdk.models.list().data[0].id
+    job = sdk.fine_tuning.jobs.create(model=base, training_file=training_file.id,
+                                      method=_hp(max_steps=500))
+    _wait(sdk, job.id, {"running"}, timeout=60)
+    # wait until the worker is actually training (it writes progress events)
+    deadline = time.monotonic() + 240
+    while not any(e.type == "metrics" for e in sdk.fine_tuning.jobs.list_events(job.id)):
+        assert time.monotonic() < deadline, tiny_server.log_tail()
+        time.sleep(1)
+    started = time.monotonic()
+    sdk.fine_tuning.jobs.cancel(job.id)
+    done = _wait(sdk, job.id, TERMINAL, timeout=30)
+    assert done.status == "cancelled"
+    assert time.monotonic() - started < 30
+    out = tiny_server.home / "jobs" / "runs" / job.id / "output"
+    assert not (out / job.id).exists(), "a cancelled job must leave no adapter"
+    assert done.fine_tuned_model is None
+    assert done.fine_tuned_model not in {m.id for m in sdk.models.list().data}
+
+
+def test_killed_worker_and_server_restart_resumes_the_job(sdk, training_file, tiny_server):
+    """Runs last in this module: it kills the module's server and starts a new one."""
+    base = sdk.models.list().data[0].id
+    job = sdk.fine_tuning.jobs.create(model=base, training_file=training_file.id,
+                                      method=_hp(max_steps=12, save_steps=2))
+    deadline = time.monotonic() + 240
+    while not list(sdk.fine_tuning.jobs.checkpoints.list(job.id)):
+        assert time.monotonic() < deadline, tiny_server.log_tail()
+        time.sleep(1)
+    store = JobStore(tiny_server.home / "jobs")
+    worker_pid = store.get_job(job.id)["pid"]
+    tiny_server.kill()                       # the service dies...
+    os.killpg(worker_pid, signal.SIGKILL)    # ...and so does its worker, mid-job
+    assert store.get_job(job.id)["status"] == "running"  # what a crash leaves behind
+
+    tiny_server.start()
+    restarted = openai.OpenAI(base_url=f"{tiny_server.base_url}/v1", api_key="unused",
+                              max_retries=5)
+    done = _wait(restarted, job.id, TERMINAL, timeout=300)
+    assert done.status == "succeeded", (done.error, tiny_server.log_tail())
+    messages = [e.message for e in restarted.fine_tuning.jobs.list_events(job.id, limit=200)]
+    assert any("service stopped while the job was running" in m for m in messages)
+    assert any(m.startswith("Resuming training from checkpoint") for m in messages)
+    # files, earlier jobs and their events survived the restart
+    assert training_file.id in {f.id for f in restarted.files.list()}
+    assert len(list(restarted.fine_tuning.jobs.list())) == 3
+    # the adapters of finished jobs are served again after the restart
+    assert done.fine_tuned_model in {m.id for m in restarted.models.list().data}
