@@ -43,11 +43,14 @@ class Settings(BaseSettings):
     )
     watch_interval_s: float = Field(2.0, gt=0, description="Seconds between adapters_dir scans.")
     user_api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Comma-separated keys allowed to call inference."
+        default_factory=list,
+        description="Comma-separated keys allowed to call inference.",
+        repr=False,  # secrets never reach logs through a settings repr
     )
     admin_api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated keys allowed to call inference and change adapters.",
+        repr=False,
     )
     api_keys_file: Path | None = Field(
         None, description='JSON file {"user": [...], "admin": [...]} with more keys.'

@@ -59,6 +59,9 @@ class ChatCompletionRequest(BaseModel):
     top_k: int | None = None
     min_tokens: int | None = Field(None, ge=0)
     ignore_eos: bool | None = None
+    return_token_ids: bool = Field(
+        False, description="vLLM extra: add prompt_token_ids and choices[].token_ids."
+    )
 
 
 class ChatCompletionMessage(BaseModel):

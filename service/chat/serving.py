@@ -102,6 +102,7 @@ class ChatServing:
                 "message": {"role": "assistant", "content": texts[i]},
                 "logprobs": logprobs,
                 "finish_reason": finish[i],
+                **({"token_ids": tokens[i]} if request.return_token_ids else {}),
             })
         completion_tokens = sum(len(t) for t in tokens)
         return {
@@ -110,6 +111,7 @@ class ChatServing:
             "created": int(time.time()),
             "model": request.model,
             "choices": choices,
+            **({"prompt_token_ids": prompt_ids} if request.return_token_ids else {}),
             "usage": {
                 "prompt_tokens": len(prompt_ids),
                 "completion_tokens": completion_tokens,

@@ -36,6 +36,9 @@ class CompletionRequest(BaseModel):
     top_k: int | None = None
     min_tokens: int | None = Field(None, ge=0)
     ignore_eos: bool | None = None
+    return_token_ids: bool = Field(
+        False, description="vLLM extra: add choices[].prompt_token_ids and .token_ids."
+    )
 
 
 class CompletionChoice(BaseModel):

@@ -147,6 +147,8 @@ class CompletionServing:
                 "finish_reason": "length" if request.max_tokens == 0 else choice.finish_reason,
                 "prompt_logprobs": _prompt_logprobs_json(prompts[p][1], prompt_steps[p])
                 if request.prompt_logprobs is not None else None,
+                **({"prompt_token_ids": prompts[p][1], "token_ids": choice.token_ids}
+                   if request.return_token_ids else {}),
             })
         prompt_tokens = sum(len(ids) for _, ids in prompts)
         completion_tokens = sum(len(c.token_ids) for c in choices)
