@@ -206,22 +206,28 @@ async def _judge(client, sem, judge_model: str, ex: Example, a: str, b: str) -> 
     }
 
 
-def _tokenizer_for(suite: Suite, models: list[ModelSpec]):
+def _tokenizer_for(suite: Suite, models: list[ModelSpec], notes: list[str]):
+    """The tokenizer whose chat template formats NLL prompts: the suite's ``tokenizer``,
+    else an adapter manifest's ``base_model``, else the served base id when it names a
+    prepared base model. None (with a note) when there is none."""
     from transformers import AutoTokenizer
 
     from training.base_models import resolve_model_path
 
-    name = suite.tokenizer or next(
-        (
-            m.manifest.get("base_model")
-            for m in models
-            if m.manifest and m.manifest.get("base_model")
-        ),
-        None,
+    candidates = [suite.tokenizer] if suite.tokenizer else []
+    candidates += [m.manifest.get("base_model") for m in models if m.manifest]
+    candidates.append(models[0].model_id)
+    for name in (c for c in candidates if c):
+        try:
+            path = resolve_model_path(str(name))
+        except UserError:
+            continue
+        return AutoTokenizer.from_pretrained(str(path))
+    notes.append(
+        "perplexity skipped: no local tokenizer (set `tokenizer:` in the suite to a prepared "
+        "base model name or a model folder)"
     )
-    if name is None:
-        return None
-    return AutoTokenizer.from_pretrained(str(resolve_model_path(str(name))))
+    return None
 
 
 async def collect(suite: Suite, pairs: list[tuple[str, str]], opts: RunOptions) -> dict[str, Any]:
@@ -291,9 +297,8 @@ async def collect(suite: Suite, pairs: list[tuple[str, str]], opts: RunOptions) 
 async def _add_nll(client, sem, suite, models, examples, per_model, notes) -> None:
     from training.chat_format import encode_for_training
 
-    tokenizer = _tokenizer_for(suite, models)
+    tokenizer = _tokenizer_for(suite, models, notes)
     if tokenizer is None:
-        notes.append("perplexity skipped: no tokenizer (set `tokenizer:` in the suite)")
         return
     encoded = [
         encode_for_training(
