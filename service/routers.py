@@ -14,5 +14,6 @@ ROUTERS: list[str] = [
     "service.adapters.api_router",
     "service.files.api_router",
     "service.fine_tuning.api_router",  # its lifespan runs the fine-tuning job supervisor
+    "service.reports.api_router",  # evaluation reports under $TUNESERVE_HOME/reports
     "ui.mount",  # the Gradio UI at /ui (mount(app)); TUNESERVE_UI=0 leaves it out
 ]
