@@ -215,7 +215,9 @@ def _tokenizer_for(suite: Suite, models: list[ModelSpec], notes: list[str]):
     from training.base_models import resolve_model_path
 
     candidates = [suite.tokenizer] if suite.tokenizer else []
-    candidates += [m.manifest.get("base_model") for m in models if m.manifest]
+    for m in models:
+        if m.manifest:  # the exact checkpoint the adapter was trained on, then its name
+            candidates += [m.manifest.get("base_model_path"), m.manifest.get("base_model")]
     candidates.append(models[0].model_id)
     for name in (c for c in candidates if c):
         try:
