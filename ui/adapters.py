@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-COLUMNS = ["name", "base", "rank", "created", "dataset", "eval score", "state"]
+COLUMNS = ["name", "base", "rank", "created", "dataset", "eval score", "source"]
 
 
 def _first(record: Mapping[str, Any], *keys: str) -> Any:

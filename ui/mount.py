@@ -18,9 +18,12 @@ UI_PATH = "/ui"
 def mount(app: FastAPI) -> None:
     """Attach the Gradio app to ``app`` at ``/ui``.
 
-    ``TUNESERVE_UI_SERVER_URL`` overrides the API address the UI calls (e.g. when TLS is
-    terminated in the process itself).
+    ``TUNESERVE_UI=0`` leaves the UI out (an API-only deployment, fast app builds in
+    tests); ``TUNESERVE_UI_SERVER_URL`` overrides the API address the UI calls (e.g. when
+    TLS is terminated in the process itself).
     """
+    if os.environ.get("TUNESERVE_UI", "1").strip().lower() in ("0", "false", "no", "off"):
+        return
     import gradio as gr
 
     from ui.app import build_ui

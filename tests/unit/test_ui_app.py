@@ -53,7 +53,9 @@ async def test_refresh_models_unreachable_is_readable():
 
 async def test_send_prompt_streams_and_reports_unknown_adapter(api):
     slots = [BASE, "docker", "no-such-adapter", "", *([[]] * MAX_SLOTS)]
-    items, warned = await _collect(app.send_prompt(api, "", "", "hello", 0.0, 1.0, 32, None, *slots))
+    items, warned = await _collect(
+        app.send_prompt(api, "", "", "hello", 0.0, 1.0, 32, None, *slots)
+    )
     chats, stats, status = items[-1][:MAX_SLOTS], items[-1][MAX_SLOTS:-1], items[-1][-1]
     assert chats[0][-1]["content"].strip() == f"{BASE} answers: hello"
     assert chats[1][-1]["content"].strip() == "docker answers: hello"
@@ -79,8 +81,9 @@ async def test_send_prompt_requires_prompt_and_model(api):
 
 
 def test_render_snippet_for_selected_models(api):
-    update = app.render_snippet(api, "", "q", "openai", 0.0, 1.0, 8, None, BASE, "docker", "", "",
-                                *([[]] * MAX_SLOTS))
+    update = app.render_snippet(
+        api, "", "q", "openai", 0.0, 1.0, 8, None, BASE, "docker", "", "", *([[]] * MAX_SLOTS)
+    )
     assert update["language"] == "python" and update["value"].count("OpenAI(") == 2
 
 
@@ -134,8 +137,13 @@ async def test_job_on_missing_endpoint_says_not_available():
 
 
 def test_job_request_puts_lora_settings_in_method():
-    body = job_request(model="m", training_file="f", preset="qlora (3 epochs, 4-bit base, r=16)",
-                       suffix=" s ", seed=3)
+    body = job_request(
+        model="m",
+        training_file="f",
+        preset="qlora (3 epochs, 4-bit base, r=16)",
+        suffix=" s ",
+        seed=3,
+    )
     hp = body["method"]["supervised"]["hyperparameters"]
     assert hp["qlora"] is True and hp["n_epochs"] == 3 and body["suffix"] == "s"
     with pytest.raises(ValueError, match="unknown preset"):

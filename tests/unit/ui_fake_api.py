@@ -87,8 +87,11 @@ def build_fake_api() -> FastAPI:
             return refusal
         body = await request.json()
         if not body.get("path", "").startswith("/ok"):
-            return _error(400, f"adapter folder {body.get('path')} has no adapter_config.json",
-                          "adapter_rejected")
+            return _error(
+                400,
+                f"adapter folder {body.get('path')} has no adapter_config.json",
+                "adapter_rejected",
+            )
         state["adapters"][body["name"]] = {"name": body["name"], "base_model": BASE, "rank": 8}
         return state["adapters"][body["name"]]
 
@@ -109,16 +112,28 @@ def build_fake_api() -> FastAPI:
             report = "\n".join(f"line {i}: not a chat record" for i in bad)
             return _error(400, f"{len(bad)} invalid row(s):\n{report}", "invalid_file")
         rows = len(text.splitlines())
-        return {"id": "file-1", "object": "file", "filename": file.filename, "bytes": len(text),
-                "purpose": purpose, "rows": rows}
+        return {
+            "id": "file-1",
+            "object": "file",
+            "filename": file.filename,
+            "bytes": len(text),
+            "purpose": purpose,
+            "rows": rows,
+        }
 
     @app.post("/v1/fine_tuning/jobs")
     async def create_job(request: Request):
         body = await request.json()
         if body["model"] != BASE:
             return _error(404, f"base model {body['model']} is not served", "model_not_found")
-        job = {"id": "ftjob-1", "object": "fine_tuning.job", "model": BASE, "status": "queued",
-               "training_file": body["training_file"], "request": body}
+        job = {
+            "id": "ftjob-1",
+            "object": "fine_tuning.job",
+            "model": BASE,
+            "status": "queued",
+            "training_file": body["training_file"],
+            "request": body,
+        }
         state["jobs"][job["id"]] = job
         state["polls"][job["id"]] = 0
         return job
@@ -140,9 +155,13 @@ def build_fake_api() -> FastAPI:
     async def job_events(job_id: str):
         steps = min(state["polls"].get(job_id, 0) * 2, 6)
         events = [
-            {"id": f"ev-{s}", "created_at": int(time.time()), "type": "metrics",
-             "message": f"Step {s}/6", "data": {"step": s, "total_steps": 6,
-                                                "train_loss": 3.0 / s}}
+            {
+                "id": f"ev-{s}",
+                "created_at": int(time.time()),
+                "type": "metrics",
+                "message": f"Step {s}/6",
+                "data": {"step": s, "total_steps": 6, "train_loss": 3.0 / s},
+            }
             for s in range(1, steps + 1)
         ]
         return {"object": "list", "data": list(reversed(events))}
