@@ -20,7 +20,8 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MANIFEST = "tuneserve.json"
 # Pickle-based formats: loading them can run arbitrary code, so they are never read.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# ':' is allowed for fine-tuning job models (``ft:<base>:<suffix>:<job-id>``); '/' never is.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 # Linear layers of Gemma/Llama-style decoders that vLLM can apply LoRA to.
 SUPPORTED_TARGET_MODULES = frozenset(
     {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
@@ -75,7 +76,7 @@ def check_name(name: str, base_id: str) -> None:
     """A safe adapter name: a plain identifier (no path separators), not the base id."""
     if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
         raise AdapterRejected(
-            f"adapter name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
+            f"adapter name {name!r} is not allowed: use 1-64 letters, digits, '.', '_', ':' or '-', "
             "starting with a letter or digit (no '/', no '..')",
             param="name", code="invalid_adapter_name",
         )
