@@ -7,13 +7,13 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
+from ui_fake_api import ADMIN_KEY, BASE, running_fake_api
 
 from tuneserve.cli import main
 from ui import app
 from ui.adapters import adapter_table
 from ui.compare import MAX_SLOTS
 from ui.train import PRESETS, job_request, loss_frame, progress_text
-from ui_fake_api import ADMIN_KEY, BASE, running_fake_api
 
 SKIP = gr.skip()
 

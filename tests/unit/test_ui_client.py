@@ -20,7 +20,9 @@ def _error(status: int, message: str, code: str | None = None) -> httpx.Response
 
 
 async def test_openai_error_object_becomes_readable_message():
-    client = _client(lambda request: _error(404, "The model `nope` does not exist.", "model_not_found"))
+    client = _client(
+        lambda request: _error(404, "The model `nope` does not exist.", "model_not_found")
+    )
     with pytest.raises(ServerError) as info:
         await client.list_models()
     text = str(info.value)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import shlex
 
+from ui_fake_api import BASE, running_fake_api
+
 from ui.client import SamplingParams, StreamEvent, TuneserveClient
 from ui.compare import (
     SnippetRequest,
@@ -14,7 +16,6 @@ from ui.compare import (
     format_stats,
     openai_snippet,
 )
-from ui_fake_api import BASE, running_fake_api
 
 
 def test_build_messages_uses_system_history_and_gradio_content_parts():
@@ -56,7 +57,7 @@ async def test_compare_streams_models_side_by_side_and_isolates_errors():
 
 
 def test_snippets_are_runnable_shapes():
-    messages = [{"role": "user", "content": "it's \"quoted\""}]
+    messages = [{"role": "user", "content": 'it\'s "quoted"'}]
     params = SamplingParams(temperature=0.2, top_p=0.9, max_tokens=16, seed=7)
     curl = curl_snippet("http://h:8000/", "docker", messages, params)
     tokens = shlex.split(curl.replace("\\\n", " "))

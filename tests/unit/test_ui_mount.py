@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import httpx
 import uvicorn
+from ui_fake_api import _free_port, build_fake_api
 
 from ui.app import detect_server
 from ui.mount import UI_PATH, mount
-from ui_fake_api import _free_port, build_fake_api
 
 
 def test_detect_server_uses_the_socket_the_browser_reached():

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import uvicorn
 from fastapi import FastAPI, File, Form, Request, UploadFile
@@ -105,7 +105,7 @@ def build_fake_api() -> FastAPI:
         return {"id": name, "deleted": True}
 
     @app.post("/v1/files")
-    async def upload(file: UploadFile = File(...), purpose: str = Form(...)):
+    async def upload(file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]):
         text = (await file.read()).decode()
         bad = [i for i, line in enumerate(text.splitlines(), 1) if "messages" not in line]
         if bad:
