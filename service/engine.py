@@ -57,6 +57,16 @@ class Engine(Protocol):
     def shutdown(self) -> None: ...
 
 
+def effective_max_model_len(requested: int, model_path: Path) -> int:
+    """``requested`` capped at the checkpoint's own context (vLLM refuses more)."""
+    import json
+
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    config = config.get("text_config", config)
+    limit = config.get("max_position_embeddings")
+    return min(requested, int(limit)) if limit else requested
+
+
 def engine_args(settings: Settings, model_path: Path, served_name: str):
     """The ``AsyncEngineArgs`` for ``settings`` (also used to start the stock server in
     benchmarks with identical options)."""
@@ -66,7 +76,7 @@ def engine_args(settings: Settings, model_path: Path, served_name: str):
         model=str(model_path),
         served_model_name=served_name,
         dtype=settings.dtype,
-        max_model_len=settings.max_model_len,
+        max_model_len=effective_max_model_len(settings.max_model_len, model_path),
         enable_lora=True,
         max_lora_rank=settings.max_lora_rank,
         max_loras=settings.max_loras,
