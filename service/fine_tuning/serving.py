@@ -9,7 +9,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from service.errors import BadRequest, ModelNotFound, NotFound
+from service.adapters.checks import check_name
+from service.errors import AdapterRejected, BadRequest, ModelNotFound, NotFound
 from service.fine_tuning.protocol import (
     CheckpointList,
     EventList,
@@ -85,6 +86,14 @@ class FineTuningService:
             )
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
         job_id = new_id("ftjob")
+        try:  # the served id must pass the registry's name rule, checked now, not after training
+            check_name(fine_tuned_model_name(request.model, request.suffix, job_id), "")
+        except AdapterRejected:
+            raise BadRequest(
+                f"suffix {request.suffix!r} is too long for base model {request.model!r}: the "
+                "fine-tuned model id ft:<base>:<suffix>:<job-id> must fit in 64 characters",
+                param="suffix",
+            ) from None
         try:
             config = build_train_config(
                 job_id=job_id,

@@ -140,6 +140,7 @@ def test_adapter_rejected_by_registry_fails_job(make_client):
         ({"training_file": "file-missing"}, openai.BadRequestError, "training_file"),
         ({"validation_file": "file-missing"}, openai.BadRequestError, "validation_file"),
         ({"suffix": "bad/suffix"}, openai.BadRequestError, "suffix"),
+        ({"suffix": "s" * 40}, openai.BadRequestError, "suffix"),  # id would pass 64 chars
         ({"method": {"type": "dpo"}}, openai.BadRequestError, "method.type"),
         ({"method": _hp(bogus=1)}, openai.BadRequestError, "method.supervised.hyperparameters"),
         ({"method": _hp(lora_rank=0)}, openai.BadRequestError,
