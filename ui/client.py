@@ -391,6 +391,24 @@ class TuneserveClient:
         """``POST /v1/fine_tuning/jobs/{id}/cancel``."""
         return await self._request("POST", f"/v1/fine_tuning/jobs/{job_id}/cancel")
 
+    # -- evaluation reports -------------------------------------------------------------
+
+    async def list_reports(self, limit: int = 100) -> list[dict[str, Any]]:
+        """``GET /reports``: stored evaluation reports, newest first."""
+        return _data_list(await self._request("GET", "/reports", params={"limit": limit}))
+
+    async def report_text(self, report_id: str, filename: str = "report.md") -> str:
+        """``GET /reports/{id}/{file}`` as text (the Markdown report by default)."""
+        path = f"/reports/{quote(report_id, safe='')}/{quote(filename, safe='')}"
+        try:
+            async with self._client() as http:
+                response = await http.get(path, headers=self._headers(self.api_key))
+        except httpx.HTTPError as exc:
+            raise ServerError(f"Cannot reach the server at {self.base_url}: {exc}") from exc
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        return response.text
+
     # -- generic ------------------------------------------------------------------------
 
     async def get_json(self, path: str, **params: Any) -> Any:

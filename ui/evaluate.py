@@ -18,6 +18,7 @@ import gradio as gr
 import pandas as pd
 
 from tuneserve.errors import UserError
+from ui.client import ServerError, TuneserveClient
 
 HISTORY_COLUMNS = ["run", "started", "model", "metric", "value"]
 
@@ -117,6 +118,52 @@ def _primary_metric(record: dict[str, Any]) -> str:
         return "exact_match"
 
 
+REPORT_COLUMNS = ["id", "suite", "started", "models", "regressed", "headline"]
+
+
+async def list_reports(server: str, api_key: str) -> tuple[Any, Any, str]:
+    """(reports table, report picker, status) from the server's ``GET /reports``."""
+    try:
+        reports = await TuneserveClient(server, api_key).list_reports()
+    except ServerError as exc:
+        gr.Warning(str(exc))
+        return skip_(), skip_(), f"⚠️ {exc}"
+    rows = [
+        [
+            r.get("id"),
+            r.get("suite") or "",
+            r.get("started_at") or "",
+            ", ".join(r.get("models") or []),
+            "yes" if r.get("regressed") else "",
+            " ".join(r.get("headline") or []),
+        ]
+        for r in reports
+    ]
+    ids = [row[0] for row in rows]
+    picker = gr.update(choices=ids, value=ids[0] if ids else None)
+    return (
+        pd.DataFrame(rows, columns=REPORT_COLUMNS),
+        picker,
+        f"{len(rows)} report(s) on the server.",
+    )
+
+
+async def open_report(server: str, api_key: str, report_id: str | None) -> tuple[str, str]:
+    """(report markdown, status) of one stored report, fetched over HTTP."""
+    if not report_id:
+        return skip_(), "Pick a report."
+    try:
+        text = await TuneserveClient(server, api_key).report_text(report_id)
+    except ServerError as exc:
+        gr.Warning(str(exc))
+        return skip_(), f"⚠️ {exc}"
+    return text, f"Report `{report_id}` ([HTML page](/reports/{report_id}/report.html))."
+
+
+def skip_() -> Any:
+    return gr.skip()
+
+
 def metric_names() -> list[str]:
     from evaluation.suite import METRIC_DIRECTIONS
 
@@ -148,6 +195,12 @@ def evaluate_tab(server: gr.Textbox, key: gr.Textbox) -> gr.Dropdown:
     with gr.Accordion("Report", open=True):
         report = gr.Markdown(elem_id="eval-report")
         report_file = gr.File(label="HTML report", interactive=False)
+    with gr.Accordion("Reports on the server", open=False):
+        reports = gr.Dataframe(headers=REPORT_COLUMNS, interactive=False, wrap=True)
+        with gr.Row():
+            reports_refresh = gr.Button("List reports", elem_id="reports-refresh")
+            picked = gr.Dropdown([], label="Report", elem_id="report-pick")
+            open_btn = gr.Button("Open", elem_id="report-open")
     gr.Markdown("### History")
     with gr.Row():
         metric = gr.Dropdown(metric_names(), value="exact_match", label="Metric")
@@ -163,6 +216,8 @@ def evaluate_tab(server: gr.Textbox, key: gr.Textbox) -> gr.Dropdown:
     run.click(
         run_evaluation, [server, key, suite, models, limit], [status, report, report_file, plot]
     )
+    reports_refresh.click(list_reports, [server, key], [reports, picked, status])
+    open_btn.click(open_report, [server, key, picked], [report, status])
     show.click(history_frame, [suite, metric], plot)
     suite.change(history_frame, [suite, metric], plot)
     return models

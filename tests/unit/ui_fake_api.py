@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import uvicorn
 from fastapi import FastAPI, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 BASE = "base-model"
 ADMIN_KEY = "admin-secret"
@@ -165,6 +165,27 @@ def build_fake_api() -> FastAPI:
             for s in range(1, steps + 1)
         ]
         return {"object": "list", "data": list(reversed(events))}
+
+    @app.get("/reports")
+    async def reports():
+        item = {
+            "id": "docker-commands-20260101T000000Z",
+            "object": "evaluation.report",
+            "suite": "docker-commands",
+            "started_at": "2026-01-01T00:00:00+00:00",
+            "models": [BASE, "docker"],
+            "regressed": False,
+            "headline": ["docker beats base on exact_match"],
+            "files": ["report.md"],
+            "url": "/reports/docker-commands-20260101T000000Z/report.html",
+        }
+        return {"object": "list", "data": [item]}
+
+    @app.get("/reports/{report_id}/{filename}")
+    async def report_file(report_id: str, filename: str):
+        if report_id != "docker-commands-20260101T000000Z":
+            return _error(404, f"no report {report_id}", "not_found")
+        return PlainTextResponse("# docker-commands\n\n| model | exact_match |\n")
 
     return app
 

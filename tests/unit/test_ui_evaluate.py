@@ -1,0 +1,76 @@
+"""The Evaluate tab: reports listed and opened over HTTP, run validation, history plot."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from ui_fake_api import BASE, running_fake_api
+
+from ui import evaluate as ev
+
+
+async def _collect(agen):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items = [item async for item in agen]
+    return items, [str(w.message) for w in caught]
+
+
+async def test_reports_listed_and_opened():
+    with running_fake_api() as url:
+        table, picker, status = await ev.list_reports(url, "")
+        assert list(table["suite"]) == ["docker-commands"] and "1 report(s)" in status
+        assert picker["value"] == "docker-commands-20260101T000000Z"
+        text, status = await ev.open_report(url, "", picker["value"])
+        assert text.startswith("# docker-commands") and "report.html" in status
+        with pytest.warns(UserWarning):
+            _, status = await ev.open_report(url, "", "gone")
+        assert "HTTP 404" in status and "no report gone" in status
+
+
+async def test_reports_on_server_without_them_say_not_available():
+    with running_fake_api() as url:
+        with pytest.warns(UserWarning):
+            _, _, status = await ev.list_reports(url + "/nothing-here", "")
+    assert "not available on this server" in status
+
+
+async def test_run_needs_suite_and_two_models():
+    items, warned = await _collect(ev.run_evaluation("http://x", "", "docker-commands", [BASE], 5))
+    assert items[-1][0].startswith("Pick at least two models") and warned
+    items, _ = await _collect(ev.run_evaluation("http://x", "", None, [BASE, "a"], 5))
+    assert items[-1][0] == "Pick a suite."
+
+
+async def test_run_reports_unknown_suite_readably():
+    items, warned = await _collect(
+        ev.run_evaluation("http://x", "", "/no/such.yaml", ["a", "b"], 5)
+    )
+    assert items[-1][0].startswith("⚠️ unknown suite") and warned
+
+
+async def test_run_against_unreachable_server_is_readable():
+    items, _ = await _collect(
+        ev.run_evaluation("http://127.0.0.1:9", "", "docker-commands", ["a", "b"], 2)
+    )
+    assert items[-1][0].startswith("⚠️") and "127.0.0.1:9" in items[-1][0]
+    assert "Traceback" not in items[-1][0]
+
+
+def test_history_frame_from_stored_runs(isolated_home):
+    from evaluation.history import History
+
+    history = History()
+    for em in (0.1, 0.4):
+        record = {
+            "suite": "docker-commands",
+            "started_at": "2026-01-01T00:00:00+00:00",
+            "models": [],
+            "metrics": {"base": {"exact_match": 0.05}, "docker": {"exact_match": em}},
+        }
+        history.add(record, None, False)
+    frame = ev.history_frame("docker-commands", "exact_match")
+    assert list(frame[frame.model == "docker"].value) == [0.1, 0.4]
+    assert list(frame.run) == sorted(frame.run)
+    assert ev.history_frame(None, "exact_match").empty
