@@ -213,8 +213,6 @@ class JobSupervisor:
             worker_log.close()
             self._fail(job, f"could not start the training process: {exc}", "worker_start")
             return
-        finally:
-            pass
         run = _Run(process)
         self._runs[job_id] = run
         self.store.update_job(job_id, pid=process.pid)
