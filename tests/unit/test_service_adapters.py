@@ -57,13 +57,17 @@ def _other_base(tmp_path: Path) -> BaseModelShape:
     return BaseModelShape.from_checkpoint("gemma-3-270m", folder)
 
 
+def test_fine_tuning_style_names_allowed():
+    check_name("ft:tiny:docker:ftjob-0123456789abcdef", "base")
+
+
 def test_good_adapter_passes(tiny_adapter, base):
     info = check_adapter(tiny_adapter, base, max_rank=16)
     assert info.rank == 8
     assert info.target_modules == ["k_proj", "o_proj", "q_proj", "v_proj"]
 
 
-@pytest.mark.parametrize("name", ["../evil", "a/b", "..", ".hidden", "", "x" * 65, "a b",
+@pytest.mark.parametrize("name", ["../evil", "a/b", "..", ".hidden", "", "x" * 129, "a b",
                                   "tiny", "/etc/passwd", "a\\b", "nul\x00"])
 def test_unsafe_or_clashing_names_rejected(name):
     with pytest.raises(AdapterRejected) as exc:
