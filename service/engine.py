@@ -94,7 +94,11 @@ class VllmEngine:
         self._llm = llm
         self.model_path = model_path
         self.max_model_len: int = llm.model_config.max_model_len
-        self.tokenizer = llm.get_tokenizer()
+        # The Hugging Face tokenizer itself (not vLLM's wrapper): training.chat_format is
+        # written against it, so serving formats prompts exactly as training did.
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         # Sampling defaults from the checkpoint's generation_config, as vLLM's server applies.
         defaults = dict(llm.model_config.get_diff_sampling_param())
         defaults.pop("max_tokens", None)
