@@ -62,7 +62,10 @@ class ServerError(Exception):
         elif self.status == 403:
             hint = " This action needs the admin key."
         code = f", {self.code}" if self.code else ""
-        return f"The server refused the request (HTTP {self.status}{code}): {self.message}{hint}"
+        message = self.message.strip()
+        if hint and not message.endswith((".", "!", "?")):
+            message += "."
+        return f"The server refused the request (HTTP {self.status}{code}): {message}{hint}"
 
 
 def error_from_response(response: httpx.Response, body: bytes | None = None) -> ServerError:

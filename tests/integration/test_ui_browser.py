@@ -1,0 +1,158 @@
+"""The UI in a real browser against the real service (Gemma 3 270M on vLLM), at ``/ui``.
+
+Headless Debian Chromium driven by Playwright's sync API (no downloaded browsers):
+compare the base and an adapter side by side, and see server refusals (unknown adapter,
+missing admin key, rejected folder) as readable messages in the page.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",  # running as root in a container
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ADAPTER = "ui-test-adapter"
+# Real generation on 2 CPU cores: allow for a busy machine.
+ANSWER_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian chromium is missing: run scripts/install-system-deps.sh")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def served_adapter(live_server, gemma_test_adapter) -> Iterator[str]:
+    live_server.register_adapter(gemma_test_adapter, ADAPTER)
+    yield ADAPTER
+    live_server.unregister_adapter(ADAPTER)
+
+
+@pytest.fixture
+def page(browser, live_server, served_adapter):
+    """The mounted UI, connected with the user key (as a person would type it)."""
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    page.goto(f"{live_server.base_url}/ui/")
+    page.wait_for_selector("#model-0")
+    # Keys are configured, so the first load is refused: that refusal is readable too.
+    _wait_text(page, "#connection-status", r"HTTP 401|Connected")
+    assert "Traceback" not in page.locator("#connection-status").inner_text()
+    page.get_by_text("Server connection").click()
+    page.locator("#api-key input").fill(live_server.user_key)
+    page.locator("#refresh").click()
+    _wait_text(page, "#connection-status", r"Connected: base")
+    yield page
+    page.close()
+
+
+def _wait_text(page, selector: str, pattern: str, timeout: int = 30_000) -> str:
+    """Wait until the element's text matches ``pattern``; return the text."""
+    page.wait_for_function(
+        "([sel, pat]) => { const el = document.querySelector(sel);"
+        " return el && new RegExp(pat).test(el.innerText); }",
+        arg=[selector, pattern],
+        timeout=timeout,
+    )
+    return page.locator(selector).inner_text()
+
+
+def _pick(page, slot: int, model: str) -> None:
+    """Choose ``model`` in a Compare column's dropdown, from its option list."""
+    box = page.locator(f"#model-{slot} input")
+    box.click()
+    box.fill(model)
+    option = page.get_by_role("option", name=model, exact=True)
+    if option.count():
+        option.first.click()
+    else:  # a name the server does not list: typed in as a custom value
+        box.press("Enter")
+    page.keyboard.press("Escape")
+
+
+def _answer(page, slot: int) -> str:
+    """The last assistant message in a Compare column."""
+    bot = page.locator(f"#answer-{slot} .message.bot, #answer-{slot} [data-testid='bot']")
+    return bot.last.inner_text().strip()
+
+
+def test_compare_base_and_adapter_side_by_side(page, live_server, served_adapter, test_output):
+    assert page.locator("#model-0 input").input_value() == live_server.model_id
+    _pick(page, 1, served_adapter)
+    page.locator("#prompt textarea").fill("Write a docker command that lists all containers.")
+    page.locator("#send").click()
+    stats = [
+        _wait_text(page, f"#stats-{slot}", r"TTFT .* tokens/s", ANSWER_TIMEOUT_MS)
+        for slot in (0, 1)
+    ]
+    base, tuned = _answer(page, 0), _answer(page, 1)
+    page.screenshot(path=str(test_output / "ui-compare.png"), full_page=True)
+    assert base and tuned and base != "…" and tuned != "…"
+    assert base != tuned, "the adapter's answer should differ from the base's"
+    for line in stats:
+        assert re.search(r"TTFT \d+\.\d\d s · \d+\.\d tokens/s · \d+ tokens", line), line
+    assert "Done." in page.locator("#compare-status").inner_text()
+    # The snippet reproduces the call for both models.
+    page.get_by_text("Copy as curl / openai").click()
+    snippet = _wait_text(page, "#snippet", served_adapter)
+    assert "/v1/chat/completions" in snippet and live_server.model_id in snippet
+
+
+def test_server_refusals_are_readable_in_the_page(page, live_server, served_adapter, test_output):
+    # Unknown adapter: the server's 404 shows under that column, the other column answers.
+    _pick(page, 1, "no-such-adapter")
+    page.locator("#prompt textarea").fill("hello")
+    page.locator("#send").click()
+    refused = _wait_text(page, "#stats-1", r"HTTP 404", ANSWER_TIMEOUT_MS)
+    assert "no-such-adapter" in refused and "does not exist" in refused
+    _wait_text(page, "#stats-0", r"TTFT", ANSWER_TIMEOUT_MS)
+
+    # Adapter changes without the admin key: refused with a hint, nothing unloaded.
+    page.get_by_role("tab", name="Adapters").click()
+    page.locator("#adapters-refresh").click()
+    _wait_text(page, "#adapter-table", served_adapter)
+    _wait_text(page, "#adapter-status", r"adapter\(s\) registered")
+    unload_box = page.locator("#unload-name input")
+    unload_box.click()
+    page.get_by_role("option", name=served_adapter, exact=True).first.click()
+    page.locator("#unload").click()
+    no_admin = _wait_text(page, "#adapter-status", r"HTTP 40[13]")
+    assert "admin key" in no_admin
+    with live_server.http() as client:
+        names = [a["name"] for a in client.get("/v1/adapters").json()["data"]]
+    assert served_adapter in names
+
+    # With the admin key, a folder that is not an adapter is rejected with the reason.
+    page.locator("#admin-key input").fill(live_server.admin_key)
+    page.locator("#register-name textarea").fill("not-an-adapter")
+    page.locator("#register-path textarea").fill("/nonexistent/folder")
+    page.locator("#register").click()
+    rejected = _wait_text(page, "#adapter-status", r"HTTP 4\d\d.*nonexistent/folder")
+    assert "/nonexistent/folder" in rejected and "does not exist" in rejected
+    page.screenshot(path=str(test_output / "ui-errors.png"), full_page=True)
+
+    body = page.locator("body").inner_text()
+    assert "Traceback" not in body and 'File "' not in body
+    assert httpx.get(f"{live_server.base_url}/health", timeout=5).status_code == 200
