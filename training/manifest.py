@@ -1,0 +1,110 @@
+"""The adapter folder and its manifest, written atomically.
+
+``output_dir/NAME/`` holds ``adapter_model.safetensors``, ``adapter_config.json``,
+``tuneserve.json`` (the manifest) and ``held_out.jsonl`` (the held-out rows, so evaluation
+scores exactly the rows training never saw). Everything is written into a temporary
+sibling folder and renamed into place last: a killed run never leaves a folder that looks
+like an adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+MANIFEST_FILE = "tuneserve.json"
+HELD_OUT_FILE = "held_out.jsonl"
+LIBRARIES = ("torch", "transformers", "peft", "trl", "datasets", "bitsandbytes", "tuneserve")
+
+
+def read_manifest(adapter_dir: str | Path) -> dict[str, Any]:
+    """The manifest of an adapter folder (``{}`` when it has none)."""
+    path = Path(adapter_dir) / MANIFEST_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def update_manifest(adapter_dir: str | Path, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into an adapter's manifest (atomic file replace); return it."""
+    manifest = read_manifest(adapter_dir)
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(manifest.get(key), dict):
+            manifest[key] = {**manifest[key], **value}
+        else:
+            manifest[key] = value
+    _write_json(Path(adapter_dir) / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def read_held_out(adapter_dir: str | Path) -> list[dict]:
+    """The held-out rows (``{"messages": [...]}``) saved beside an adapter."""
+    path = Path(adapter_dir) / HELD_OUT_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@contextmanager
+def staging_dir(target: Path, *, overwrite: bool):
+    """Yield a temp folder beside ``target``; on clean exit rename it to ``target``.
+
+    On any exception (or a cancelled run) the temp folder is removed and ``target`` is
+    left as it was.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the server may run as another user
+    try:
+        yield tmp
+        publish(tmp, target, overwrite=overwrite)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish(tmp: Path, target: Path, *, overwrite: bool) -> None:
+    """Rename ``tmp`` to ``target`` (an existing target is replaced only with overwrite)."""
+    if target.exists():
+        if not overwrite:
+            raise FileExistsError(f"{target} already exists")
+        trash = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(trash)
+        tmp.rename(target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        tmp.rename(target)
+
+
+def write_adapter_files(
+    tmp: Path,
+    save_adapter: Callable[[Path], None],
+    manifest: dict[str, Any],
+    held_out: list[dict],
+) -> None:
+    """Fill a staging folder: PEFT files, held-out rows, and the manifest (written last)."""
+    save_adapter(tmp)
+    with (tmp / HELD_OUT_FILE).open("w", encoding="utf-8") as fh:
+        for row in held_out:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    _write_json(tmp / MANIFEST_FILE, manifest)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
