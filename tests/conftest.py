@@ -4,6 +4,8 @@
 - ``real_model_dir``: the real prepared Gemma 3 270M (slow tests; prepared once, idempotent,
   under the real ``$TUNESERVE_HOME`` so CI and developers share it).
 - ``isolated_home``: a fresh ``$TUNESERVE_HOME`` for tests that write state.
+- ``docker_adapter_dir``: the real docker-commands LoRA adapter, trained once per session
+  from training/configs/docker-lora.yaml (seeded; a few minutes on CPU).
 """
 
 from __future__ import annotations
@@ -32,6 +34,24 @@ def real_model_dir() -> Path:
     from training.prepare import prepare_base_model
 
     return prepare_base_model(REAL_BASE_MODEL)
+
+
+@pytest.fixture(scope="session")
+def docker_adapter_dir(tmp_path_factory: pytest.TempPathFactory, real_model_dir: Path) -> Path:
+    """Train the docker-commands LoRA adapter (training/configs/docker-lora.yaml) once.
+
+    For local iteration only, TUNESERVE_TEST_DOCKER_ADAPTER=/path/to/adapter reuses an
+    adapter trained earlier with the same config (CI leaves it unset and trains).
+    """
+    reuse = os.environ.get("TUNESERVE_TEST_DOCKER_ADAPTER")
+    if reuse:
+        return Path(reuse)
+    from training.config import load_config
+    from training.sft import train
+
+    out = tmp_path_factory.mktemp("docker-adapter")
+    config = load_config(REPO_ROOT / "training" / "configs" / "docker-lora.yaml", [f"output_dir={out}"])
+    return train(config, progress_bar=False)
 
 
 @pytest.fixture
