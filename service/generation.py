@@ -98,8 +98,9 @@ class Generator:
         first = True
         completion_tokens = 0
         metrics.PROMPT_TOKENS.labels(model).inc(len(prompt_ids))
+        outputs = self.engine.generate(prompt_ids, params, adapter, request_id)
         try:
-            async for output in self.engine.generate(prompt_ids, params, adapter, request_id):
+            async for output in outputs:
                 new_tokens = sum(len(o.token_ids) for o in output.outputs)
                 if first and new_tokens:
                     metrics.TTFT.labels(model).observe(time.perf_counter() - started)
@@ -116,6 +117,9 @@ class Generator:
                                   headers={"Retry-After": "5"}) from exc
             raise
         finally:
+            # Close the engine stream now (not at garbage collection): an unfinished
+            # request is aborted in the engine as soon as its client is gone.
+            await outputs.aclose()
             metrics.COMPLETION_TOKENS.labels(model).inc(completion_tokens)
             metrics.E2E.labels(model).observe(time.perf_counter() - started)
 
@@ -126,8 +130,11 @@ async def merge_streams(streams: list[AsyncIterator[Any]]) -> AsyncIterator[tupl
     Cancelling the consumer cancels (and so aborts) every producer.
     """
     if len(streams) == 1:
-        async for item in streams[0]:
-            yield 0, item
+        try:
+            async for item in streams[0]:
+                yield 0, item
+        finally:
+            await streams[0].aclose()
         return
     queue: asyncio.Queue = asyncio.Queue()
     done = object()

@@ -69,8 +69,6 @@ def test_auth_401_and_403(live_server):
 def test_malicious_or_clashing_name_rejected(live_server, gemma_test_adapter, name):
     with live_server.http(admin=True) as admin:
         response = admin.post("/v1/adapters", json={"name": name, "path": str(gemma_test_adapter)})
-    if response.status_code == 404:  # a '/' in the name never reaches the route
-        return
     _error(response, 400, "invalid_adapter_name")
 
 

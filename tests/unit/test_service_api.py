@@ -265,3 +265,34 @@ def test_metrics_count_requests_per_model(make_client):
     assert 'tuneserve_requests_total{endpoint="chat",model="unknown",status="404"}' in text
     assert "tuneserve_time_to_first_token_seconds_bucket" in text
     assert 'tuneserve_requests_in_flight{model="tiny"} 0.0' in text
+
+
+async def test_closing_a_stream_aborts_the_engine_request(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from service.chat.protocol import ChatCompletionRequest
+    from service.chat.serving import ChatServing
+    from service.generation import Generator
+
+    engine = FakeEngine(model_path=tiny_model_dir,
+                        tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir), delay_s=0.01)
+    generator = Generator(engine, registry=None, base_id="tiny", max_in_flight=4)
+    serving = ChatServing(generator, engine.tokenizer)
+    chunks = await serving.create(ChatCompletionRequest(**_chat(stream=True)))
+    await chunks.__anext__()  # role chunk
+    await chunks.__anext__()  # first token
+    assert generator.in_flight == 1
+    await chunks.aclose()  # what Starlette does when the client goes away
+    assert len(engine.aborted) == 1 and generator.in_flight == 0
+
+
+def test_cli_settings_errors_and_localhost_binding(monkeypatch, capsys):
+    from service.cli import _is_loopback
+    from tuneserve.cli import main
+
+    assert main(["serve", "--max-lora-rank", "12"]) == 2
+    assert "max_lora_rank must be one of" in capsys.readouterr().err
+    assert main(["serve", "--model", "no-such-model"]) == 2
+    assert "unknown base model" in capsys.readouterr().err
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
+    assert not _is_loopback("0.0.0.0") and not _is_loopback("10.0.0.1")
