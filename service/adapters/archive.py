@@ -11,6 +11,7 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from service.adapters.checks import ADAPTER_CONFIG
@@ -34,12 +35,20 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=dest.parent))
     try:
-        if zipfile.is_zipfile(archive):
-            _extract_zip(archive, staging, max_bytes)
-        elif tarfile.is_tarfile(archive):
-            _extract_tar(archive, staging, max_bytes)
-        else:
-            raise AdapterRejected("upload is not a .zip or .tar(.gz) archive", code="bad_archive")
+        try:
+            if zipfile.is_zipfile(archive):
+                _extract_zip(archive, staging, max_bytes)
+            elif tarfile.is_tarfile(archive):
+                _extract_tar(archive, staging, max_bytes)
+            else:
+                raise AdapterRejected("upload is not a .zip or .tar(.gz) archive",
+                                      code="bad_archive")
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error,
+                NotImplementedError, RuntimeError) as exc:
+            # A truncated/corrupt stream, headers that lie about sizes (CRC mismatch), an
+            # unsupported compression or an encrypted member: the upload's fault, not ours.
+            raise AdapterRejected(f"archive is corrupt or unsupported: {exc}",
+                                  code="bad_archive") from None
         root = _adapter_root(staging)
         root.rename(dest)
         return dest
