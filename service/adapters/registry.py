@@ -74,6 +74,8 @@ class AdapterRegistry:
         self.base = base
         self.max_lora_rank = max_lora_rank
         self._db = sqlite3.connect(self.db_path, check_same_thread=False)
+        # WAL: a kill -9 mid-write leaves the last committed registry intact.
+        self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
         self._db.commit()
         self._served: dict[str, tuple[AdapterRecord, AdapterHandle]] = {}
