@@ -1,0 +1,274 @@
+"""Fast reliability/security checks (no engine): constant-time key comparison, secrets
+kept out of reprs and logs, crash-safe storage (SQLite WAL), archive and safetensors
+parsers that refuse lying inputs with AdapterRejected, and the HTTP layer (fake engine)
+answering hostile bodies and overload with 4xx. The same promises run against the real
+server in tests/integration/test_reliability_*.py."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import sqlite3
+import struct
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import build_app
+from service.settings import Settings
+from tests.unit.service_fake_engine import FakeEngine
+
+USER_KEY = "user-key-reliability-0123"
+ADMIN_KEY = "admin-key-reliability-0123"
+
+
+# -- keys ----------------------------------------------------------------------------------
+class _Request:
+    def __init__(self, settings: Settings, headers: dict[str, str]):
+        self.headers = {k.lower(): v for k, v in headers.items()}
+        self.app = type("App", (), {"state": type("State", (), {"settings": settings})()})()
+
+
+def _settings(**kw) -> Settings:
+    return Settings(user_api_keys=f"{USER_KEY},user-key-second-4567",
+                    admin_api_keys=ADMIN_KEY, **kw)
+
+
+@pytest.mark.parametrize("presented", [USER_KEY, ADMIN_KEY, "x" + USER_KEY[1:], "short"])
+def test_keys_compared_in_constant_time_against_every_key(monkeypatch, presented):
+    import hmac
+
+    from service import deps
+    from service.errors import Unauthorized
+
+    calls: list[tuple[bytes, bytes]] = []
+    original = hmac.compare_digest
+
+    def counting(a, b):
+        calls.append((a, b))
+        return original(a, b)
+
+    monkeypatch.setattr(deps.hmac, "compare_digest", counting)
+    settings = _settings()
+    request = _Request(settings, {"Authorization": f"Bearer {presented}"})
+    try:
+        role = deps.role_of(request)
+    except Unauthorized:
+        role = None
+    assert role == {USER_KEY: "user", ADMIN_KEY: "admin"}.get(presented)
+    # No == on secrets: every comparison went through compare_digest, and a match does not
+    # stop the loop early (the admin list is always scanned in full).
+    assert len(calls) >= len(settings.admin_api_keys)
+    if role != "admin":
+        assert len(calls) == len(settings.admin_api_keys) + len(settings.user_api_keys)
+
+
+def test_no_plain_equality_on_keys_in_source():
+    source = (Path(__file__).parents[2] / "service" / "deps.py").read_text()
+    assert "compare_digest" in source
+    assert "in settings.user_api_keys" not in source and "in settings.admin_api_keys" not in source
+
+
+def test_keys_not_in_settings_repr_or_errors():
+    settings = _settings()
+    assert USER_KEY not in repr(settings) and ADMIN_KEY not in repr(settings)
+    assert USER_KEY not in str(settings.model_dump(exclude={"user_api_keys", "admin_api_keys"}))
+    with pytest.raises(ValueError) as exc:
+        Settings(user_api_keys="weak")
+    assert "weak" not in str(exc.value).split("input_value")[0]
+
+
+# -- crash-safe storage --------------------------------------------------------------------
+def test_registry_and_jobs_databases_use_wal(tmp_path, tiny_model_dir):
+    from service.adapters.checks import BaseModelShape
+    from service.adapters.registry import AdapterRegistry
+
+    base = BaseModelShape.from_checkpoint("tiny", Path(tiny_model_dir))
+    registry = AdapterRegistry(tmp_path / "registry.sqlite", FakeEngine(tiny_model_dir, None),
+                               base, 16)
+    registry.close()
+    db = sqlite3.connect(tmp_path / "registry.sqlite")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+    store_source = (Path(__file__).parents[2] / "service" / "jobs" / "store.py").read_text()
+    assert "journal_mode=WAL" in store_source
+
+
+# -- lying archives and weights ------------------------------------------------------------
+def _zip_with(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _lie_about_size(raw: bytearray, name: bytes, size: int) -> None:
+    for sig, size_at, name_len_at, name_at in ((b"PK\x03\x04", 22, 26, 30),
+                                               (b"PK\x01\x02", 24, 28, 46)):
+        pos = raw.find(sig)
+        while pos != -1:
+            n = struct.unpack_from("<H", raw, pos + name_len_at)[0]
+            if bytes(raw[pos + name_at: pos + name_at + n]) == name:
+                struct.pack_into("<I", raw, pos + size_at, size)
+            pos = raw.find(sig, pos + 4)
+
+
+def test_zip_whose_headers_lie_is_rejected(tmp_path):
+    from service.adapters.archive import extract_archive
+    from service.errors import AdapterRejected
+
+    raw = bytearray(_zip_with({"adapter_config.json": b"{}",
+                               "adapter_model.safetensors": b"\0" * (4 * 1024 * 1024)}))
+    _lie_about_size(raw, b"adapter_model.safetensors", 100)
+    archive = tmp_path / "liar.zip"
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(AdapterRejected) as exc:
+        extract_archive(archive, tmp_path / "out" / "liar", max_bytes=1024 * 1024)
+    assert exc.value.status_code == 400
+    assert not (tmp_path / "out" / "liar").exists()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == []  # staging cleaned up
+
+
+def test_zip_bomb_refused_before_unpacking(tmp_path):
+    from service.adapters.archive import extract_archive
+    from service.errors import AdapterRejected
+
+    archive = tmp_path / "bomb.zip"
+    archive.write_bytes(_zip_with({"adapter_config.json": b"{}",
+                                   "zeros.bin": b"\0" * (8 * 1024 * 1024)}))
+    assert archive.stat().st_size < 64 * 1024  # 8 MiB of zeros packs small
+    with pytest.raises(AdapterRejected) as exc:
+        extract_archive(archive, tmp_path / "out" / "bomb", max_bytes=1024 * 1024)
+    assert exc.value.code == "archive_too_large"
+
+
+@pytest.mark.parametrize("header", [
+    {"x.lora_A.weight": {"dtype": "F32", "shape": [8, 64], "data_offsets": [0, 2048]}},
+    {"x.lora_A.weight": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 16]}},
+    {"x.lora_A.weight": {"dtype": "F32", "shape": [8, -1], "data_offsets": [0, 16]}},
+    {"x.lora_A.weight": {"dtype": "NOPE", "shape": [2, 2], "data_offsets": [0, 16]}},
+])
+def test_safetensors_header_that_lies_is_rejected(tmp_path, tiny_model_dir, header):
+    from service.adapters.checks import BaseModelShape, _check_shapes
+    from service.errors import AdapterRejected
+
+    raw = json.dumps(header).encode()
+    weights = tmp_path / "adapter_model.safetensors"
+    weights.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 16)
+    base = BaseModelShape.from_checkpoint("tiny", Path(tiny_model_dir))
+    with pytest.raises(AdapterRejected):
+        _check_shapes(weights, 8, base)
+
+
+# -- the HTTP layer on a fake engine -------------------------------------------------------
+@pytest.fixture
+def make_client(tiny_model_dir, isolated_home, monkeypatch):
+    monkeypatch.setenv("TUNESERVE_UI", "0")
+    clients = []
+
+    def make(engine_kw=None, **settings_kw):
+        holder: dict = {}
+
+        def factory(settings, model_path, base_id):
+            from transformers import AutoTokenizer
+
+            holder["engine"] = FakeEngine(model_path=model_path,
+                                          tokenizer=AutoTokenizer.from_pretrained(model_path),
+                                          **(engine_kw or {}))
+            return holder["engine"]
+
+        settings = Settings(base_model=str(tiny_model_dir), served_model_name="tiny",
+                            user_api_keys=USER_KEY, admin_api_keys=ADMIN_KEY, **settings_kw)
+        client = TestClient(build_app(settings, factory),
+                            headers={"Authorization": f"Bearer {USER_KEY}"})
+        client.__enter__()
+        clients.append(client)
+        deadline = time.monotonic() + 10
+        while client.get("/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        client.engine = holder["engine"]
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def _assert_4xx(response, status=400):
+    statuses = (status,) if isinstance(status, int) else status
+    assert response.status_code in statuses, response.text[:300]
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert "Traceback" not in response.text and 'File "' not in response.text
+
+
+@pytest.mark.parametrize("raw", [
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"model": "tiny", "messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+    b'{"model": "tiny", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
+    b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": NaN}',
+    b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": Infinity}',
+    b"",
+    b"\x00\x01\x02",
+])
+def test_hostile_bodies_are_400(make_client, raw):
+    client = make_client()
+    response = client.post("/v1/chat/completions", content=raw,
+                           headers={"Content-Type": "application/json"})
+    _assert_4xx(response)
+    assert client.post("/v1/chat/completions", json={
+        "model": "tiny", "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+
+
+def test_overload_is_429_with_retry_after(make_client):
+    client = make_client(engine_kw={"delay_s": 0.2}, max_in_flight=2)
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    results: list[int] = []
+    headers: list[str | None] = []
+
+    def one():
+        response = client.post("/v1/chat/completions", json=body)
+        results.append(response.status_code)
+        headers.append(response.headers.get("retry-after"))
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == 8 and set(results) <= {200, 429}
+    assert results.count(200) >= 2 and results.count(429) >= 1
+    assert all(h and int(h) >= 1 for s, h in zip(results, headers, strict=True) if s == 429)
+
+
+def test_keys_never_reach_the_log(make_client, caplog):
+    caplog.set_level(logging.DEBUG)
+    client = make_client()
+    client.get("/v1/models")
+    client.get("/v1/models", headers={"Authorization": "Bearer wrong-key-abcdef-9876"})
+    client.post("/v1/adapters", json={"name": "x", "path": "/nope"})
+    client.post("/v1/adapters", json={"name": "x", "path": "/nope"},
+                headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    text = caplog.text
+    for secret in (USER_KEY, ADMIN_KEY, "wrong-key-abcdef-9876"):
+        assert secret not in text
+
+
+def test_event_loop_stays_responsive_to_health_during_overload(make_client):
+    # /health must answer while inference slots are full (probes never time out).
+    client = make_client(engine_kw={"delay_s": 0.1}, max_in_flight=1)
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    worker = threading.Thread(target=lambda: client.post("/v1/chat/completions", json=body))
+    worker.start()
+    started = time.monotonic()
+    assert client.get("/health").status_code == 200
+    assert time.monotonic() - started < 5
+    worker.join(30)
+    asyncio.run(asyncio.sleep(0))
