@@ -174,12 +174,14 @@ class AdapterRegistry:
         ).fetchall()
         failed: list[tuple[str, str]] = []
         for name, path, source, owned in rows:
-            self._db.execute("DELETE FROM adapters WHERE name = ?", (name,))
-            self._db.commit()
+            # The row stays until the adapter fails its checks: a crash mid-restore must not
+            # forget adapters that were served (add() rewrites the row on success).
             try:
                 await self.add(name, path, source=source, owned_path=bool(owned))
             except AdapterRejected as exc:
                 logger.warning("adapter %s was not restored: %s", name, exc.message)
+                self._db.execute("DELETE FROM adapters WHERE name = ?", (name,))
+                self._db.commit()
                 failed.append((name, exc.message))
         return failed
 
