@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-model-len", type=int, default=1024)
-    parser.add_argument("--kv-cache-gib", type=float, default=1.0)
+    parser.add_argument("--kv-cache-gib", type=int, default=1)
     parser.add_argument("--systems", default="vllm-stock,tuneserve,transformers-peft")
     parser.add_argument("--write", type=Path, help="update this Markdown file's Serving section")
     args = parser.parse_args(argv)

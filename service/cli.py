@@ -30,7 +30,7 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "--max-cpu-loras": ("max_cpu_loras", int, "adapters kept loaded (default 16)"),
     "--max-model-len": ("max_model_len", int, "context length (default 2048)"),
     "--max-num-seqs": ("max_num_seqs", int, "engine batch size (default: vLLM's)"),
-    "--kv-cache-space": ("kv_cache_space_gib", float, "KV cache GiB on CPU (default 2)"),
+    "--kv-cache-space": ("kv_cache_space_gib", int, "KV cache GiB on CPU (default 2)"),
     "--max-in-flight": ("max_in_flight", int, "requests admitted at once (default 64)"),
     "--dtype": ("dtype", str, "weights dtype (default float32)"),
 }

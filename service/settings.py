@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     max_cpu_loras: int = Field(16, ge=1, description="Adapters kept loaded in memory.")
     max_model_len: int = Field(2048, ge=16, description="Context length (prompt + completion).")
     max_num_seqs: int | None = Field(None, description="Engine batch size (default: vLLM's).")
-    kv_cache_space_gib: float = Field(2.0, gt=0, description="KV cache size on CPU (GiB).")
+    kv_cache_space_gib: int = Field(2, ge=1, description="KV cache size on CPU (whole GiB).")
     dtype: str = Field("float32", description="Weights dtype; float32 on CPUs without bf16.")
     max_in_flight: int = Field(
         64, ge=1, description="Requests admitted at once; more get 429 with Retry-After."
