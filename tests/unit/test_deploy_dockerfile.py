@@ -305,3 +305,20 @@ def test_healthcheck_fails_when_nothing_listens() -> None:
         [sys.executable, str(HEALTHCHECK)], env=env, capture_output=True, text=True, timeout=30
     )
     assert done.returncode == 1 and "failed" in done.stderr
+
+
+def test_builder_copies_every_packaged_folder(dockerfile: str) -> None:
+    """A package added to pyproject but not COPY'd would install as an empty editable."""
+    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"][
+        "find"
+    ]
+    builder = stages(dockerfile)[0]
+    copied = {
+        source.rstrip("/")
+        for keyword, rest in builder
+        if keyword == "COPY"
+        for source in shlex.split(rest)[:-1]
+    }
+    for pattern in find["include"]:
+        package = pattern.rstrip("*").rstrip(".")
+        assert package in copied, f"the builder stage does not COPY {package}/"
