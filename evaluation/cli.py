@@ -7,6 +7,7 @@ Exit codes: 0 ok; 1 a regression against the previous run of the suite; 2 bad in
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 
@@ -118,8 +119,16 @@ def _options(args: argparse.Namespace):
     )
 
 
+def _quiet_http_logs() -> None:
+    # One INFO line per request from the HTTP client would bury the summary table.
+    for name in ("httpx", "httpx2", "openai", "absl"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _run_once(args: argparse.Namespace) -> int:
     from evaluation.pipeline import run_and_report
+
+    _quiet_http_logs()
     from evaluation.report import headline, summary_table
 
     suite = _suite_from_args(args)

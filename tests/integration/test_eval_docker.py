@@ -82,6 +82,7 @@ def test_trained_adapter_beats_base_with_cis_excluding_zero(
     assert adapter_nll < base_nll
     assert record["comparisons"][ADAPTER]["nll"]["high"] < 0
     assert record["metrics"][ADAPTER]["tokens_per_s"] > 0
+    _check_nll_against_transformers(record, Path(manifest["base_model_path"]))
     assert f"HELPS: {ADAPTER} beats base on Exact match, chrF" in out
     report_dir = Path(History(eval_home / "eval_history.sqlite").runs(limit=1)[0].report_dir)
     shutil.copytree(report_dir, test_output / "eval-docker-report", dirs_exist_ok=True)
@@ -143,3 +144,26 @@ def test_hotel_suite_with_the_base_model_as_judge(live_server, eval_home, capsys
     assert 0.0 <= record["metrics"]["again"]["judge_win_rate"] <= 1.0
     # Same model, greedy: no difference the CI could call real.
     assert not record["comparisons"]["again"]["chrf"]["excludes_zero"]
+
+
+def _check_nll_against_transformers(record: dict, model_path: Path) -> None:
+    """The server's prompt-logprob NLL of the reference equals a plain transformers forward
+    pass over the same chat-formatted ids (catches off-by-one alignment)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.chat_format import encode_for_training
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    for ex in record["examples"][:3]:
+        messages = [*ex["messages"], {"role": "assistant", "content": ex["reference"]}]
+        enc = encode_for_training(tokenizer, messages)
+        ids = torch.tensor([enc["input_ids"]])
+        with torch.no_grad():
+            logprobs = model(ids).logits[0, :-1].float().log_softmax(-1)
+        targets = ids[0, 1:]
+        token_lp = logprobs.gather(1, targets[:, None])[:, 0]
+        mask = torch.tensor(enc["completion_mask"][1:], dtype=torch.bool)
+        expected = float(-token_lp[mask].mean())
+        assert ex["outputs"]["base"]["nll"] == pytest.approx(expected, abs=0.05)
