@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
-# Container entrypoint: make sure the base model is in $TUNESERVE_HOME, then exec the command
-# (default: scripts/run.sh, the `make run` entry point).
-#  1. Models prepared at image build time sit in $TUNESERVE_SEED_HOME/models; link each one
-#     into $TUNESERVE_HOME/models unless the volume already has it (a mounted volume hides
+# Container entrypoint: lay out $TUNESERVE_HOME, make sure the base model is there, then exec
+# the command (default: scripts/run.sh, the `make run` entry point).
+#  1. Split state (several replicas on one shared volume): with TUNESERVE_SHARED_HOME set,
+#     TUNESERVE_HOME is per-pod local disk and the shared folders (TUNESERVE_SHARED_ITEMS,
+#     default: adapters models reports datasets) are links into the shared volume. The
+#     SQLite files (adapter registry, job store) then stay per pod, never shared over the
+#     network file system, while every replica sees the same adapters.
+#  2. Models prepared at image build time sit in $TUNESERVE_SEED_HOME/models; link each one
+#     into $TUNESERVE_HOME/models unless it is already there (a mounted volume hides
 #     whatever the image had at that path).
-#  2. TUNESERVE_PREPARE_ON_START=1 (default) runs `tuneserve models prepare $BASE_MODEL`,
+#  3. TUNESERVE_PREPARE_ON_START=1 (default) runs `tuneserve models prepare $BASE_MODEL`,
 #     a no-op for a linked or already prepared model, otherwise it builds it on the volume.
 #     Commands other than the server (training Jobs) need the model too, so this is here
 #     and not only in scripts/run.sh.
 set -euo pipefail
 home=${TUNESERVE_HOME:?TUNESERVE_HOME must be set}
+shared=${TUNESERVE_SHARED_HOME:-}
 seed=${TUNESERVE_SEED_HOME:-/opt/tuneserve-seed}
+mkdir -p "$home"
+if [ -n "$shared" ] && [ "$shared" != "$home" ]; then
+  for item in ${TUNESERVE_SHARED_ITEMS:-adapters models reports datasets}; do
+    mkdir -p "$shared/$item"
+    [ -e "$home/$item" ] || ln -s "$shared/$item" "$home/$item"
+  done
+fi
 mkdir -p "$home/models"
 if [ -d "$seed/models" ]; then
   for prepared in "$seed"/models/*/; do

@@ -246,6 +246,33 @@ def test_entrypoint_links_build_time_models_and_execs_the_command(tmp_path: Path
     assert _run_entrypoint(env, "true").returncode == 0
 
 
+def test_entrypoint_splits_per_pod_state_from_the_shared_volume(tmp_path: Path) -> None:
+    """Several replicas: each has its own TUNESERVE_HOME (SQLite stays local) with links to
+    the shared folders, so an adapter written by one pod is visible to all."""
+    shared = tmp_path / "shared"
+    (shared / "adapters" / "docker-lora").mkdir(parents=True)
+    seed = tmp_path / "seed"
+    (seed / "models" / "baked-model").mkdir(parents=True)
+    pods = [tmp_path / "pod-a", tmp_path / "pod-b"]
+    for pod in pods:
+        env = {
+            "TUNESERVE_HOME": str(pod),
+            "TUNESERVE_SHARED_HOME": str(shared),
+            "TUNESERVE_SEED_HOME": str(seed),
+            "TUNESERVE_PREPARE_ON_START": "0",
+        }
+        done = _run_entrypoint(env, "true")
+        assert done.returncode == 0, done.stderr
+        for item in ("adapters", "models", "reports", "datasets"):
+            assert (pod / item).is_symlink() and (pod / item).resolve() == shared / item
+        assert (pod / "adapters" / "docker-lora").is_dir()
+    # The build-time model is linked once, into the shared models folder.
+    assert (shared / "models" / "baked-model").is_symlink()
+    # State written by one pod outside the shared folders stays in that pod.
+    (pods[0] / "registry").mkdir()
+    assert not (pods[1] / "registry").exists() and not (shared / "registry").exists()
+
+
 def test_entrypoint_prepares_the_base_model_through_the_cli(tmp_path: Path) -> None:
     """With the seed holding a prepared model, `tuneserve models prepare` (really run)
     finds it via the link and does nothing; a failing preparation stops the container."""

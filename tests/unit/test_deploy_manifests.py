@@ -443,20 +443,32 @@ def test_server_pod_starts_serve_with_the_manifest_settings(
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert settings.host == "0.0.0.0"
     assert settings.port == ports["http"]
-    data_mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "data")
-    assert str(settings.adapters_dir).startswith(data_mount + "/")
+    # $TUNESERVE_HOME is per pod (an emptyDir: the SQLite files stay local); adapters/ in it
+    # is the entrypoint's link into the shared volume (TUNESERVE_SHARED_HOME).
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    home = env["TUNESERVE_HOME"]
+    state = next(name for name, path in mounts.items() if path == home)
+    assert "emptyDir" in volumes[state]
+    assert env["TUNESERVE_SHARED_HOME"] == mounts["data"]
+    assert "persistentVolumeClaim" in volumes["data"]
+    assert settings.adapters_dir == Path(home) / "adapters"
+    linked = env.get("TUNESERVE_SHARED_ITEMS", "adapters models reports datasets").split()
+    assert {"adapters", "models", "reports"} <= set(linked)
     assert settings.auth_enabled
     if overlay == "gpu":
         assert settings.dtype == "bfloat16"
     else:
         assert settings.dtype == "float32"
-    # Every TUNESERVE_ setting in the ConfigMap is a real Settings field (or TUNESERVE_HOME).
+    # Every TUNESERVE_ variable in the ConfigMap is read by something: a Settings field,
+    # TUNESERVE_HOME, or the entrypoint.
     from service.settings import Settings
 
     fields = {f"TUNESERVE_{name.upper()}" for name in Settings.model_fields}
+    entrypoint = (REPO / "deploy" / "docker" / "entrypoint.sh").read_text()
     for key in _configmap_env(objects, container):
-        if key.startswith("TUNESERVE_"):
-            assert key in fields | {"TUNESERVE_HOME"}, f"{key} is not a server setting"
+        if key.startswith("TUNESERVE_") and key not in fields | {"TUNESERVE_HOME"}:
+            assert key in entrypoint, f"{key} is neither a server setting nor an entrypoint one"
 
     # The Secret as committed holds placeholders: the server must refuse to start with them.
     monkeypatch.setenv("TUNESERVE_USER_API_KEYS", "changeme")
