@@ -57,8 +57,8 @@ def split_from_manifest(manifest: dict[str, Any]) -> tuple[float, int] | None:
     config = manifest.get("config") or manifest.get("train_config") or {}
     size = split.get("val_set_size", config.get("val_set_size"))
     seed = split.get("seed", manifest.get("split_seed", config.get("seed")))
-    if size is None or seed is None:
-        return None
+    if size is None or seed is None or float(size) <= 0:
+        return None  # no split recorded, or trained on every row
     return float(size), int(seed)
 
 
@@ -114,6 +114,11 @@ def held_out_examples(
     for label, (manifest, _) in (adapters or {}).items():
         recorded = split_from_manifest(manifest)
         if recorded is None:
+            if _lists_dataset(manifest, digest):
+                notes.append(
+                    f"adapter {label} trained on every row of {path.name} (no held-out split): "
+                    "its scores include rows it was trained on"
+                )
             continue
         size, seed = recorded
         source = f"manifest:{label} (seed/size)"

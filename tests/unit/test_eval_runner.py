@@ -311,3 +311,18 @@ def test_adapter_manifest_held_out_rows_are_used(
     assert record["dataset"]["split_source"] == "manifest:good (held_out.jsonl)"
     assert [e["reference"] for e in record["examples"]] == [r["output"] for r in held]
     assert record["models"][1]["manifest_hash"]
+
+
+def test_adapter_trained_on_every_row_is_flagged(suite_file, isolated_home):
+    from evaluation.dataset import held_out_examples
+    from evaluation.suite import load_suite
+    from training.data import file_sha256
+
+    data = suite_file.parent / "data.json"
+    manifest = {
+        "datasets": [{"path": str(data), "sha256": file_sha256(data)}],
+        "split": {"seed": 42, "val_set_size": 0, "held_out_rows": 0},
+    }
+    held = held_out_examples(load_suite(str(suite_file)), {"good": (manifest, None)})
+    assert held.split_source == "suite" and len(held.examples) == 20
+    assert "trained on every row" in held.notes[0]
