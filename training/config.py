@@ -49,6 +49,9 @@ class TrainConfig(BaseModel):
     val_set_size: float = Field(
         0.0, ge=0, description="Held-out share (<1) or row count (>=1) split off with `seed`."
     )
+    val_datasets: list[DatasetSpec] | None = Field(
+        None, description="Separate validation files (instead of splitting with val_set_size)."
+    )
     system_prompt: str | None = Field(
         None, description="System message added to rows that have none (recorded in the manifest)."
     )
@@ -121,7 +124,9 @@ class TrainConfig(BaseModel):
                 f"name {self.name!r} is not valid: use letters, digits, '.', '_' or '-' "
                 "(at most 64 characters)"
             )
-        if self.early_stopping_patience and not self.val_set_size:
+        if self.val_datasets and self.val_set_size:
+            raise ValueError("use either val_set_size or val_datasets, not both")
+        if self.early_stopping_patience and not (self.val_set_size or self.val_datasets):
             raise ValueError("early_stopping_patience needs a held-out set (val_set_size > 0)")
         if self.early_stopping_patience and not self.eval_steps:
             raise ValueError("early_stopping_patience needs eval_steps")
@@ -170,7 +175,7 @@ def config_from_dict(raw: dict, *, base_dir: Path | None = None) -> TrainConfig:
     except ValidationError as exc:
         raise UserError(f"invalid training config: {_describe(exc)}") from None
     if base_dir is not None:
-        for spec in config.datasets:
+        for spec in [*config.datasets, *(config.val_datasets or [])]:
             if not Path(spec.path).is_absolute():
                 spec.path = str((base_dir / spec.path).resolve())
         if config.output_dir and not Path(config.output_dir).is_absolute():

@@ -62,13 +62,42 @@ def prepare_data(config: TrainConfig, tokenizer) -> PreparedData:
     ``training.data.split_rows(rows, val_set_size, seed)``, so anyone can reproduce it from
     the files alone. Raises UserError with a line-numbered report unless drop_invalid_rows.
     """
-    from training.data import check_lengths, file_sha256, held_out_indices, load_rows
+    from training.data import held_out_indices, with_system_prompt
+
+    rows, infos, too_long = _load_specs(config, config.datasets, tokenizer)
+    if not rows:
+        raise UserError("no valid training rows")
+    held = set(held_out_indices(len(rows), config.val_set_size, config.seed))
+    if len(held) >= len(rows):
+        raise UserError(f"val_set_size {config.val_set_size} leaves no training rows")
+    rows = with_system_prompt(rows, config.system_prompt)
+    train = [r for i, r in enumerate(rows) if i not in held and i not in too_long]
+    held_out = [r for i, r in enumerate(rows) if i in held and i not in too_long]
+    if not train:
+        raise UserError("no training rows left after dropping invalid rows")
+    if config.val_datasets:
+        val_rows, val_infos, val_long = _load_specs(config, config.val_datasets, tokenizer)
+        held_out = [
+            r
+            for i, r in enumerate(with_system_prompt(val_rows, config.system_prompt))
+            if i not in val_long
+        ]
+        infos += [{**info, "role": "validation"} for info in val_infos]
+    dropped = sum(info["invalid_rows"] for info in infos)
+    return PreparedData(train, held_out, infos, sorted(held), dropped)
+
+
+def _load_specs(config: TrainConfig, specs, tokenizer) -> tuple[list[dict], list[dict], set[int]]:
+    """Rows of ``specs`` in order, manifest entries, and indices of too-long rows.
+
+    Raises UserError with the line-numbered report unless drop_invalid_rows.
+    """
+    from training.data import check_lengths, file_sha256, load_rows
 
     rows: list[dict] = []
     infos: list[dict[str, Any]] = []
     too_long: set[int] = set()
-    dropped = 0
-    for spec in config.datasets:
+    for spec in specs:
         report = load_rows(spec.path, spec.type, split=spec.split)
         offset = len(rows)
         valid = len(report.rows)
@@ -78,14 +107,11 @@ def prepare_data(config: TrainConfig, tokenizer) -> PreparedData:
         check_lengths(length_report, tokenizer, config.sequence_len)
         long_lines = {e.line for e in length_report.errors} - {e.line for e in report.errors}
         too_long |= {offset + i for i, line in enumerate(report.lines) if line in long_lines}
-        errors = sorted(length_report.errors, key=lambda e: e.line)
-        if errors and not config.drop_invalid_rows:
-            length_report.errors = errors
+        if length_report.errors and not config.drop_invalid_rows:
             raise UserError(
-                "dataset has invalid rows (set drop_invalid_rows: true to skip them):\n"
-                + length_report.format_errors()
+                f"dataset {spec.path} has invalid rows (set drop_invalid_rows: true to skip "
+                "them):\n" + length_report.format_errors()
             )
-        dropped += len(errors)
         infos.append(
             {
                 "path": str(spec.path),
@@ -93,22 +119,10 @@ def prepare_data(config: TrainConfig, tokenizer) -> PreparedData:
                 "split": spec.split,
                 "sha256": file_sha256(spec.path),
                 "rows": valid,
-                "invalid_rows": len(errors),
+                "invalid_rows": len(length_report.errors),
             }
         )
-    if not rows:
-        raise UserError("no valid training rows")
-    held = set(held_out_indices(len(rows), config.val_set_size, config.seed))
-    if len(held) >= len(rows):
-        raise UserError(f"val_set_size {config.val_set_size} leaves no training rows")
-    from training.data import with_system_prompt
-
-    rows = with_system_prompt(rows, config.system_prompt)
-    train = [r for i, r in enumerate(rows) if i not in held and i not in too_long]
-    held_out = [r for i, r in enumerate(rows) if i in held and i not in too_long]
-    if not train:
-        raise UserError("no training rows left after dropping invalid rows")
-    return PreparedData(train, held_out, infos, sorted(held), dropped)
+    return rows, infos, too_long
 
 
 def _copy_report(report, system_prompt):

@@ -229,3 +229,24 @@ def test_unprepared_base_model_says_how_to_fix(data_file, tmp_path, isolated_hom
     )
     with pytest.raises(UserError, match="tuneserve models prepare gemma-3-270m"):
         train(config)
+
+
+def test_val_datasets_are_the_held_out_set(tiny_model_dir, data_file, tmp_path):
+    val = tmp_path / "val.jsonl"
+    val.write_text(json.dumps({"prompt": "List the images.", "completion": "docker images"}) + "\n")
+    config = make_config(
+        tiny_model_dir,
+        data_file,
+        tmp_path,
+        max_steps=1,
+        val_set_size=0,
+        val_datasets=[{"path": str(val)}],
+    )
+    adapter = train(config)
+    manifest = read_manifest(adapter)
+    assert manifest["split"]["train_rows"] == 24 and manifest["split"]["held_out_rows"] == 1
+    assert manifest["datasets"][1]["role"] == "validation"
+    assert read_held_out(adapter)[0]["messages"][-1]["content"] == "docker images"
+    assert "eval_loss" in manifest["metrics"]
+    with pytest.raises(Exception, match="either val_set_size or val_datasets"):
+        make_config(tiny_model_dir, data_file, tmp_path, val_datasets=[{"path": str(val)}])
