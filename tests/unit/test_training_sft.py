@@ -250,3 +250,8 @@ def test_val_datasets_are_the_held_out_set(tiny_model_dir, data_file, tmp_path):
     assert "eval_loss" in manifest["metrics"]
     with pytest.raises(Exception, match="either val_set_size or val_datasets"):
         make_config(tiny_model_dir, data_file, tmp_path, val_datasets=[{"path": str(val)}])
+
+
+def test_sample_packing_trains(tiny_model_dir, data_file, tmp_path):
+    config = make_config(tiny_model_dir, data_file, tmp_path, sample_packing=True, max_steps=2)
+    assert_trained_adapter_works(train(config), tiny_model_dir)
