@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from service.adapters.checks import SUPPORTED_TARGET_MODULES
 from training.config import TrainConfig, config_from_dict
 
 # Extension hyperparameters -> TrainConfig keys (documented in docs/fine-tuning.md).
@@ -70,6 +71,9 @@ def build_train_config(
         "num_epochs": hp["n_epochs"],
         "micro_batch_size": hp["batch_size"],
         "learning_rate": DEFAULT_LEARNING_RATE * float(hp["learning_rate_multiplier"]),
+        # The engine's LoRA layers by name: PEFT writes "all-linear" out as full module
+        # paths, which the registry's check refuses; this list is the same layers.
+        "lora_target_modules": sorted(SUPPORTED_TARGET_MODULES),
     }
     for ext_key, config_key in EXTENSION_KEYS.items():
         if hp.get(ext_key) is not None:
