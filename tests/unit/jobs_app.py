@@ -25,7 +25,7 @@ def build_jobs_app(base_path: Path, *, on_success=None, **settings: Any) -> Fast
     register_error_handlers(app)
     app.include_router(files_router)
     app.include_router(fine_tuning_router)
-    app.state.settings = SimpleNamespace(auth_enabled=False)
+    app.state.settings = SimpleNamespace(auth_enabled=False, max_lora_rank=16)
     app.state.jobs_settings = JobsSettings(
         train_command=[sys.executable, str(FAKE_TRAINER)],
         poll_interval_s=0.05, cancel_grace_s=3.0, **settings,

@@ -145,6 +145,8 @@ def test_adapter_rejected_by_registry_fails_job(make_client):
         ({"method": _hp(bogus=1)}, openai.BadRequestError, "method.supervised.hyperparameters"),
         ({"method": _hp(lora_rank=0)}, openai.BadRequestError,
          "method.supervised.hyperparameters"),
+        ({"method": _hp(lora_rank=32)}, openai.BadRequestError,  # above max_lora_rank 16
+         "method.supervised.hyperparameters.lora_rank"),
     ],
 )
 def test_bad_job_requests_fail_at_creation(make_client, kwargs, exc, param):
@@ -162,3 +164,18 @@ def test_unknown_job_is_404(make_client):
         sdk.fine_tuning.jobs.retrieve("ftjob-nope")
     with pytest.raises(openai.NotFoundError):
         list(sdk.fine_tuning.jobs.list_events("ftjob-nope"))
+
+
+def test_job_config_maps_openai_and_lora_settings(make_client):
+    app, sdk, file_id = make_client()
+    job = sdk.fine_tuning.jobs.create(
+        model=BASE_ID, training_file=file_id, validation_file=file_id, seed=3,
+        hyperparameters={"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 0.5},
+        method=_hp(lora_rank=8, lora_alpha=16, qlora=True, max_steps=1))
+    config = app.state.jobs_store.get_job(job.id)["train_config"]
+    assert config["num_epochs"] == 1  # method's hyperparameters win over the deprecated ones
+    assert config["micro_batch_size"] == 4 and config["learning_rate"] == pytest.approx(1e-4)
+    assert (config["lora_r"], config["lora_alpha"], config["adapter"]) == (8, 16, "qlora")
+    assert config["seed"] == 3 and config["max_steps"] == 1
+    assert config["val_datasets"][0]["path"].endswith(".jsonl")
+    assert job.hyperparameters.batch_size == 4 and job.validation_file == file_id
