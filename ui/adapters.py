@@ -62,8 +62,26 @@ def _score(record: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
     return ", ".join(shown)
 
 
-def adapter_row(record: Mapping[str, Any]) -> list[Any]:
-    """One table row (see ``COLUMNS``) for a registry record."""
+def latest_verdicts(reports: list[Mapping[str, Any]]) -> dict[str, str]:
+    """Adapter label -> the newest report's one-line verdict about it (``GET /reports``).
+
+    Reports come newest first; each headline line names the candidate it is about.
+    """
+    verdicts: dict[str, str] = {}
+    for report in reports:
+        models = list(report.get("models") or [])
+        for label in models[1:]:  # the first model is the baseline
+            if label in verdicts:
+                continue
+            line = next((h for h in report.get("headline") or [] if f" {label} " in f" {h} "), None)
+            if line:
+                verdicts[label] = f"{report.get('suite') or report.get('id')}: {line}"
+    return verdicts
+
+
+def adapter_row(record: Mapping[str, Any], verdict: str | None = None) -> list[Any]:
+    """One table row (see ``COLUMNS``) for a registry record; ``verdict`` (from the
+    evaluation reports) fills the eval column when the manifest has no held-out score."""
     manifest = _manifest(record)
     config = manifest.get("config") or manifest.get("train_config") or {}
     rank = _first(record, "rank", "lora_rank", "r")
@@ -75,12 +93,18 @@ def adapter_row(record: Mapping[str, Any]) -> list[Any]:
         rank if rank is not None else "",
         _created(_first(record, "created", "created_at")),
         _dataset(manifest) or str(record.get("dataset") or ""),
-        _score(record, manifest),
+        _score(record, manifest) or verdict or "",
         str(_first(record, "state", "status", "source") or ""),
     ]
 
 
-def adapter_table(records: list[Mapping[str, Any]]) -> pd.DataFrame:
+def adapter_table(
+    records: list[Mapping[str, Any]], verdicts: Mapping[str, str] | None = None
+) -> pd.DataFrame:
     """The whole table, sorted by name."""
-    rows = sorted((adapter_row(r) for r in records), key=lambda row: str(row[0]))
+    verdicts = verdicts or {}
+    rows = sorted(
+        (adapter_row(r, verdicts.get(str(_first(r, "name", "id")))) for r in records),
+        key=lambda row: str(row[0]),
+    )
     return pd.DataFrame(rows, columns=COLUMNS)

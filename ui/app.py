@@ -17,7 +17,7 @@ import pandas as pd
 
 from ui import evaluate as ev
 from ui.adapters import COLUMNS as ADAPTER_COLUMNS
-from ui.adapters import adapter_table
+from ui.adapters import adapter_table, latest_verdicts
 from ui.client import SamplingParams, ServerError, TuneserveClient
 from ui.compare import MAX_SLOTS, SnippetRequest, build_messages, compare_stream
 from ui.train import (
@@ -197,7 +197,11 @@ async def load_adapters(server: str, api_key: str) -> tuple[Any, ...]:
             if c.is_adapter
         ]
         source = " (from /v1/models: this server has no adapter registry API)"
-    table = adapter_table(records)
+    try:  # the eval column also shows the newest report's verdict on each adapter
+        verdicts = latest_verdicts(await client.list_reports())
+    except ServerError:
+        verdicts = {}
+    table = adapter_table(records, verdicts)
     names = list(table["name"])
     return (
         table,
@@ -428,6 +432,8 @@ def _compare_tab(server: gr.Textbox, key: gr.Textbox) -> list[gr.Dropdown]:
                         height=360,
                         elem_id=f"answer-{index}",
                         feedback_options=None,
+                        # Model output is shell commands full of `$`: no LaTeX rendering.
+                        latex_delimiters=[],
                         buttons=["copy"],
                     )
                 )

@@ -189,3 +189,27 @@ def test_cli_ui_help_and_bad_url(capsys):
     assert info.value.code == 0 and "--server" in capsys.readouterr().out
     assert main(["ui", "--server", "ftp://x"]) == 2
     assert "must be an http(s) URL" in capsys.readouterr().err
+
+
+def test_eval_column_falls_back_to_the_newest_report_verdict():
+    from ui.adapters import latest_verdicts
+
+    reports = [
+        {
+            "suite": "docker-commands",
+            "models": ["gemma", "docker"],
+            "headline": ["HELPS: docker beats gemma on exact match"],
+        },
+        {
+            "suite": "old",
+            "models": ["gemma", "docker", "hotel"],
+            "headline": ["HURTS: docker is worse", "NO CLEAR DIFFERENCE between hotel and gemma"],
+        },
+    ]
+    verdicts = latest_verdicts(reports)
+    assert verdicts == {
+        "docker": "docker-commands: HELPS: docker beats gemma on exact match",
+        "hotel": "old: NO CLEAR DIFFERENCE between hotel and gemma",
+    }
+    table = adapter_table([{"name": "docker"}, {"name": "x", "manifest": {}}], verdicts)
+    assert list(table["eval score"]) == [verdicts["docker"], ""]
