@@ -55,7 +55,8 @@ ARG STACK=cpu
 ARG BASE_MODEL=gemma-3-270m
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # gcc/g++: torch.compile (vLLM CPU) and Triton (vLLM CUDA) compile kernels at run time.
-# libnuma1 / libtcmalloc: vLLM CPU's thread binding and allocator.
+# libnuma1: vLLM CPU binds threads per NUMA node; libtcmalloc: the allocator vLLM CPU
+# recommends (opt in with LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4).
 # Versions float with the Debian point release the base image pins, so they are not pinned.
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -65,6 +66,9 @@ RUN apt-get update \
     && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin tuneserve \
     && mkdir -p /data \
     && chown tuneserve:tuneserve /data
+LABEL org.opencontainers.image.title="tuneserve" \
+      org.opencontainers.image.description="Fine-tune, serve and evaluate LoRA adapters (${STACK} stack)" \
+      io.tuneserve.stack="${STACK}"
 WORKDIR /app
 COPY --from=builder /app /app
 COPY --from=builder /opt/tuneserve-seed /opt/tuneserve-seed
@@ -77,7 +81,6 @@ ENV PATH=/app/.venv/bin:$PATH \
     TRANSFORMERS_OFFLINE=1 \
     HF_DATASETS_OFFLINE=1 \
     VLLM_NO_USAGE_STATS=1 \
-    TUNESERVE_STACK=${STACK} \
     TUNESERVE_HOME=/data \
     TUNESERVE_SEED_HOME=/opt/tuneserve-seed \
     BASE_MODEL=${BASE_MODEL} \
