@@ -272,3 +272,41 @@ def test_event_loop_stays_responsive_to_health_during_overload(make_client):
     assert time.monotonic() - started < 5
     worker.join(30)
     asyncio.run(asyncio.sleep(0))
+
+
+async def test_crash_during_restore_forgets_no_adapter(tmp_path, tiny_model_dir):
+    """A restart that dies while reloading the registry (here: the engine blows up on the
+    second adapter) must leave every row in place for the next start."""
+    import shutil
+
+    from service.adapters.checks import BaseModelShape
+    from service.adapters.registry import AdapterRegistry
+    from tests.unit.service_lora import make_lora_adapter
+
+    base = BaseModelShape.from_checkpoint("tiny", Path(tiny_model_dir))
+    adapter = make_lora_adapter(Path(tiny_model_dir), tmp_path / "src")
+    db = tmp_path / "registry.sqlite"
+    registry = AdapterRegistry(db, FakeEngine(tiny_model_dir, None), base, 16)
+    for name in ("a1", "a2", "a3"):
+        shutil.copytree(adapter, tmp_path / name)
+        await registry.add(name, tmp_path / name)
+    registry.close()
+
+    class DyingEngine(FakeEngine):
+        async def add_adapter(self, handle) -> None:
+            if handle.name == "a2":
+                raise RuntimeError("engine process died")  # not a rejection: a crash
+            await super().add_adapter(handle)
+
+    crashed = AdapterRegistry(db, DyingEngine(tiny_model_dir, None), base, 16)
+    with pytest.raises(RuntimeError):
+        await crashed.restore()
+    crashed.close()
+    rows = sqlite3.connect(db).execute("SELECT name FROM adapters ORDER BY name").fetchall()
+    assert [r[0] for r in rows] == ["a1", "a2", "a3"]
+
+    engine = FakeEngine(tiny_model_dir, None)
+    healthy = AdapterRegistry(db, engine, base, 16)
+    assert await healthy.restore() == []
+    assert set(engine.adapters) == {"a1", "a2", "a3"}
+    healthy.close()
