@@ -15,6 +15,20 @@ from service.engine import AdapterHandle, Engine
 from service.errors import BadRequest, ModelNotFound, Overloaded, PromptTooLong, Unavailable
 
 
+def _is_client_error(exc: BaseException) -> bool:
+    from vllm.exceptions import VLLMClientError
+
+    return isinstance(exc, ValueError | TypeError | VLLMClientError)
+
+
+def _client_error(exc: BaseException) -> Exception:
+    """A 400 for vLLM's request validation errors (their message names the problem)."""
+    if not _is_client_error(exc):
+        return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+    message = exc.args[0] if exc.args else str(exc)
+    return BadRequest(str(message), param=getattr(exc, "parameter", None))
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
@@ -66,8 +80,8 @@ class Generator:
             return SamplingParams(
                 max_tokens=max_tokens, output_kind=RequestOutputKind.DELTA, **options
             )
-        except (ValueError, TypeError) as exc:
-            raise BadRequest(str(exc)) from None
+        except Exception as exc:
+            raise _client_error(exc) from None
 
     # -- admission and streaming -------------------------------------------------------
     @asynccontextmanager
@@ -109,9 +123,9 @@ class Generator:
                 yield output
         except asyncio.CancelledError:
             raise
-        except ValueError as exc:  # vLLM's own request validation
-            raise BadRequest(str(exc)) from None
         except Exception as exc:
+            if _is_client_error(exc):  # vLLM's own request validation
+                raise _client_error(exc) from None
             if exc.__class__.__name__ in ("EngineDeadError", "EngineGenerateError"):
                 raise Unavailable("the engine is not available; retry later",
                                   headers={"Retry-After": "5"}) from exc

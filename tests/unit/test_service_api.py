@@ -296,3 +296,11 @@ def test_cli_settings_errors_and_localhost_binding(monkeypatch, capsys):
     assert "unknown base model" in capsys.readouterr().err
     assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
     assert not _is_loopback("0.0.0.0") and not _is_loopback("10.0.0.1")
+
+
+def test_vllm_validation_errors_are_400(make_client):
+    client = make_client()
+    # vLLM refuses n > 1 with greedy sampling; the client gets a 400, not a 500.
+    error = _assert_error(client.post("/v1/chat/completions", json=_chat(n=2, temperature=0)),
+                          400)
+    assert "greedy" in error["message"]
