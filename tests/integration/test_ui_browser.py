@@ -7,6 +7,7 @@ missing admin key, rejected folder) as readable messages in the page.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Iterator
@@ -29,6 +30,8 @@ CHROMIUM_FLAGS = [
 ADAPTER = "ui-test-adapter"
 # Real generation on 2 CPU cores: allow for a busy machine.
 ANSWER_TIMEOUT_MS = 120_000
+# A 10-step smoke job on the real base, queued behind any other job of the session.
+JOB_TIMEOUT_MS = 480_000
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +159,51 @@ def test_server_refusals_are_readable_in_the_page(page, live_server, served_adap
     body = page.locator("body").inner_text()
     assert "Traceback" not in body and 'File "' not in body
     assert httpx.get(f"{live_server.base_url}/health", timeout=5).status_code == 200
+
+
+def test_train_tab_validates_upload_and_trains_into_compare(
+    page, live_server, shared_data, tmp_path, test_output
+):
+    page.get_by_role("tab", name="Train").click()
+    # A bad file: the server's line-numbered report shows in the page.
+    bad = tmp_path / "bad.jsonl"
+    good_row = {
+        "messages": [
+            {"role": "user", "content": "list containers"},
+            {"role": "assistant", "content": "docker ps"},
+        ]
+    }
+    bad.write_text(
+        json.dumps(good_row)
+        + "\nnot json at all\n"
+        + json.dumps({"messages": [{"role": "user", "content": "no answer"}]})
+        + "\n"
+    )
+    page.locator("#dataset input[type=file]").set_input_files(str(bad))
+    report = _wait_text(page, "#dataset-report", r"Rejected")
+    assert re.search(r"line 2\b", report) and re.search(r"line 3\b", report), report
+    page.locator("#dataset button[aria-label='Clear']").first.click()
+
+    # A good slice of the docker data (alpaca JSON, as shipped) trains a smoke adapter.
+    rows = json.loads((shared_data / "dockerNLcommands.json").read_text())[:40]
+    good = tmp_path / "docker-40.json"
+    good.write_text(json.dumps(rows))
+    page.locator("#dataset input[type=file]").set_input_files(str(good))
+    _wait_text(page, "#dataset-report", r"Accepted as")
+    assert page.locator("#train-base input").input_value() == live_server.model_id
+    page.locator("#suffix textarea").fill("ui")
+    page.locator("#launch").click()
+    progress = _wait_text(page, "#job-progress", r"succeeded|failed|cancelled", JOB_TIMEOUT_MS)
+    page.screenshot(path=str(test_output / "ui-train.png"), full_page=True)
+    assert "succeeded" in progress, progress
+    model = re.search(r"Served as (ft:\S+?):? pick", progress.replace("\n", " "))
+    assert model and model.group(1).startswith(f"ft:{live_server.model_id}:ui:"), progress
+    assert re.search(r"step (\d+)/\1 \(100%\) · loss \d+\.\d{4}", progress), progress
+    assert page.locator("#loss-plot canvas, #loss-plot svg").count() > 0
+
+    # The finished adapter is offered in Compare without a manual refresh.
+    page.get_by_role("tab", name="Compare").click()
+    box = page.locator("#model-1 input")
+    box.click()
+    page.get_by_role("option", name=model.group(1), exact=True).wait_for(timeout=30_000)
+    page.keyboard.press("Escape")

@@ -105,7 +105,7 @@ async def test_adapters_table_and_admin_refusals(api):
 
 async def test_dataset_upload_shows_line_numbered_report(api, tmp_path: Path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"messages": []}\nnot json\n{"messages": []}\nalso bad\n')
+    bad.write_text('{"messages": []}\nnot json\n{"messages": []}\n{"x": 1}\n')
     with pytest.warns(UserWarning):
         report, file_id = await app.upload_dataset(api, "", str(bad))
     assert file_id is None and "Rejected" in report

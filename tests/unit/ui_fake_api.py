@@ -107,9 +107,9 @@ def build_fake_api() -> FastAPI:
     @app.post("/v1/files")
     async def upload(file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]):
         text = (await file.read()).decode()
-        bad = [i for i, line in enumerate(text.splitlines(), 1) if "messages" not in line]
+        bad = [(i, why) for i, line in enumerate(text.splitlines(), 1) if (why := _bad_row(line))]
         if bad:
-            report = "\n".join(f"line {i}: not a chat record" for i in bad)
+            report = "\n".join(f"line {i}: {why}" for i, why in bad)
             return _error(400, f"{len(bad)} invalid row(s):\n{report}", "invalid_file")
         rows = len(text.splitlines())
         return {
@@ -145,7 +145,8 @@ def build_fake_api() -> FastAPI:
             return _error(404, f"no job {job_id}", "not_found")
         state["polls"][job_id] += 1
         if state["polls"][job_id] >= 3:
-            job.update(status="succeeded", fine_tuned_model=f"ft:{BASE}:x:{job_id}")
+            suffix = job["request"].get("suffix", "x")
+            job.update(status="succeeded", fine_tuned_model=f"ft:{BASE}:{suffix}:{job_id}")
             state["adapters"][job["fine_tuned_model"]] = {"name": job["fine_tuned_model"]}
         else:
             job["status"] = "running"
@@ -188,6 +189,22 @@ def build_fake_api() -> FastAPI:
         return PlainTextResponse("# docker-commands\n\n| model | exact_match |\n")
 
     return app
+
+
+def _bad_row(line: str) -> str | None:
+    """Why a chat JSONL line is invalid (None when it is fine)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return "not a chat record (invalid JSON)"
+    if isinstance(record, list):  # a JSON array file (alpaca): accepted as a whole
+        return None
+    if not isinstance(record, dict) or "messages" not in record:
+        return "not a chat record (no messages)"
+    roles = [m.get("role") for m in record["messages"] if isinstance(m, dict)]
+    if roles and "assistant" not in roles:
+        return "no assistant turn"
+    return None
 
 
 def _free_port() -> int:
