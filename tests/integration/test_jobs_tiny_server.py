@@ -117,6 +117,8 @@ def test_killed_worker_and_server_restart_resumes_the_job(sdk, training_file, ti
     while not list(sdk.fine_tuning.jobs.checkpoints.list(job.id)):
         assert time.monotonic() < deadline, tiny_server.log_tail()
         time.sleep(1)
+    before = {j.id: j.status for j in sdk.fine_tuning.jobs.list()}
+    events_before = [e.id for e in sdk.fine_tuning.jobs.list_events(job.id, limit=100)]
     store = JobStore(tiny_server.home / "jobs")
     worker_pid = store.get_job(job.id)["pid"]
     tiny_server.kill()                       # the service dies...
@@ -133,6 +135,10 @@ def test_killed_worker_and_server_restart_resumes_the_job(sdk, training_file, ti
     assert any(m.startswith("Resuming training from checkpoint") for m in messages)
     # files, earlier jobs and their events survived the restart
     assert training_file.id in {f.id for f in restarted.files.list()}
-    assert len(list(restarted.fine_tuning.jobs.list())) == 3
+    after = {j.id: j.status for j in restarted.fine_tuning.jobs.list()}
+    assert after.keys() == before.keys()
+    assert all(after[i] == s for i, s in before.items() if s in TERMINAL)
+    events_after = {e.id for e in restarted.fine_tuning.jobs.list_events(job.id, limit=200)}
+    assert set(events_before) <= events_after
     # the adapters of finished jobs are served again after the restart
     assert done.fine_tuned_model in {m.id for m in restarted.models.list().data}
