@@ -207,3 +207,26 @@ def test_train_tab_validates_upload_and_trains_into_compare(
     box.click()
     page.get_by_role("option", name=model.group(1), exact=True).wait_for(timeout=30_000)
     page.keyboard.press("Escape")
+
+
+def test_evaluate_tab_runs_a_suite_against_the_server(live_server, served_adapter, isolated_home):
+    """The Evaluate tab's run (a few held-out rows) goes through the real server and ends
+    with the report in the page and the run in the history plot."""
+    import asyncio
+
+    from ui.evaluate import run_evaluation
+
+    async def run() -> list:
+        models = [live_server.model_id, served_adapter]
+        agen = run_evaluation(
+            live_server.base_url, live_server.user_key, "docker-commands", models, 4
+        )
+        return [item async for item in agen]
+
+    updates = asyncio.run(run())
+    status, report, html, history = updates[-1]
+    assert status.startswith("✅ Finished"), status
+    assert any(str(u[0]).startswith("⏳ Running") for u in updates[:-1])
+    assert "docker-commands" in report and served_adapter in report
+    assert html.endswith("report.html") and (isolated_home / "reports").is_dir()
+    assert set(history["model"]) == {live_server.model_id, served_adapter}
