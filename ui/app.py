@@ -31,6 +31,7 @@ from ui.train import (
 
 TITLE = "tuneserve"
 NONE_CHOICE = ""  # the empty dropdown value: this column is off
+UI_CONCURRENCY = 32
 
 
 def _client(server: str, api_key: str | None) -> TuneserveClient:
@@ -408,6 +409,9 @@ def build_ui(server_url: str | None, api_key: str | None = None) -> gr.Blocks:
         refresh.click(refresh_models, [server, key], model_outputs)
         # A finished job's adapter shows up in the pickers without a manual refresh.
         job_models_refresh.change(refresh_models, [server, key], model_outputs)
+    # Handlers mostly wait on the server (streams, polls): let many users' events run at
+    # once instead of Gradio's default of one at a time per event; the server batches.
+    demo.queue(default_concurrency_limit=UI_CONCURRENCY)
     return demo
 
 

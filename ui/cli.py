@@ -34,9 +34,7 @@ def _run(args: argparse.Namespace) -> int:
     demo = build_ui(args.server, args.api_key)
     print(f"tuneserve UI for {args.server} on http://{args.host}:{args.port}", flush=True)  # noqa: T201
     try:
-        demo.queue().launch(
-            server_name=args.host, server_port=args.port, footer_links=[], quiet=True
-        )
+        demo.launch(server_name=args.host, server_port=args.port, footer_links=[], quiet=True)
     except OSError as exc:
         raise UserError(f"cannot start the UI on {args.host}:{args.port}: {exc}") from None
     return 0

@@ -213,3 +213,21 @@ def test_eval_column_falls_back_to_the_newest_report_verdict():
     }
     table = adapter_table([{"name": "docker"}, {"name": "x", "manifest": {}}], verdicts)
     assert list(table["eval score"]) == [verdicts["docker"], ""]
+
+
+async def test_adapter_archive_upload(api, tmp_path: Path):
+    archive = tmp_path / "my-adapter.zip"
+    archive.write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    assert (await app.upload_adapter(api, ADMIN_KEY, "", str(archive))).startswith("✅")
+    table, _, _ = await app.load_adapters(api, "")
+    assert "my-adapter" in list(table["name"])
+    with pytest.warns(UserWarning):
+        refused = await app.upload_adapter(api, "", "x", str(archive))
+    assert "HTTP 401" in refused
+    wrong = tmp_path / "adapter.rar"
+    wrong.write_bytes(b"x")
+    with pytest.warns(UserWarning):
+        refused = await app.upload_adapter(api, ADMIN_KEY, "y", str(wrong))
+    assert "not a .zip" in refused
+    with pytest.warns(UserWarning):
+        assert "Choose an adapter archive" in await app.upload_adapter(api, ADMIN_KEY, "", None)

@@ -85,6 +85,18 @@ def build_fake_api() -> FastAPI:
     async def add_adapter(request: Request):
         if (refusal := admin_refusal(request)) is not None:
             return refusal
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form()
+            name, upload = form.get("name"), form.get("file")
+            if not str(upload.filename).endswith((".zip", ".tar.gz")):
+                return _error(400, "not a .zip or .tar.gz archive", "adapter_rejected")
+            state["adapters"][name] = {
+                "name": name,
+                "base_model": BASE,
+                "rank": 8,
+                "source": "upload",
+            }
+            return JSONResponse(state["adapters"][name], status_code=201)
         body = await request.json()
         if not body.get("path", "").startswith("/ok"):
             return _error(
