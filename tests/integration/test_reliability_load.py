@@ -6,6 +6,7 @@ steady and no request left running afterwards."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ pytestmark = pytest.mark.slow
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.load_test import run_load  # noqa: E402
 
+logger = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 64  # the server default the tiny_live_server fixture runs with
 
 
@@ -36,6 +38,7 @@ def test_load_then_burst_loses_nothing(tiny_live_server, tiny_model_dir, tmp_pat
         for name in names:
             server.unregister_adapter(name)
     detail = report.summary() + "\n" + "\n".join(report.error_samples)
+    logger.info("load test (tiny model): %s", report.summary())  # figures for the docs
     assert report.sent > 64, detail
     assert report.lost == 0 and report.timeouts == 0 and report.errors == 0, detail
     assert report.duplicated == 0, detail
