@@ -310,3 +310,17 @@ async def test_crash_during_restore_forgets_no_adapter(tmp_path, tiny_model_dir)
     assert await healthy.restore() == []
     assert set(engine.adapters) == {"a1", "a2", "a3"}
     healthy.close()
+
+
+@pytest.mark.parametrize("url", ["http://10.0.0.5:8000", "https://api.openai.com",
+                                 "http://192.168.1.2", "http://example.com:8000"])
+def test_load_test_refuses_non_loopback_targets(url):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[2]))
+    from bench.load_test import check_loopback
+
+    with pytest.raises(SystemExit, match="only loopback"):
+        check_loopback(url)
+    for ok in ("http://127.0.0.1:8000", "http://localhost:1234", "http://[::1]:80"):
+        check_loopback(ok)
