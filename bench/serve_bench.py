@@ -240,7 +240,9 @@ def markdown(args, results: dict[str, dict], command: str) -> str:
         f"{args.adapters} LoRA adapters (r=8), {args.max_tokens} output tokens each "
         f"(ignore_eos, greedy), {args.clients} concurrent clients. Same engine options for "
         "both servers; tuneserve with API keys on. transformers+PEFT runs "
-        f"{args.hf_requests} of the requests one at a time in-process.", "",
+        f"{args.hf_requests} of the requests one at a time in-process (no queueing, so its "
+        "latencies are per request alone). Medians over "
+        f"{args.rounds} round(s); servers alternate.", "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
         f"    {command}", "",
@@ -287,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--kv-cache-gib", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1, help="medians over this many runs")
     parser.add_argument("--systems", default="vllm-stock,tuneserve,transformers-peft")
     parser.add_argument("--write", type=Path, help="update this Markdown file's Serving section")
     args = parser.parse_args(argv)
@@ -298,14 +301,22 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         work = Path(tmp)
         adapters = make_adapters(model_dir, work, args.adapters)
-        for system in args.systems.split(","):
-            system_work = work / system
-            system_work.mkdir()
-            if system == "transformers-peft":
-                results[system] = run_hf(args, model_dir, adapters)
-            else:
-                results[system] = run_server(system, args, model_dir, adapters, system_work)
-            print(system, json.dumps(results[system]), flush=True)
+        runs: dict[str, list[dict]] = {}
+        # Servers alternate round by round so slow drifts of the machine hit both alike.
+        for round_index in range(args.rounds):
+            for system in args.systems.split(","):
+                if system == "transformers-peft" and round_index:
+                    continue
+                system_work = work / f"{system}-{round_index}"
+                system_work.mkdir()
+                if system == "transformers-peft":
+                    result = run_hf(args, model_dir, adapters)
+                else:
+                    result = run_server(system, args, model_dir, adapters, system_work)
+                runs.setdefault(system, []).append(result)
+                print(system, round_index, json.dumps(result), flush=True)
+        results = {name: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+                   for name, rs in runs.items()}
     command = "flock /tmp/tuneserve-heavy.lock .venv/bin/python bench/serve_bench.py " + \
         " ".join(argv if argv is not None else sys.argv[1:])
     section = markdown(args, results, command.strip())
