@@ -52,3 +52,36 @@ def test_mounted_ui_serves_its_page_next_to_the_api(monkeypatch):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_tuneserve_ui_runs_standalone_against_a_server():
+    """``tuneserve ui --server URL`` serves the app on its own port."""
+    import subprocess
+    import sys
+
+    from ui_fake_api import running_fake_api
+
+    port = _free_port()
+    with running_fake_api() as api:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tuneserve.cli", "ui", "--server", api, "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**__import__("os").environ, "GRADIO_ANALYTICS_ENABLED": "False"},
+        )
+        try:
+            deadline = time.monotonic() + 90
+            config = None
+            while time.monotonic() < deadline and process.poll() is None:
+                try:
+                    config = httpx.get(f"http://127.0.0.1:{port}/config", timeout=2).json()
+                    break
+                except (httpx.HTTPError, ValueError):
+                    time.sleep(0.5)
+            assert config is not None, process.stdout.read().decode() if process.poll() else ""
+            values = [c.get("props", {}).get("value") for c in config["components"]]
+            assert api in values  # the server URL is pre-filled
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
+        assert f"tuneserve UI for {api}" in process.stdout.read().decode()
