@@ -30,7 +30,7 @@ from ui.train import (
 )
 
 TITLE = "tuneserve"
-NONE_CHOICE = ""  # the empty dropdown value: this column is off
+NONE_LABEL = ("(none)", "")  # the empty dropdown value: this column is off
 UI_CONCURRENCY = 32
 
 
@@ -63,14 +63,9 @@ async def refresh_models(server: str, api_key: str) -> tuple[Any, ...]:
     ids = [c.id for c in cards]
     bases = [c.id for c in cards if not c.is_adapter] or ids[:1]
     adapters = [c.id for c in cards if c.is_adapter]
-    slot_updates = []
-    for index in range(MAX_SLOTS):
-        # Keep a user's choice; the first column defaults to the base model.
-        value = bases[0] if index == 0 and bases else gr.skip()
-        update = gr.update(choices=[NONE_CHOICE, *ids]) if index else gr.update(choices=ids)
-        if index == 0:
-            update = gr.update(choices=ids, value=value)
-        slot_updates.append(update)
+    # The first column shows the base; the others keep the user's choice and can be off.
+    slot_updates = [gr.update(choices=ids, value=bases[0] if bases else None)]
+    slot_updates += [gr.update(choices=[NONE_LABEL, *ids]) for _ in range(1, MAX_SLOTS)]
     base_update = gr.update(choices=bases, value=bases[0] if bases else None)
     eval_update = gr.update(choices=ids)
     status = f"Connected: base **{', '.join(bases) or '?'}**, {len(adapters)} adapter(s)."

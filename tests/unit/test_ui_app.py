@@ -40,7 +40,7 @@ def test_build_ui_has_the_four_tabs():
 async def test_refresh_models_fills_pickers(api):
     out = await app.refresh_models(api, "")
     assert out[0]["choices"] == [BASE, "docker"]
-    assert out[1]["choices"] == ["", BASE, "docker"]  # adapter columns can be switched off
+    assert out[1]["choices"] == [("(none)", ""), BASE, "docker"]  # columns can be switched off
     assert out[0]["value"] == BASE
     assert "1 adapter(s)" in out[-1]
 
