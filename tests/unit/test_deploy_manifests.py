@@ -580,3 +580,17 @@ def test_training_job_command_is_accepted_by_accelerate_and_tuneserve(
         assert dataset.path.startswith(mounts["data"] + "/"), "data must come from the volume"
     # No output_dir: adapters go to $TUNESERVE_HOME/adapters = the volume the servers watch.
     assert config.output_dir is None and env["TUNESERVE_HOME"] == mounts["data"]
+
+
+def test_every_pod_runs_the_overlay_image(rendered) -> None:
+    """The `images:` transformer reached every container (no bare placeholder left), and
+    within one kustomization every pod runs the same image."""
+    for root, objects in rendered.items():
+        images = {
+            c["image"]
+            for _, obj in _pod_objects({root: objects})
+            for c in pod_spec(obj)["containers"]
+        }
+        for image in images:
+            assert "/" in image and ":" in image, f"{root}: unreplaced image {image}"
+        assert len(images) <= 1, f"{root}: several images {images}"
