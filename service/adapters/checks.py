@@ -141,7 +141,9 @@ def _check_config(config: dict[str, Any], max_rank: int) -> tuple[int, list[str]
             f"target_modules is a pattern ({targets!r}); the server needs an explicit list of "
             f"modules among {sorted(SUPPORTED_TARGET_MODULES)}"
         )
-    targets = sorted(set(targets or []))
+    # PEFT saves "all-linear" as full module paths (model.layers.0.self_attn.q_proj):
+    # what matters is the layer kind, the last path component.
+    targets = sorted({str(t).rsplit(".", 1)[-1] for t in targets or []})
     unsupported = sorted(set(targets) - SUPPORTED_TARGET_MODULES)
     if not targets or unsupported:
         raise AdapterRejected(

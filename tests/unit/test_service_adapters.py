@@ -75,6 +75,13 @@ def test_unsafe_or_clashing_names_rejected(name):
     assert exc.value.code == "invalid_adapter_name"
 
 
+def test_full_module_path_targets_accepted(adapter_copy, base):
+    # What PEFT writes for target_modules="all-linear".
+    paths = [f"model.layers.{i}.self_attn.{m}" for i in range(2) for m in ("q_proj", "k_proj")]
+    info = check_adapter(adapter_copy(config_changes={"target_modules": paths}), base, 16)
+    assert info.target_modules == ["k_proj", "q_proj"]
+
+
 def test_pickle_only_adapter_rejected(adapter_copy, base):
     folder = adapter_copy()
     (folder / "adapter_model.safetensors").rename(folder / "adapter_model.bin")
