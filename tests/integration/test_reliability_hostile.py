@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.reliability_support import assert_error, chat_ok, wait_idle
+from tests.integration.reliability_support import assert_error, chat_ok, metric, wait_idle
 from tests.unit.service_lora import make_lora_adapter
 
 pytestmark = pytest.mark.slow
@@ -368,8 +368,9 @@ def test_multipart_without_file_or_name(server):
 
 # -- disconnects ---------------------------------------------------------------------------
 def test_clients_dropping_mid_stream_leave_nothing_running(server):
-    body = {"model": server.model_id, "messages": MESSAGES, "max_tokens": 800,
+    body = {"model": server.model_id, "messages": MESSAGES, "max_tokens": 1000,
             "stream": True, "ignore_eos": True}
+    tokens_before = metric(server.base_url, "tuneserve_completion_tokens_total")
     clients = [httpx.Client(base_url=server.base_url, timeout=60,
                             headers={"Authorization": f"Bearer {server.user_key}"})
                for _ in range(8)]
@@ -387,6 +388,9 @@ def test_clients_dropping_mid_stream_leave_nothing_running(server):
         for client in clients:
             client.close()
     assert wait_idle(server.base_url), "the engine kept generating for clients that left"
+    # They stopped early (aborted), not after running all 8 x 1000 tokens to the end.
+    generated = metric(server.base_url, "tuneserve_completion_tokens_total") - tokens_before
+    assert generated < 8 * 1000 / 2, generated
     chat_ok(server)
 
 
