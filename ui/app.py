@@ -67,7 +67,9 @@ async def refresh_models(server: str, api_key: str) -> tuple[Any, ...]:
     slot_updates = [gr.update(choices=ids, value=bases[0] if bases else None)]
     slot_updates += [gr.update(choices=[NONE_LABEL, *ids]) for _ in range(1, MAX_SLOTS)]
     base_update = gr.update(choices=bases, value=bases[0] if bases else None)
-    eval_update = gr.update(choices=ids)
+    # Evaluate defaults to the question people ask: is the newest adapter better than base?
+    newest = sorted((c for c in cards if c.is_adapter), key=lambda c: c.created or 0)[-1:]
+    eval_update = gr.update(choices=ids, value=bases[:1] + [c.id for c in newest])
     status = f"Connected: base **{', '.join(bases) or '?'}**, {len(adapters)} adapter(s)."
     return (*slot_updates, base_update, eval_update, status)
 

@@ -42,6 +42,7 @@ async def test_refresh_models_fills_pickers(api):
     assert out[0]["choices"] == [BASE, "docker"]
     assert out[1]["choices"] == [("(none)", ""), BASE, "docker"]  # columns can be switched off
     assert out[0]["value"] == BASE
+    assert out[-2]["value"] == [BASE, "docker"]  # Evaluate: base vs the newest adapter
     assert "1 adapter(s)" in out[-1]
 
 
