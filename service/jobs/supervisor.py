@@ -34,6 +34,7 @@ import yaml
 
 from service.jobs.settings import JobsSettings
 from service.jobs.store import JobStore, now
+from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,13 @@ def fine_tuned_model_name(base: str, suffix: str | None, job_id: str) -> str:
 
 
 def adapter_dir(job: dict[str, Any]) -> Path:
-    config = job["train_config"]
-    return Path(config["output_dir"]) / config["name"]
+    """Where the job's worker writes its adapter (the training config decides)."""
+    return TrainConfig.model_validate(job["train_config"]).adapter_path
 
 
 def checkpoints_dir(job: dict[str, Any]) -> Path:
-    config = job["train_config"]
-    return Path(config["output_dir"]) / ".checkpoints" / config["name"]
+    """Where the job's worker keeps its resumable checkpoints."""
+    return TrainConfig.model_validate(job["train_config"]).checkpoint_dir
 
 
 def checkpoint_steps(job: dict[str, Any]) -> list[tuple[int, Path]]:
