@@ -180,6 +180,7 @@ def load_model(config: TrainConfig, model_path: Path):
 
 def build_sft_config(config: TrainConfig, *, has_eval: bool):
     """Map our config onto TRL's ``SFTConfig``."""
+    import torch
     from trl import SFTConfig
 
     warmup: float = 0
@@ -202,6 +203,7 @@ def build_sft_config(config: TrainConfig, *, has_eval: bool):
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
         bf16=config.dtype == "bfloat16",
+        use_cpu=not torch.cuda.is_available(),  # else bf16 on a CPU-only machine is refused
         logging_steps=config.logging_steps,
         save_strategy="steps",
         save_steps=config.eval_steps if early else config.save_steps,
