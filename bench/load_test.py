@@ -40,6 +40,7 @@ from urllib.parse import urlparse
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # --start-server reuses the test suite's server launcher
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 REQUEST_TIMEOUT_S = 300.0  # a request slower than this counts as a timeout (a failure)
 
@@ -299,7 +300,6 @@ def run_load(base_url: str, key: str, models: list[str], *, clients: int = 64,
 
 def _start_server(model: str, n_adapters: int, workdir: Path, max_in_flight: int):
     """``tuneserve serve`` on ``model`` with ``n_adapters`` random LoRA adapters."""
-    sys.path.insert(0, str(REPO))
     from tests.integration.conftest import start_server
     from tests.unit.service_lora import make_lora_adapter
     from training.base_models import resolve_model_path
