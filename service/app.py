@@ -25,7 +25,12 @@ from service.adapters.watcher import AdapterDirWatcher
 from service.chat.serving import ChatServing
 from service.completions.serving import CompletionServing
 from service.engine import Engine
-from service.errors import Unavailable, create_error_response, register_error_handlers
+from service.errors import (
+    ServiceError,
+    Unavailable,
+    create_error_response,
+    register_error_handlers,
+)
 from service.generation import Generator
 from service.models.serving import ModelsServing
 from service.routers import ROUTERS
@@ -33,6 +38,7 @@ from service.settings import Settings
 from tuneserve.home import tuneserve_home
 
 logger = logging.getLogger(__name__)
+_INFERENCE_PATHS = {"/v1/chat/completions", "/v1/completions"}
 EngineFactory = Callable[[Settings, Path, str], Engine]
 
 
@@ -133,6 +139,28 @@ def build_app(
             return create_error_response(
                 Unavailable(f"{reason}; retry shortly", headers={"Retry-After": "5"})
             )
+        return await call_next(request)
+
+    # Prompts are tokenized on the event loop: a multi-megabyte body would stall every
+    # stream for seconds, so inference bodies are bounded before they are read (a prompt
+    # past the context is refused anyway; 64 bytes per token of context is generous).
+    max_body = max(1 << 20, settings.max_model_len * 64)
+
+    @app.middleware("http")
+    async def _bounded_inference_body(request: Request, call_next):
+        if request.method == "POST" and request.url.path in _INFERENCE_PATHS:
+            length = request.headers.get("content-length")
+            error = None
+            if length is None or not length.isdigit():
+                error = ServiceError("send the request body with a Content-Length header",
+                                     code="length_required")
+                error.status_code = 411
+            elif int(length) > max_body:
+                error = ServiceError(f"request body of {length} bytes is over the limit of "
+                                     f"{max_body} bytes", code="payload_too_large")
+                error.status_code = 413
+            if error is not None:
+                return create_error_response(error)
         return await call_next(request)
 
     for module_name in ROUTERS:
