@@ -324,3 +324,24 @@ def test_load_test_refuses_non_loopback_targets(url):
         check_loopback(url)
     for ok in ("http://127.0.0.1:8000", "http://localhost:1234", "http://[::1]:80"):
         check_loopback(ok)
+
+
+def test_inference_body_is_bounded_before_it_is_read(make_client):
+    client = make_client()  # max_model_len 2048 -> limit max(1 MiB, 2048 * 64) = 1 MiB
+    big = {"model": "tiny", "messages": [{"role": "user", "content": "a" * (2 << 20)}]}
+    response = client.post("/v1/chat/completions", json=big)
+    _assert_4xx(response, 413)
+    assert response.json()["error"]["code"] == "payload_too_large"
+    _assert_4xx(client.post("/v1/completions", json={"model": "tiny", "prompt": "a" * (2 << 20)}),
+                413)
+
+    def chunked():
+        yield b'{"model": "tiny", '
+        yield b'"messages": [{"role": "user", "content": "hi"}]}'
+
+    response = client.post("/v1/chat/completions", content=chunked(),
+                           headers={"Content-Type": "application/json"})
+    _assert_4xx(response, 411)
+    # Bodies under the limit, and other routes (adapter uploads, files), are untouched.
+    assert client.post("/v1/chat/completions", json={
+        "model": "tiny", "messages": [{"role": "user", "content": "a" * 100}]}).status_code == 200
