@@ -24,15 +24,15 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "smoke (10 steps, LoRA r=8)": Preset(
+    "smoke (5 steps, LoRA r=8)": Preset(
         "About a minute on a CPU: checks the data and the loop end to end, not quality.",
         {
             "n_epochs": 1,
             "batch_size": 4,
-            "max_steps": 10,
+            "max_steps": 5,
             "lora_rank": 8,
             "lora_alpha": 16,
-            "sequence_len": 256,
+            "sequence_len": 128,
             "logging_steps": 1,
         },
     ),
