@@ -74,3 +74,18 @@ def test_history_frame_from_stored_runs(isolated_home):
     assert list(frame[frame.model == "docker"].value) == [0.1, 0.4]
     assert list(frame.run) == sorted(frame.run)
     assert ev.history_frame(None, "exact_match").empty
+
+
+async def test_run_evaluation_end_to_end_against_an_openai_api(isolated_home):
+    """The Evaluate tab's run: progress updates, then the report and the history plot
+    (the real-server version is in tests/integration/test_ui_browser.py)."""
+    with running_fake_api() as url:
+        items, _ = await _collect(
+            ev.run_evaluation(url, "", "docker-commands", [BASE, "docker"], 3)
+        )
+    status, report, html, history = items[-1]
+    assert status.startswith("✅ Finished"), status
+    assert items[0][0].startswith("⏳ Running **docker-commands**")
+    assert "docker-commands" in report and "docker" in report
+    assert html.endswith("report.html") and (isolated_home / "reports").is_dir()
+    assert set(history["model"]) == {BASE, "docker"}

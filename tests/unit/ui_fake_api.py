@@ -63,6 +63,25 @@ def build_fake_api() -> FastAPI:
             return _error(404, f"The model `{model}` does not exist.", "model_not_found")
         prompt = body["messages"][-1]["content"]
         words = f"{model} answers: {prompt}".split()[: body.get("max_tokens", 64)]
+        if not body.get("stream"):
+            return {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": 1,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": " ".join(words)},
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": 3,
+                    "completion_tokens": len(words),
+                    "total_tokens": 3 + len(words),
+                },
+            }
 
         async def events():
             for index, word in enumerate(words):
