@@ -14,5 +14,8 @@ if ! "$BIN/tuneserve" serve --help >/dev/null 2>&1; then
   echo "base model prepared; serving is not built yet (next: tuneserve serve)" >&2
   exit 0
 fi
+# First run: with no adapter yet, queue a CPU-sized demo fine-tuning job on the docker
+# data; its adapter is served as soon as it finishes (progress in the log and the UI).
+export TUNESERVE_JOBS_DEMO_JOB_IF_NO_ADAPTERS=${TUNESERVE_JOBS_DEMO_JOB_IF_NO_ADAPTERS:-1}
 exec "$BIN/tuneserve" serve --model "$BASE_MODEL" --host "$HOST" --port "$PORT" \
   --adapters-dir "$TUNESERVE_HOME/adapters" "$@"
