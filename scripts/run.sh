@@ -10,10 +10,6 @@ HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
 
 "$BIN/tuneserve" models prepare "$BASE_MODEL"
-if ! "$BIN/tuneserve" serve --help >/dev/null 2>&1; then
-  echo "base model prepared; serving is not built yet (next: tuneserve serve)" >&2
-  exit 0
-fi
 # First run: with no adapter yet, queue a CPU-sized demo fine-tuning job on the docker
 # data; its adapter is served as soon as it finishes (progress in the log and the UI).
 export TUNESERVE_JOBS_DEMO_JOB_IF_NO_ADAPTERS=${TUNESERVE_JOBS_DEMO_JOB_IF_NO_ADAPTERS:-1}
