@@ -60,9 +60,12 @@ class JobsServer:
         raise RuntimeError(f"server not ready in {timeout}s: {self.log_tail()}")
 
     def kill(self) -> None:
-        """kill -9 the server process alone (its job workers are in their own groups)."""
+        """kill -9 the server and its engine processes, as a crash of the service would;
+        its job workers run in process groups of their own and survive, as in a real crash.
+        (Killing the server pid alone would leave vLLM's engine core orphaned, holding
+        memory for the rest of the test session.)"""
         if self.process and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
     def stop(self) -> None:
