@@ -171,7 +171,17 @@ def test_trained_adapter_matches_peft_reference(request, client, live_server, hf
         base = _chat_ids(client, live_server.model_id)
         assert adapted["ids"] != base["ids"]
         reference = hf_reference.greedy(Path(adapter_dir), adapted["prompt"], REFERENCE_TOKENS)
-        assert adapted["ids"][:16] == reference[:16]
+        # The trained adapter answers in a few tokens ("docker ps ...") and ends its turn.
+        # Compare the whole answer up to <end_of_turn>; past it the two runtimes treat the
+        # stop token differently (transformers with EOS disabled repeats <end_of_turn>).
+        # The 16-token agreement on a long answer is test_adapter_greedy_matches_peft_reference.
+        end_of_turn = hf_reference.tokenizer.convert_tokens_to_ids("<end_of_turn>")
+        assert end_of_turn in reference, hf_reference.tokenizer.decode(reference)
+        answer = reference[: reference.index(end_of_turn)]
+        assert len(answer) >= 2, hf_reference.tokenizer.decode(reference)
+        assert adapted["ids"][: len(answer)] == answer
+        # vLLM may stop at <end_of_turn> (a generation-config stop id) despite ignore_eos.
+        assert adapted["ids"][len(answer) : len(answer) + 1] in ([], [end_of_turn])
     finally:
         live_server.unregister_adapter("docker-trained")
 
