@@ -230,15 +230,7 @@ class JobStore:
     def list_events(self, job_id: str, *, after: str | None = None,
                     limit: int = 20) -> tuple[list[dict[str, Any]], bool]:
         """A job's events newest first (as OpenAI lists them), after the event id ``after``."""
-        query, params = "SELECT * FROM events WHERE job_id = ?", [job_id]
-        if after:
-            query += " AND seq < (SELECT seq FROM events WHERE id = ?)"
-            params.append(after)
-        query += " ORDER BY seq DESC LIMIT ?"
-        params.append(limit + 1)
-        with self._connect() as db:
-            rows = [self._row(r) for r in db.execute(query, params)]
-        return rows[:limit], len(rows) > limit
+        return self._page_newest_first("events", job_id, after, limit)
 
     # ---- checkpoints ------------------------------------------------------------------
     def add_checkpoint(self, job_id: str, step: int, path: Path,
@@ -255,9 +247,15 @@ class JobStore:
     def list_checkpoints(self, job_id: str, *, after: str | None = None,
                          limit: int = 10) -> tuple[list[dict[str, Any]], bool]:
         """A job's checkpoints newest first, after the checkpoint id ``after``."""
-        query, params = "SELECT * FROM checkpoints WHERE job_id = ?", [job_id]
+        return self._page_newest_first("checkpoints", job_id, after, limit)
+
+    def _page_newest_first(self, table: str, job_id: str, after: str | None,
+                           limit: int) -> tuple[list[dict[str, Any]], bool]:
+        """One page of a job's rows in ``table`` (a fixed name, never user input), newest
+        first, after the row id ``after``; plus whether more rows follow."""
+        query, params = f"SELECT * FROM {table} WHERE job_id = ?", [job_id]
         if after:
-            query += " AND seq < (SELECT seq FROM checkpoints WHERE id = ?)"
+            query += f" AND seq < (SELECT seq FROM {table} WHERE id = ?)"
             params.append(after)
         query += " ORDER BY seq DESC LIMIT ?"
         params.append(limit + 1)
