@@ -99,6 +99,11 @@ class TrainConfig(BaseModel):
     compact_lm_head: bool = Field(
         True, description="Project only supervised positions through the LM head (speed)."
     )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass: saves memory, costs about "
+        "a third more compute. TRL turns it on by default; small models do not need it.",
+    )
 
     # --- bookkeeping ---------------------------------------------------------------------
     seed: int = Field(42, description="Seed for the split, LoRA init and data order.")

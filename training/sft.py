@@ -202,6 +202,7 @@ def build_sft_config(config: TrainConfig, *, has_eval: bool):
         max_steps=config.max_steps or -1,
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
+        gradient_checkpointing=config.gradient_checkpointing,
         bf16=config.dtype == "bfloat16",
         use_cpu=not torch.cuda.is_available(),  # else bf16 on a CPU-only machine is refused
         logging_steps=config.logging_steps,
@@ -233,6 +234,7 @@ def _trainer_class():
     from trl import SFTTrainer
 
     from training.lm_head import add_compact_lm_head
+    from training.sampling import ShuffledLengthGroupedSampler
 
     class AdapterSFTTrainer(SFTTrainer):
         """``SFTTrainer`` plus two hooks: the compact LM head and the LoRA+ optimiser."""
@@ -251,6 +253,15 @@ def _trainer_class():
                 add_compact_lm_head(
                     model.get_base_model() if isinstance(model, PeftModel) else model
                 )
+
+        def _get_train_sampler(self, train_dataset=None):
+            """Length-grouped batches in shuffled order (training/sampling.py says why)."""
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.args.train_sampling_strategy != "group_by_length" or dataset is None:
+                return super()._get_train_sampler(train_dataset)
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return ShuffledLengthGroupedSampler(lengths, batch)
 
         def create_optimizer(self, model=None):
             if self._loraplus_lr_ratio and self.optimizer is None:

@@ -32,6 +32,9 @@ ADAPTER = "ui-test-adapter"
 ANSWER_TIMEOUT_MS = 120_000
 # A 5-step smoke job on the real base, queued behind any other job of the session.
 JOB_TIMEOUT_MS = 480_000
+# Page load and the /v1/models refresh; generous because a fine-tuning job of another test
+# may hold both cores meanwhile (CI once needed more than 30 s here).
+CONNECT_TIMEOUT_MS = 120_000
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +62,14 @@ def page(browser, live_server, served_adapter):
     """The mounted UI, connected with the user key (as a person would type it)."""
     page = browser.new_page(viewport={"width": 1500, "height": 1100})
     page.goto(f"{live_server.base_url}/ui/")
-    page.wait_for_selector("#model-0")
+    page.wait_for_selector("#model-0", timeout=CONNECT_TIMEOUT_MS)
     # Keys are configured, so the first load is refused: that refusal is readable too.
-    _wait_text(page, "#connection-status", r"HTTP 401|Connected")
+    _wait_text(page, "#connection-status", r"HTTP 401|Connected", CONNECT_TIMEOUT_MS)
     assert "Traceback" not in page.locator("#connection-status").inner_text()
     page.get_by_text("Server connection").click()
     page.locator("#api-key input").fill(live_server.user_key)
     page.locator("#refresh").click()
-    _wait_text(page, "#connection-status", r"Connected: base")
+    _wait_text(page, "#connection-status", r"Connected: base", CONNECT_TIMEOUT_MS)
     yield page
     page.close()
 
