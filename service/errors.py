@@ -53,6 +53,20 @@ class ServiceError(Exception):
             self.code = code
         self.headers = headers or {}
 
+    @classmethod
+    def for_status(
+        cls,
+        message: str,
+        status_code: int,
+        type: str,
+        code: str | None,
+        headers: dict[str, str] | None = None,
+    ) -> ServiceError:
+        """An error with a status not tied to a subclass (a 500, a framework's 405/413)."""
+        error = cls(message, code=code, headers=headers)
+        error.status_code, error.type = status_code, type
+        return error
+
 
 class BadRequest(ServiceError):
     """A request parameter is invalid (400)."""
@@ -144,10 +158,12 @@ def create_error_response(exc: BaseException) -> JSONResponse:
             exc = BadRequest(str(exc))
         else:
             logger.exception("internal error", exc_info=exc)
-            exc = ServiceError("internal server error")
-            exc.status_code = HTTPStatus.INTERNAL_SERVER_ERROR
-            exc.type = "server_error"
-            exc.code = "internal_error"
+            exc = ServiceError.for_status(
+                "internal server error",
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal_error",
+            )
     return JSONResponse(error_body(exc), status_code=int(exc.status_code), headers=exc.headers)
 
 
@@ -177,9 +193,8 @@ def register_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         err_type, code = _STATUS_TYPES.get(exc.status_code, ("server_error", None))
-        error = ServiceError(str(exc.detail), code=code, headers=dict(exc.headers or {}))
-        error.status_code = exc.status_code
-        error.type = err_type
+        headers = dict(exc.headers or {})
+        error = ServiceError.for_status(str(exc.detail), exc.status_code, err_type, code, headers)
         return create_error_response(error)
 
     @app.exception_handler(Exception)
