@@ -18,8 +18,8 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
-from tuneserve.errors import UserError
 from training.base_models import PREPARED_MARKER, BaseModelSpec, get_base_model
+from tuneserve.errors import UserError
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]

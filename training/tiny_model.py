@@ -56,7 +56,7 @@ def build_tiny_tokenizer():
 def build_tiny_model(out_dir: Path, *, seed: int = 0) -> Path:
     """Write a tiny random Gemma3ForCausalLM + tokenizer to ``out_dir``; return it."""
     import torch
-    from transformers import Gemma3TextConfig, Gemma3ForCausalLM
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     tokenizer = build_tiny_tokenizer()
     torch.manual_seed(seed)
