@@ -1,5 +1,7 @@
 """Run suites on a cron expression (standalone ``tuneserve eval schedule``).
 
+``seconds_until_next`` is shared with the in-service schedules (``service/reports/schedule.py``).
+
 The loop sleeps until the next cron time (croniter), runs the suite, logs the outcome and
 goes on; a failing run is logged and does not stop the schedule. ``clock``/``sleep`` are
 injectable so the loop is testable without waiting for wall-clock minutes.
@@ -32,6 +34,12 @@ def next_times(expression: str, start: datetime, count: int) -> list[datetime]:
     return [it.get_next(datetime) for _ in range(count)]
 
 
+def seconds_until_next(expression: str, now: datetime) -> tuple[datetime, float]:
+    """The next fire time strictly after ``now`` and the seconds to wait for it (>= 0)."""
+    when = croniter(expression, now).get_next(datetime)
+    return when, max(0.0, (when - now).total_seconds())
+
+
 def run_schedule(
     expression: str,
     job: Callable[[], int],
@@ -47,10 +55,13 @@ def run_schedule(
     """
     validate_cron(expression)
     codes: list[int] = []
+    last: datetime | None = None
     while max_runs is None or len(codes) < max_runs:
-        now = clock()
-        when = croniter(expression, now).get_next(datetime)
-        wait = (when - now).total_seconds()
+        # Count from the last fire time at least, so a clock that reads a hair early after
+        # the sleep cannot fire the same minute twice.
+        now = clock() if last is None else max(clock(), last)
+        when, wait = seconds_until_next(expression, now)
+        last = when
         log.info("next evaluation at %s (in %.0f s)", when.isoformat(timespec="seconds"), wait)
         if wait > 0:
             sleep(wait)

@@ -33,6 +33,7 @@ from service.errors import (
 )
 from service.generation import Generator
 from service.models.serving import ModelsServing
+from service.reports.schedule import scheduler_for_app
 from service.routers import ROUTERS
 from service.settings import Settings
 from tuneserve.home import tuneserve_home
@@ -109,11 +110,15 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         starting["task"] = asyncio.create_task(_start_serving(app, factory))
+        # Scheduled evaluations run as subprocesses calling this server over HTTP; a fire
+        # before the engine is ready is skipped.
+        app.state.eval_scheduler.start()
         try:
             yield
         finally:
             starting["task"].cancel()
             await asyncio.gather(starting["task"], return_exceptions=True)
+            await app.state.eval_scheduler.stop()  # kills a running evaluation
             if getattr(app.state, "watcher", None) is not None:
                 await app.state.watcher.stop()
             if getattr(app.state, "engine", None) is not None:
@@ -129,6 +134,7 @@ def build_app(
     app.state.engine_error = None
     app.state.exit_on_engine_failure = exit_on_engine_failure
     app.state.watcher = None
+    app.state.eval_scheduler = scheduler_for_app(app.state)
     register_error_handlers(app)
 
     @app.middleware("http")

@@ -45,6 +45,13 @@ def add_commands(subparsers: Any) -> None:
     )
     for flag, (dest, kind, help_text) in _FLAGS.items():
         parser.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
+    parser.add_argument(
+        "--eval-schedule", dest="eval_schedules", action="append", default=None,
+        metavar="'CRON|SUITE|MODELS'",
+        help="run `tuneserve eval run SUITE --models MODELS` against this server on a cron "
+        "(UTC), e.g. '0 3 * * *|docker-commands|base,docker-lora'; repeatable; replaces "
+        "TUNESERVE_EVAL_SCHEDULES",
+    )
     parser.set_defaults(func=run_serve)
 
 
@@ -65,6 +72,8 @@ def build_settings(args: argparse.Namespace):
 
     overrides = {dest: getattr(args, dest) for dest, *_ in _FLAGS.values()
                  if getattr(args, dest, None) is not None}
+    if getattr(args, "eval_schedules", None):
+        overrides["eval_schedules"] = args.eval_schedules
     try:
         return Settings(**overrides)
     except ValidationError as exc:

@@ -12,6 +12,8 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.reports.schedule import COMPACT_FORM, EvalSchedule, parse_schedules
+
 # vLLM accepts only these LoRA ranks for its pre-allocated LoRA buffers.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # Keys that look like a template value someone forgot to change.
@@ -67,11 +69,21 @@ class Settings(BaseSettings):
     )
     max_upload_mb: int = Field(512, ge=1, description="Largest adapter archive accepted.")
     seed: int = Field(0, description="Engine seed (per-request `seed` overrides).")
+    eval_schedules: Annotated[list[EvalSchedule], NoDecode] = Field(
+        default_factory=list,
+        description='Evaluations the server runs on a cron (UTC): JSON [{"cron", "suite", '
+        f'"models"}}, ...] or {COMPACT_FORM}; entries separated by ";" or newlines.',
+    )
 
     @field_validator("user_api_keys", "admin_api_keys", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         return _split_keys(value)
+
+    @field_validator("eval_schedules", mode="before")
+    @classmethod
+    def _schedules(cls, value: object) -> object:
+        return parse_schedules(value)
 
     @field_validator("max_lora_rank")
     @classmethod
@@ -86,6 +98,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras ({self.max_loras})"
             )
+        if self.eval_schedules and self.port == 0:
+            raise ValueError("eval schedules call this server, so they need a fixed port (not 0)")
         if self.api_keys_file is not None:
             extra_user, extra_admin = load_keys_file(self.api_keys_file)
             self.user_api_keys = [*self.user_api_keys, *extra_user]

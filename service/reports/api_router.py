@@ -1,4 +1,5 @@
-"""``GET /reports`` (list) and ``GET /reports/{id}/{file}`` (a report page or record)."""
+"""``GET /reports`` (list), ``GET /reports/schedules`` (in-service evaluation schedules,
+read-only) and ``GET /reports/{id}/{file}`` (a report page or record)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 
 from service.deps import UserAuth
 from service.errors import ErrorResponse
-from service.reports.protocol import ReportList
+from service.reports.protocol import ReportList, ScheduleList
 from service.reports.serving import ReportsServing
 
 router = APIRouter(tags=["reports"])
@@ -25,6 +26,13 @@ def _serving(request: Request) -> ReportsServing:
 @router.get("/reports", response_model=ReportList)
 async def list_reports(request: Request, _: UserAuth, limit: int = 100) -> ReportList:
     return _serving(request).list(limit=max(1, min(limit, 1000)))
+
+
+# Declared before /reports/{report_id}, which would otherwise take "schedules" as an id.
+@router.get("/reports/schedules", response_model=ScheduleList)
+async def list_schedules(request: Request, _: UserAuth) -> ScheduleList:
+    scheduler = getattr(request.app.state, "eval_scheduler", None)
+    return scheduler.describe() if scheduler is not None else ScheduleList(data=[])
 
 
 @router.get("/reports/{report_id}", include_in_schema=False)

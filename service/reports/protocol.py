@@ -1,4 +1,4 @@
-"""Response shapes of ``GET /reports``."""
+"""Response shapes of ``GET /reports`` and ``GET /reports/schedules``."""
 
 from __future__ import annotations
 
@@ -22,3 +22,24 @@ class ReportInfo(BaseModel):
 class ReportList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ReportInfo]
+
+
+class ScheduleInfo(BaseModel):
+    """One in-service evaluation schedule (``TUNESERVE_EVAL_SCHEDULES``) and its last run."""
+
+    object: Literal["evaluation.schedule"] = "evaluation.schedule"
+    cron: str  # UTC
+    suite: str
+    models: str
+    next_run_at: str | None = None
+    running: bool = False
+    runs: int = 0  # runs started since the server started
+    skipped: int = 0  # fires skipped: previous run still going, or server not ready
+    last_started_at: str | None = None
+    last_finished_at: str | None = None
+    last_exit_code: int | None = None  # 0 ok, 1 regression, 2 bad input, other: failure
+
+
+class ScheduleList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ScheduleInfo]

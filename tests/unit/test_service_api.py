@@ -211,6 +211,46 @@ def test_auth_roles(make_client):
     assert client.get("/health").status_code == 200  # probes need no key
 
 
+def test_eval_schedule_runs_in_the_service_and_is_listed(make_client, monkeypatch):
+    import asyncio
+    import sys
+
+    from service.reports import schedule
+
+    client = make_client(user_api_keys=USER_KEY, admin_api_keys=ADMIN_KEY, port=8123,
+                         eval_schedules="0 3 * * *|docker-commands|base,docker-lora")
+    scheduler = client.app.state.eval_scheduler
+    assert len(scheduler.tasks) == 1 and not scheduler.tasks[0].done()
+    _assert_error(client.get("/reports/schedules"), 401)
+    listing = client.get("/reports/schedules",
+                         headers={"Authorization": f"Bearer {USER_KEY}"}).json()
+    assert listing["object"] == "list"
+    (item,) = listing["data"]
+    assert (item["cron"], item["suite"], item["models"]) == ("0 3 * * *", "docker-commands",
+                                                             "base,docker-lora")
+    assert item["next_run_at"].endswith("T03:00:00+00:00") and item["runs"] == 0
+
+    # What a fire runs: eval run against this server, the user key in the environment only.
+    seen: dict = {}
+
+    async def fake_subprocess(argv, env, log_path):
+        seen.update(argv=argv, env=env, log_path=log_path)
+        return 0
+
+    monkeypatch.setattr(schedule, "run_subprocess", fake_subprocess)
+    entry = client.app.state.settings.eval_schedules[0]
+    assert asyncio.run(scheduler._runner(entry)) == 0
+    from tuneserve.home import reports_dir, tuneserve_home
+
+    assert seen["argv"] == [sys.executable, "-m", "tuneserve.cli", "eval", "run",
+                            "docker-commands", "--models", "base,docker-lora",
+                            "--server", "http://127.0.0.1:8123/v1",
+                            "--output-dir", str(reports_dir())]
+    assert seen["env"]["TUNESERVE_API_KEY"] == USER_KEY
+    assert USER_KEY not in " ".join(seen["argv"])
+    assert seen["log_path"] == tuneserve_home() / "eval-schedules" / "0.log"
+
+
 def test_overload_429_with_retry_after(make_client):
     import threading
 
