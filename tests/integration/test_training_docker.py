@@ -119,6 +119,7 @@ def test_adapter_beats_base_on_held_out_exact_match(
             indent=2,
         )
     )
-    # Measured with docker-lora.yaml (120 steps): adapter 0.13, base 0.00 on these 100 rows.
-    # The goal is >= base + 0.3; this asserts the adapter clearly learned the task.
-    assert adapter_em >= base_em + 0.1, metrics
+    # Measured with docker-lora.yaml (200 steps): adapter 0.69, base 0.00 on these 100 rows
+    # (0.13 before batches were shuffled, see training/sampling.py). The margin leaves room
+    # for run-to-run float noise, not for a regression back to that level.
+    assert adapter_em >= base_em + 0.5, metrics
