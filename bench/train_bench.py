@@ -95,6 +95,7 @@ def run_plain_trl(steps: int, dtype: str) -> dict:
                 save_strategy="no",
                 report_to="none",
                 bf16=dtype == "bfloat16",
+                use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 on CPU otherwise
                 max_length=config.sequence_len,
                 seed=config.seed,
                 disable_tqdm=True,
@@ -183,16 +184,18 @@ def main() -> int:
 
 
 def render(results: dict, args) -> str:
-    ref = results.get("plain-trl-bf16") or next(iter(results.values()))
+    ref_name = next(n for n in CONTENDERS if n in results)  # the first plain-TRL arm run
+    ref = results[ref_name]
     lines = [
         "## Training",
         "",
-        f"`TUNESERVE_HOME=... python bench/train_bench.py --steps {args.steps} --write` "
+        f"`TUNESERVE_HOME=... python bench/train_bench.py --steps {args.steps} "
+        f"--only {' '.join(results)} --write` "
         f"({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch threads default). Gemma 3 270M, LoRA r16 all-linear, batch 8, docker rows, "
         f"timed over steps 2..{args.steps}.",
         "",
-        "| trainer | tokens/s | s/step | peak RSS (MB) | speed vs plain TRL bf16 |",
+        f"| trainer | tokens/s | s/step | peak RSS (MB) | speed vs {ref_name} |",
         "|---|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
