@@ -112,7 +112,10 @@ def test_killed_worker_and_server_restart_resumes_the_job(sdk, training_file, ti
     """Runs last in this module: it kills the module's server and starts a new one."""
     base = sdk.models.list().data[0].id
     job = sdk.fine_tuning.jobs.create(model=base, training_file=training_file.id,
-                                      method=_hp(max_steps=12, save_steps=2))
+                                      # long enough that the kill lands mid-run: a
+                                      # 12-step tiny job could finish (and drop its
+                                      # checkpoints) between the poll and the kill
+                                      method=_hp(max_steps=400, save_steps=2))
     deadline = time.monotonic() + 240
     while not list(sdk.fine_tuning.jobs.checkpoints.list(job.id)):
         assert time.monotonic() < deadline, tiny_server.log_tail()
