@@ -34,10 +34,17 @@ def next_times(expression: str, start: datetime, count: int) -> list[datetime]:
     return [it.get_next(datetime) for _ in range(count)]
 
 
-def seconds_until_next(expression: str, now: datetime) -> tuple[datetime, float]:
-    """The next fire time strictly after ``now`` and the seconds to wait for it (>= 0)."""
-    when = croniter(expression, now).get_next(datetime)
-    return when, max(0.0, (when - now).total_seconds())
+def seconds_until_next(
+    expression: str, now: datetime, previous: datetime | None = None
+) -> tuple[datetime, float]:
+    """The next fire time strictly after ``now`` and the seconds to wait for it (>= 0).
+
+    Counted from the ``previous`` fire time at least, so a clock that reads a hair early
+    after the sleep cannot fire the same minute twice.
+    """
+    start = now if previous is None else max(now, previous)
+    when = croniter(expression, start).get_next(datetime)
+    return when, max(0.0, (when - start).total_seconds())
 
 
 def run_schedule(
@@ -57,10 +64,7 @@ def run_schedule(
     codes: list[int] = []
     last: datetime | None = None
     while max_runs is None or len(codes) < max_runs:
-        # Count from the last fire time at least, so a clock that reads a hair early after
-        # the sleep cannot fire the same minute twice.
-        now = clock() if last is None else max(clock(), last)
-        when, wait = seconds_until_next(expression, now)
+        when, wait = seconds_until_next(expression, clock(), last)
         last = when
         log.info("next evaluation at %s (in %.0f s)", when.isoformat(timespec="seconds"), wait)
         if wait > 0:

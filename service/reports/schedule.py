@@ -293,10 +293,7 @@ class EvalScheduler:
         last: datetime | None = None
         try:
             while True:
-                # Count from the last fire time at least: a clock that reads a hair early
-                # after the sleep must not fire the same minute twice.
-                now = self._clock() if last is None else max(self._clock(), last)
-                when, wait = seconds_until_next(entry.cron, now)
+                when, wait = seconds_until_next(entry.cron, self._clock(), last)
                 state.next_run_at = last = when
                 log.info(
                     "evaluation %s: next run at %s (in %.0f s)",
