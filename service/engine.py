@@ -111,7 +111,13 @@ class VllmEngine:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_space_gib))
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from service import metrics
+        from service.vllm_plugin import lora_ops_path
+
         llm = AsyncLLM.from_engine_args(engine_args(settings, model_path, served_name))
+        path, why = lora_ops_path()
+        metrics.LORA_OPS.info({"path": path, "reason": why})
+        logger.info("multi-LoRA ops: %s (%s)", path, why)
         return cls(llm, model_path)
 
     def generate(

@@ -7,7 +7,7 @@ vLLM's own engine metrics (``vllm:*``) register in the same default registry, so
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
 
@@ -35,4 +35,7 @@ ADAPTER_OPS = Counter(
 ADAPTER_OP_SECONDS = Histogram(
     "tuneserve_adapter_operation_seconds", "Time to load/unload an adapter.", ["operation"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+LORA_OPS = Info(
+    "tuneserve_lora_ops", "Which multi-LoRA ops the engine runs (tuneserve-grouped or vllm)."
 )

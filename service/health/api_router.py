@@ -6,12 +6,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from service.vllm_plugin import lora_ops_path
+
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
 async def health() -> dict[str, str]:
-    return {"status": "ok"}
+    """Alive, and which multi-LoRA ops the engine runs (``tuneserve-grouped`` or ``vllm``)."""
+    path, why = lora_ops_path()
+    return {"status": "ok", "lora_ops": path, "lora_ops_reason": why}
 
 
 @router.get("/ready")
