@@ -269,10 +269,11 @@ def markdown(args, results: dict[str, dict], command: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
+def write_section(path: Path, section: str, start: str = START, end: str = END) -> None:
+    """Replace the ``start``..``end`` section of the Markdown file ``path`` (or append it)."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: section, text,
+    if start in text and end in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: section, text,
                       flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + section + "\n"

@@ -21,6 +21,9 @@ logger = logging.getLogger("tuneserve.vllm_plugin")
 SUPPORTED_VLLM_VERSION = "0.32.0"
 #: ``grouped`` (default): tuneserve's ops; ``vllm``: vLLM's own CPU ops (for comparison).
 OPS_ENV = "TUNESERVE_CPU_LORA_OPS"
+#: ``1`` (default): keep vLLM's CPU torch.compile with LoRA on (vLLM switches it off, as
+#: its own ops are not compile-safe; ours run as opaque custom ops); ``0``: vLLM's choice.
+COMPILE_ENV = "TUNESERVE_CPU_LORA_COMPILE"
 GROUPED = "tuneserve-grouped"
 VLLM_OWN = "vllm"
 WRAPPER_QUALNAME = "service.vllm_plugin.grouped_lora.GroupedPunicaWrapperCPU"
@@ -69,8 +72,29 @@ def register() -> None:
         return
     platform_cls.get_punica_wrapper = classmethod(lambda cls: WRAPPER_QUALNAME)
     LoRAModelManager.activate_adapter = _forgetting_slots(LoRAModelManager.activate_adapter)
+    compile_kept = os.environ.get(COMPILE_ENV, "1") != "0"
+    if compile_kept:
+        platform_cls.check_and_update_config = _compiling_with_lora(
+            platform_cls.check_and_update_config)
     platform_cls._tuneserve_lora_patched = True
-    logger.info("tuneserve CPU LoRA ops installed (%s): %s", why, WRAPPER_QUALNAME)
+    logger.info("tuneserve CPU LoRA ops installed (%s): %s; torch.compile with LoRA %s",
+                why, WRAPPER_QUALNAME, "kept" if compile_kept else f"off ({COMPILE_ENV}=0)")
+
+
+def _compiling_with_lora(check_and_update_config):
+    """Wrap ``CpuPlatform.check_and_update_config`` so that enabling LoRA no longer turns
+    compilation off: the platform's settings are chosen as for a model without LoRA (its
+    only LoRA rule is that switch), then the LoRA config is put back."""
+
+    def check_with_lora_hidden(cls, vllm_config) -> None:
+        lora_config = vllm_config.lora_config
+        vllm_config.lora_config = None
+        try:
+            check_and_update_config(vllm_config)
+        finally:
+            vllm_config.lora_config = lora_config
+
+    return classmethod(check_with_lora_hidden)
 
 
 def _forgetting_slots(activate):

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.library import Library
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+from vllm.utils.torch_utils import direct_register_custom_op
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,74 @@ def effective_rank(rank_rows: torch.Tensor) -> int:
     return int(nonzero[-1]) + 1 if nonzero.numel() else 0
 
 
+#: Up to this many rows a linear layer's LoRA runs as one masked dense product over all
+#: slots (a decode step: few rows, op overhead dominates); above it, one matmul pair per
+#: slot over its own rows (prefill: FLOPs dominate). Measured: bench/lora_ops_bench.py.
+DENSE_MAX_ROWS = 64
+
+
+@dataclass(frozen=True)
+class PackedLoRA:
+    """One LoRA'd linear layer's adapters, packed when a slot is (re)filled, for the dense
+    path: every slot side by side, each trimmed to its real rank (R columns in all).
+
+    ``a`` ``[slices * R, in]`` holds, slice after slice, the A rows of every slot, so one
+    matmul shrinks all slices; ``b[i]`` ``[R, size_i]`` is slice i's B rows, so each slice
+    expands with one ``addmm_`` into its own output columns.
+    """
+
+    a: torch.Tensor
+    b: tuple[torch.Tensor, ...]
+    layout: tuple[int, ...]  # slot of each of the R columns
+
+
+def pack_slots(lora_a_stacked, lora_b_stacked, output_slices) -> PackedLoRA | None:
+    """Pack vLLM's stacked ``A [slots, 1, max_rank, in]`` / ``B [slots, 1, out, max_rank]``
+    (one pair per output slice) into a :class:`PackedLoRA`, or None when no slot has
+    weights. Float32, whatever the model's dtype (vLLM's own ops keep a float32 buffer)."""
+    num_slots, in_size = lora_a_stacked[0].shape[0], lora_a_stacked[0].shape[-1]
+    ranks = {slot: max(effective_rank(a[slot].reshape(-1, in_size)) for a in lora_a_stacked)
+             for slot in range(num_slots)}
+    ranks = {slot: rank for slot, rank in ranks.items() if rank}
+    if not ranks:
+        return None
+    a_rows, b_slices = [], []
+    for a, b, size in zip(lora_a_stacked, lora_b_stacked, output_slices, strict=True):
+        a_rows += [a[slot].reshape(-1, in_size)[:rank] for slot, rank in ranks.items()]
+        b_slices.append(torch.cat([b[slot].reshape(-1, b.shape[-1])[:size, :rank].t()
+                                   for slot, rank in ranks.items()]).float().contiguous())
+    layout = tuple(slot for slot, rank in ranks.items() for _ in range(rank))
+    return PackedLoRA(torch.cat(a_rows).float().contiguous(), tuple(b_slices), layout)
+
+
+_WRAPPERS: list[GroupedPunicaWrapperCPU] = []  # this process's wrappers (usually one)
+
+
+def _grouped_lora_linear(y: torch.Tensor, x: torch.Tensor, lora_a: list[torch.Tensor],
+                         lora_b: list[torch.Tensor], scale: float, output_slices: list[int],
+                         wrapper_id: int) -> None:
+    _WRAPPERS[wrapper_id]._lora_linear_eager(y, x, lora_a, lora_b, scale, output_slices)
+
+
+def _grouped_lora_embedding(y: torch.Tensor, x: torch.Tensor, lora_b: torch.Tensor,
+                            wrapper_id: int) -> None:
+    _WRAPPERS[wrapper_id]._lora_embedding_eager(y, x, lora_b)
+
+
+def _nothing(*args: Any) -> None:
+    return None
+
+
+# vLLM's registration helper: much less per-call overhead than torch.library.custom_op.
+# The ops are only what a compiled graph calls; eager code calls the methods directly.
+_LIBRARY = Library("tuneserve", "FRAGMENT")
+direct_register_custom_op("grouped_lora_linear", _grouped_lora_linear, mutates_args=["y"],
+                          fake_impl=_nothing, target_lib=_LIBRARY, dispatch_key="CPU")
+direct_register_custom_op("grouped_lora_embedding", _grouped_lora_embedding,
+                          mutates_args=["y"], fake_impl=_nothing, target_lib=_LIBRARY,
+                          dispatch_key="CPU")
+
+
 class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
     """``PunicaWrapperCPU`` whose ops group rows by adapter slot (see module docstring)."""
 
@@ -74,6 +144,11 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         self._sampler_groups: list[RowGroup] | None = None
         # (id of a stacked A tensor, slot) -> effective rank; cleared per slot on activation.
         self._rank_cache: dict[tuple[int, int], int] = {}
+        # id of a layer's first stacked A -> its packed adapters (None: no weights yet).
+        self._packs: dict[int, PackedLoRA | None] = {}
+        self._masks: dict[tuple[int, ...], torch.Tensor] = {}  # per step, by pack layout
+        self._op_id = len(_WRAPPERS)  # how the custom ops find this wrapper
+        _WRAPPERS.append(self)
 
     # --- state -----------------------------------------------------------------------
 
@@ -81,10 +156,13 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         super().update_metadata(*args, **kwargs)
         self._token_groups = group_rows(self.token_lora_indices)
         self._sampler_groups = None  # per-request rows, grouped on first use (logits)
+        self._masks = {}
 
     def forget_slot(self, slot: int) -> None:
-        """Called when an adapter is written into ``slot``: its ranks are measured anew."""
+        """Called when an adapter is written into ``slot``: its ranks are measured anew
+        and the layers' packs are rebuilt on their next use."""
         self._rank_cache = {k: v for k, v in self._rank_cache.items() if k[1] != slot}
+        self._packs.clear()
 
     def _groups_for_sampler(self) -> list[RowGroup]:
         if self._sampler_groups is None:
@@ -137,6 +215,9 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
 
     # --- the PunicaWrapper interface ---------------------------------------------------
 
+    # The two calls made inside the model's forward go through opaque custom ops, so a
+    # compiled forward (torch.compile traces it once) never bakes one step's grouping in.
+
     def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices,
                         *, buffer=None, **kwargs):  # type: ignore[override]
         """``y[:, slice_i] += x @ A_i^T @ B_i^T`` per row's adapter; base rows untouched."""
@@ -144,7 +225,33 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         y_2d = y.view(-1, y.shape[-1])
         if kwargs.get("add_inputs", True) is False:
             y_2d.zero_()
-        x = x.view(-1, x.shape[-1])
+        args = (y_2d, x.view(-1, x.shape[-1]), list(lora_a_stacked), list(lora_b_stacked),
+                float(scale), list(output_slices))
+        if torch.compiler.is_compiling():
+            torch.ops.tuneserve.grouped_lora_linear(*args, self._op_id)
+        else:
+            self._lora_linear_eager(*args)
+
+    def add_lora_embedding(self, y, x, lora_b_stacked, add_inputs=True,
+                           **kwargs):  # type: ignore[override]
+        """``y[rows] += x[rows] @ B^T``: x already holds each row's embedding-A lookup."""
+        y_2d = y.view(-1, y.shape[-1])
+        if not add_inputs:
+            y_2d.zero_()
+        if torch.compiler.is_compiling():
+            torch.ops.tuneserve.grouped_lora_embedding(y_2d, x, lora_b_stacked, self._op_id)
+        else:
+            self._lora_embedding_eager(y_2d, x, lora_b_stacked)
+
+    def _lora_linear_eager(self, y_2d: torch.Tensor, x: torch.Tensor,
+                           lora_a_stacked: list[torch.Tensor], lora_b_stacked: list[torch.Tensor],
+                           scale: float, output_slices: list[int]) -> None:
+        if not self._token_groups:
+            return  # no row has an adapter
+        if x.shape[0] <= DENSE_MAX_ROWS:
+            self._lora_linear_dense(y_2d, x, lora_a_stacked, lora_b_stacked, scale,
+                                    output_slices)
+            return
         offset = 0
         for lora_a, lora_b, size in zip(lora_a_stacked, lora_b_stacked, output_slices,
                                         strict=True):
@@ -153,6 +260,39 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
                 if delta is not None:
                     self._add_rows(y_2d, group, slice(offset, offset + size), delta)
             offset += size
+
+    def _lora_linear_dense(self, y_2d, x, lora_a_stacked, lora_b_stacked, scale,
+                           output_slices) -> None:
+        """All slots in one shrink matmul; a mask zeroes each row's columns of other slots
+        (all of a base row's, so base rows get exactly +0); one ``addmm_`` per slice."""
+        key = id(lora_a_stacked[0])
+        if key not in self._packs:
+            self._packs[key] = pack_slots(lora_a_stacked, lora_b_stacked, output_slices)
+        pack = self._packs[key]
+        if pack is None:
+            return
+        rows, rank_total = x.shape[0], len(pack.layout)
+        shrunk = x.float() @ pack.a.t()
+        shrunk.view(rows, -1, rank_total).mul_(self._mask(pack, rows).unsqueeze(1))
+        offset = 0
+        for index, (b, size) in enumerate(zip(pack.b, output_slices, strict=True)):
+            part = shrunk[:, index * rank_total:(index + 1) * rank_total]
+            out = y_2d[:, offset:offset + size]
+            if out.dtype == torch.float32:
+                out.addmm_(part, b, alpha=scale)
+            else:
+                out += (torch.mm(part, b) * scale).to(out.dtype)
+            offset += size
+
+    def _mask(self, pack: PackedLoRA, rows: int) -> torch.Tensor:
+        """``[rows, R]``: 1 where the row's slot owns the column. One per layout per step."""
+        mask = self._masks.get(pack.layout)
+        if mask is None:
+            column_slots = torch.tensor(pack.layout, device=pack.a.device)
+            indices = self.token_lora_indices[:rows]
+            mask = (indices[:, None] == column_slots[None, :]).float()
+            self._masks[pack.layout] = mask
+        return mask
 
     def add_shrink(self, y, x, lora_a_stacked, scale, **kwargs):  # type: ignore[override]
         """``y[i][rows, :r] = scale * x[rows] @ A_i^T``; base rows of ``y`` keep their zeros
@@ -187,12 +327,8 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
                 self._add_rows(y_2d, group, slice(offset, offset + size), expanded)
             offset += size
 
-    def add_lora_embedding(self, y, x, lora_b_stacked, add_inputs=True,
-                           **kwargs):  # type: ignore[override]
-        """``y[rows] += x[rows] @ B^T``: x already holds each row's embedding-A lookup."""
-        y_2d = y.view(-1, y.shape[-1])
-        if not add_inputs:
-            y_2d.zero_()
+    def _lora_embedding_eager(self, y_2d: torch.Tensor, x: torch.Tensor,
+                              lora_b_stacked: torch.Tensor) -> None:
         size = y_2d.shape[-1]
         for group in self._token_groups:
             rank = self._rank(lora_b_stacked, group.slot, rank_dim_last=True)
