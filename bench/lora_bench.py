@@ -11,7 +11,7 @@ Adapter requests go round-robin over ``--adapters`` random non-zero PEFT LoRAs o
 (ranks 8 and 16 alternating, every linear layer, made here), so every LoRA slot is busy.
 Each cell is ``--max-tokens`` output tokens per request (``ignore_eos``, greedy, streamed)
 at a fixed number of concurrent clients; ``offline`` sends ``--offline`` requests at once
-(an evaluation batch). Servers alternate inside every round, one up at a time.
+(an evaluation batch). All servers stay up; arms alternate inside every cell.
 
     flock /tmp/tuneserve-heavy.lock .venv/bin/python bench/lora_bench.py --write BENCHMARKS.md
 """
@@ -99,7 +99,9 @@ def start(name: str, args, model_dir: Path, adapters: dict[str, Path], work: Pat
             (watched / adapter).symlink_to(path)
         env.update(TUNESERVE_HOME=str(work / f"{name}-home"), TUNESERVE_UI="0",
                    TUNESERVE_USER_API_KEYS=USER_KEY, TUNESERVE_ADMIN_API_KEYS=ADMIN_KEY,
-                   TUNESERVE_CPU_LORA_OPS="vllm" if name == "tuneserve-vllm-ops" else "grouped")
+                   TUNESERVE_CPU_LORA_OPS="vllm" if name == "tuneserve-vllm-ops" else "grouped",
+                   TUNESERVE_CPU_LORA_COMPILE="1" if args.compile and name == "tuneserve"
+                   else "0")
         cmd = [sys.executable, "-m", "tuneserve.cli", "serve", "--model", str(model_dir),
                "--served-model-name", "base", "--port", str(port), "--kv-cache-space",
                str(args.kv_cache_gib), "--adapters-dir", str(watched), "--max-model-len",
@@ -131,27 +133,20 @@ def cells(args) -> list[tuple[str, int, int]]:
     return out
 
 
-def run(args, model_dir: Path, adapters: dict[str, Path], work: Path) -> dict:
-    """Every round starts each server in turn (they do not fit in memory together on a
-    small machine) and runs all of its arms' cells before stopping it."""
+def run(args, servers: dict[str, Server], adapters: list[str]) -> dict:
+    """Rounds of every cell; inside a cell the arms run one after another."""
     results: dict[tuple[str, str], list[dict]] = {}
     for round_index in range(args.rounds):
-        for server_name in SERVERS:
-            server = start(server_name, args, model_dir, adapters,
-                           work / f"round-{round_index}")
-            try:
-                for cell, clients, requests in cells(args):
-                    for arm in (a for a in ARMS if a.server == server_name):
-                        models = list(adapters) if arm.adapters else ["base"]
-                        load = [(models[i % len(models)], PROMPTS[i % len(PROMPTS)])
-                                for i in range(requests)]
-                        drive_args = argparse.Namespace(max_tokens=args.max_tokens,
-                                                        clients=clients)
-                        result = asyncio.run(drive(server.port, server.key, load, drive_args))
-                        results.setdefault((cell, arm.label), []).append(result)
-                        print(round_index, cell, arm.label, json.dumps(result), flush=True)
-            finally:
-                stop(server)
+        for cell, clients, requests in cells(args):
+            for arm in ARMS:
+                server = servers[arm.server]
+                models = adapters if arm.adapters else ["base"]
+                load = [(models[i % len(models)], PROMPTS[i % len(PROMPTS)])
+                        for i in range(requests)]
+                drive_args = argparse.Namespace(max_tokens=args.max_tokens, clients=clients)
+                result = asyncio.run(drive(server.port, server.key, load, drive_args))
+                results.setdefault((cell, arm.label), []).append(result)
+                print(round_index, cell, arm.label, json.dumps(result), flush=True)
     return {k: {m: statistics.median(r[m] for r in rs) for m in rs[0]}
             for k, rs in results.items()}
 
@@ -162,7 +157,7 @@ def markdown(args, results: dict, command: str) -> str:
         f"{args.max_tokens} output tokens per request (ignore_eos, greedy, streamed); adapter "
         f"arms round-robin over {args.adapters} random LoRAs (r 8/16, every linear layer; "
         f"`max_loras` {args.adapters}, `max_lora_rank` 16). Median tokens/s over "
-        f"{args.rounds} rounds; servers alternate inside each round (one up at a time). Machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{args.rounds} rounds; arms alternate inside every cell of every round (all servers up, one loaded at a time). Machine: {platform.machine()}, {os.cpu_count()} CPUs, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
         f"    {command}", "",
         "| arm | setup | " + " | ".join(c for c, _, _ in cells(args)) + " |",
@@ -185,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapters", type=int, default=4)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument("--compile", action="store_true",
+                        help="tuneserve servers keep torch.compile (TUNESERVE_CPU_LORA_COMPILE=1)")
     parser.add_argument("--offline", type=int, default=100, help="0 to skip the offline cell")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-model-len", type=int, default=1024)
@@ -199,7 +196,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="lora-bench-") as tmp:
         work = Path(tmp)
         adapters = make_adapters(model_dir, work, args.adapters)
-        results = run(args, model_dir, adapters, work)
+        servers: dict[str, Server] = {}
+        try:
+            # All up at once (idle servers cost no CPU; ~6 GB each with a 1 GiB KV cache),
+            # so arms alternate inside every cell of every round without restarts.
+            for name in SERVERS:
+                servers[name] = start(name, args, model_dir, adapters, work)
+                print("ready:", name, flush=True)
+            results = run(args, servers, list(adapters))
+        finally:
+            for server in servers.values():
+                stop(server)
     command = "flock /tmp/tuneserve-heavy.lock .venv/bin/python bench/lora_bench.py " + \
         " ".join(argv if argv is not None else sys.argv[1:])
     section = markdown(args, results, command.strip())

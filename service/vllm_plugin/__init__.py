@@ -21,8 +21,11 @@ logger = logging.getLogger("tuneserve.vllm_plugin")
 SUPPORTED_VLLM_VERSION = "0.32.0"
 #: ``grouped`` (default): tuneserve's ops; ``vllm``: vLLM's own CPU ops (for comparison).
 OPS_ENV = "TUNESERVE_CPU_LORA_OPS"
-#: ``1`` (default): keep vLLM's CPU torch.compile with LoRA on (vLLM switches it off, as
-#: its own ops are not compile-safe; ours run as opaque custom ops); ``0``: vLLM's choice.
+#: ``1``: keep vLLM's CPU torch.compile with LoRA enabled (vLLM switches it off, as its
+#: own ops are not compile-safe; ours run as opaque custom ops under compilation).
+#: ``0`` (default): vLLM's choice. Compiling costs about two minutes at every engine start
+#: on 2 cores (vLLM 0.32's CPU AOT cache fails to load, so it compiles again each time);
+#: BENCHMARKS.md has what it buys.
 COMPILE_ENV = "TUNESERVE_CPU_LORA_COMPILE"
 GROUPED = "tuneserve-grouped"
 VLLM_OWN = "vllm"
@@ -72,13 +75,13 @@ def register() -> None:
         return
     platform_cls.get_punica_wrapper = classmethod(lambda cls: WRAPPER_QUALNAME)
     LoRAModelManager.activate_adapter = _forgetting_slots(LoRAModelManager.activate_adapter)
-    compile_kept = os.environ.get(COMPILE_ENV, "1") != "0"
+    compile_kept = os.environ.get(COMPILE_ENV, "0") == "1"
     if compile_kept:
         platform_cls.check_and_update_config = _compiling_with_lora(
             platform_cls.check_and_update_config)
     platform_cls._tuneserve_lora_patched = True
     logger.info("tuneserve CPU LoRA ops installed (%s): %s; torch.compile with LoRA %s",
-                why, WRAPPER_QUALNAME, "kept" if compile_kept else f"off ({COMPILE_ENV}=0)")
+                why, WRAPPER_QUALNAME, "kept" if compile_kept else f"off (vLLM's default; {COMPILE_ENV}=1 keeps it)")
 
 
 def _compiling_with_lora(check_and_update_config):
