@@ -97,7 +97,9 @@ def start(name: str, args, model_dir: Path, adapters: dict[str, Path], work: Pat
         watched.mkdir(parents=True)
         for adapter, path in adapters.items():
             (watched / adapter).symlink_to(path)
+        # Admission above the offline batch: the stock server has no in-flight limit either.
         env.update(TUNESERVE_HOME=str(work / f"{name}-home"), TUNESERVE_UI="0",
+                   TUNESERVE_MAX_IN_FLIGHT=str(max(256, args.offline)),
                    TUNESERVE_USER_API_KEYS=USER_KEY, TUNESERVE_ADMIN_API_KEYS=ADMIN_KEY,
                    TUNESERVE_CPU_LORA_OPS="vllm" if name == "tuneserve-vllm-ops" else "grouped",
                    TUNESERVE_CPU_LORA_COMPILE="1" if args.compile and name == "tuneserve"

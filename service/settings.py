@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     max_lora_rank: int = Field(16, description=f"Largest adapter rank served; one of {VLLM_LORA_RANKS}.")
     max_loras: int = Field(4, ge=1, description="Adapters that may run in one batch.")
     max_cpu_loras: int = Field(16, ge=1, description="Adapters kept loaded in memory.")
+    # Read from the environment by service/vllm_plugin inside vLLM's engine processes too;
+    # declared here so a bad value stops the server at start with the field's name.
+    cpu_lora_ops: Literal["grouped", "vllm"] = Field(
+        "grouped", description="Multi-LoRA ops on CPU: tuneserve's grouped ops (base rows "
+        "stay base) or vLLM's own (for comparison only: they leak adapters into base rows).")
+    cpu_lora_compile: bool = Field(
+        False, description="Keep vLLM's CPU torch.compile with LoRA enabled (grouped ops "
+        "only); costs about 2 minutes at every engine start.")
     max_model_len: int = Field(2048, ge=16, description="Context length (prompt + completion).")
     max_num_seqs: int | None = Field(None, description="Engine batch size (default: vLLM's).")
     kv_cache_space_gib: int = Field(2, ge=1, description="KV cache size on CPU (whole GiB).")

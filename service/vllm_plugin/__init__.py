@@ -75,7 +75,7 @@ def register() -> None:
         return
     platform_cls.get_punica_wrapper = classmethod(lambda cls: WRAPPER_QUALNAME)
     LoRAModelManager.activate_adapter = _forgetting_slots(LoRAModelManager.activate_adapter)
-    compile_kept = os.environ.get(COMPILE_ENV, "0") == "1"
+    compile_kept = os.environ.get(COMPILE_ENV, "0").strip().lower() in {"1", "true", "yes", "on"}
     if compile_kept:
         platform_cls.check_and_update_config = _compiling_with_lora(
             platform_cls.check_and_update_config)

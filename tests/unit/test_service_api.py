@@ -80,7 +80,9 @@ def _chat(**kw):
 
 def test_health_ready_and_models(make_client):
     client = make_client()
-    assert client.get("/health").json() == {"status": "ok"}
+    health = client.get("/health").json()
+    assert health["status"] == "ok"
+    assert health["lora_ops"] in {"tuneserve-grouped", "vllm"}
     assert client.get("/ready").json()["status"] == "ready"
     models = client.get("/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["tiny"]
