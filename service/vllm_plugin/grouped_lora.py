@@ -10,11 +10,16 @@ Why this exists: vLLM 0.32's CPU ops (``vllm/lora/ops/torch_ops/lora_ops.py``) g
   slice per layer per step (≈45 MB per token at rank 16), padded to ``max_lora_rank``.
 
 This wrapper keeps vLLM's metadata (it subclasses ``PunicaWrapperCPU``) and replaces the
-arithmetic: tokens are grouped by adapter slot once per step, each active slot runs one
-shrink and one expand matmul over its own rows (a slice, when its rows are contiguous as
-in prefill, else an index gather), trimmed to the slot's real rank; rows with no adapter
-are never touched. The per-slot rank is measured once when a slot is (re)activated
-(``forget_slot``), not per token.
+arithmetic. Rows are grouped by adapter slot once per step; rows with no adapter get
+nothing added. Each slot is trimmed to its real rank, measured when the slot is
+(re)activated (``forget_slot``), so padding to ``max_lora_rank`` costs nothing. Two paths,
+chosen by row count (``DENSE_MAX_ROWS``, measured in ``bench/lora_ops_bench.py``):
+
+- **dense** (decode-sized steps): each layer's adapters are packed once
+  (:func:`pack_slots`); one shrink matmul over all slots, a per-step slot mask, one
+  ``addmm_`` per output slice: few ops, as such steps are op-overhead bound;
+- **grouped** (prefill): one shrink/expand matmul pair per slot over its own rows (a
+  slice when they are contiguous, else a gather and ``index_add_``), as FLOPs dominate.
 """
 
 from __future__ import annotations
