@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from bench.serve_bench import (  # noqa: E402
     USER_KEY,
     drive,
     free_port,
+    stop_process_group,
     wait_ready,
     write_section,
 )
@@ -116,15 +116,6 @@ def start(name: str, args, model_dir: Path, adapters: dict[str, Path], work: Pat
     names = ["base"] if name == "stock" else ["base", *adapters]
     wait_ready(port, proc, key, names)
     return Server(name, port, key, proc)
-
-
-def stop(server: Server) -> None:
-    os.killpg(server.proc.pid, signal.SIGINT)
-    try:
-        server.proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.proc.pid, signal.SIGKILL)
-        server.proc.wait()
 
 
 def cells(args) -> list[tuple[str, int, int]]:
@@ -208,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             results = run(args, servers, list(adapters))
         finally:
             for server in servers.values():
-                stop(server)
+                stop_process_group(server.proc)
     command = "flock /tmp/tuneserve-heavy.lock .venv/bin/python bench/lora_bench.py " + \
         " ".join(argv if argv is not None else sys.argv[1:])
     section = markdown(args, results, command.strip())

@@ -190,13 +190,18 @@ def run_server(kind: str, args, model_dir: Path, adapters: dict[str, Path], work
         result["startup_s"] = start_s
         return result
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
         log.close()
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGINT a server's process group (graceful), SIGKILL it after 30 s."""
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def run_hf(args, model_dir: Path, adapters: dict[str, Path]) -> dict:

@@ -39,7 +39,6 @@ class RowGroup:
 
     slot: int
     rows: slice | torch.Tensor  # a slice when contiguous (no gather, no scatter)
-    count: int
 
 
 def group_rows(indices: torch.Tensor) -> list[RowGroup]:
@@ -57,7 +56,7 @@ def group_rows(indices: torch.Tensor) -> list[RowGroup]:
         rows: slice | torch.Tensor = (
             slice(first, last + 1) if last - first + 1 == count else positions
         )
-        groups.append(RowGroup(slot, rows, count))
+        groups.append(RowGroup(slot, rows))
     return groups
 
 
