@@ -7,6 +7,14 @@ Four arms, side by side in one run, arms alternating inside every round:
     C  tuneserve with vLLM's own CPU LoRA ops (TUNESERVE_CPU_LORA_OPS=vllm), adapter requests
     D  tuneserve with tuneserve's grouped ops, adapter requests
 
+``--arms settings`` measures the two engine settings the CPU path leaves open, each against
+tuneserve's defaults (grouped ops, compile off, vLLM's ``auto`` thread binding), with base
+and adapter requests:
+
+    B / D                tuneserve defaults
+    B-compile/D-compile  TUNESERVE_CPU_LORA_COMPILE=1 (vLLM's CPU torch.compile kept with LoRA)
+    B-bind/D-bind        VLLM_CPU_OMP_THREADS_BIND=0-(N-1): compute on every core, none reserved
+
 Adapter requests go round-robin over ``--adapters`` random non-zero PEFT LoRAs of the base
 (ranks 8 and 16 alternating, every linear layer, made here), so every LoRA slot is busy.
 Each cell is ``--max-tokens`` output tokens per request (``ignore_eos``, greedy, streamed)
@@ -14,6 +22,8 @@ at a fixed number of concurrent clients; ``offline`` sends ``--offline`` request
 (an evaluation batch). All servers stay up; arms alternate inside every cell.
 
     flock /tmp/tuneserve-heavy.lock .venv/bin/python bench/lora_bench.py --write BENCHMARKS.md
+    flock /tmp/tuneserve-heavy.lock .venv/bin/python bench/lora_bench.py --arms settings \
+        --concurrency 8 32 --offline 0 --write BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -45,7 +55,6 @@ from bench.serve_bench import (  # noqa: E402
     write_section,
 )
 
-START, END = "<!-- lora-bench:start -->", "<!-- lora-bench:end -->"
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -65,13 +74,40 @@ class Arm:
     adapters: bool
 
 
-SERVERS = ("stock", "tuneserve-vllm-ops", "tuneserve")
-ARMS = [
-    Arm("A", "stock vLLM, no LoRA", "stock", False),
-    Arm("B", "tuneserve, base requests only", "tuneserve", False),
-    Arm("C", "tuneserve, adapters, vLLM's own CPU ops", "tuneserve-vllm-ops", True),
-    Arm("D", "tuneserve, adapters, tuneserve's grouped ops", "tuneserve", True),
-]
+# Server name -> tuneserve environment (None: the stock vLLM server).
+SERVERS: dict[str, dict[str, str] | None] = {
+    "stock": None,
+    "tuneserve-vllm-ops": {"TUNESERVE_CPU_LORA_OPS": "vllm"},
+    "tuneserve": {},
+    "tuneserve-compile": {"TUNESERVE_CPU_LORA_COMPILE": "1"},
+    "tuneserve-bind-all": {"VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}"},
+}
+ARM_SETS = {
+    "ops": [
+        Arm("A", "stock vLLM, no LoRA", "stock", False),
+        Arm("B", "tuneserve, base requests only", "tuneserve", False),
+        Arm("C", "tuneserve, adapters, vLLM's own CPU ops", "tuneserve-vllm-ops", True),
+        Arm("D", "tuneserve, adapters, tuneserve's grouped ops", "tuneserve", True),
+    ],
+    "settings": [
+        Arm("B", "defaults, base requests", "tuneserve", False),
+        Arm("D", "defaults, adapters", "tuneserve", True),
+        Arm("B-compile", "compile kept, base requests", "tuneserve-compile", False),
+        Arm("D-compile", "compile kept, adapters", "tuneserve-compile", True),
+        Arm("B-bind", "compute on every core, base requests", "tuneserve-bind-all", False),
+        Arm("D-bind", "compute on every core, adapters", "tuneserve-bind-all", True),
+    ],
+}
+RATIOS = {
+    "ops": [("B", "A"), ("C", "A"), ("D", "A"), ("D", "C"), ("D", "B")],
+    "settings": [("B-compile", "B"), ("D-compile", "D"), ("B-bind", "B"), ("D-bind", "D")],
+}
+SECTIONS = {
+    "ops": ("<!-- lora-bench:start -->", "<!-- lora-bench:end -->",
+            "## CPU multi-LoRA: stock vLLM vs tuneserve (vLLM's CPU ops vs grouped ops)"),
+    "settings": ("<!-- lora-settings-bench:start -->", "<!-- lora-settings-bench:end -->",
+                 "## CPU multi-LoRA: compilation and thread binding"),
+}
 
 
 def make_adapters(model_dir: Path, out: Path, count: int) -> dict[str, Path]:
@@ -101,9 +137,8 @@ def start(name: str, args, model_dir: Path, adapters: dict[str, Path], work: Pat
         env.update(TUNESERVE_HOME=str(work / f"{name}-home"), TUNESERVE_UI="0",
                    TUNESERVE_MAX_IN_FLIGHT=str(max(256, args.offline)),
                    TUNESERVE_USER_API_KEYS=USER_KEY, TUNESERVE_ADMIN_API_KEYS=ADMIN_KEY,
-                   TUNESERVE_CPU_LORA_OPS="vllm" if name == "tuneserve-vllm-ops" else "grouped",
-                   TUNESERVE_CPU_LORA_COMPILE="1" if args.compile and name == "tuneserve"
-                   else "0")
+                   TUNESERVE_CPU_LORA_OPS="grouped", TUNESERVE_CPU_LORA_COMPILE="0")
+        env.update(SERVERS[name] or {})
         cmd = [sys.executable, "-m", "tuneserve.cli", "serve", "--model", str(model_dir),
                "--served-model-name", "base", "--port", str(port), "--kv-cache-space",
                str(args.kv_cache_gib), "--adapters-dir", str(watched), "--max-model-len",
@@ -131,7 +166,7 @@ def run(args, servers: dict[str, Server], adapters: list[str]) -> dict:
     results: dict[tuple[str, str], list[dict]] = {}
     for round_index in range(args.rounds):
         for cell, clients, requests in cells(args):
-            for arm in ARMS:
+            for arm in ARM_SETS[args.arms]:
                 server = servers[arm.server]
                 models = adapters if arm.adapters else ["base"]
                 load = [(models[i % len(models)], PROMPTS[i % len(PROMPTS)])
@@ -145,25 +180,27 @@ def run(args, servers: dict[str, Server], adapters: list[str]) -> dict:
 
 
 def markdown(args, results: dict, command: str) -> str:
+    start, end, title = SECTIONS[args.arms]
     lines = [
-        START, "## CPU multi-LoRA: stock vLLM vs tuneserve (vLLM's CPU ops vs grouped ops)", "",
+        start, title, "",
         f"{args.max_tokens} output tokens per request (ignore_eos, greedy, streamed); adapter "
         f"arms round-robin over {args.adapters} random LoRAs (r 8/16, every linear layer; "
         f"`max_loras` {args.adapters}, `max_lora_rank` 16). Median tokens/s over "
-        f"{args.rounds} rounds; arms alternate inside every cell of every round (all servers up, one loaded at a time). Machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{args.rounds} rounds; arms alternate inside every cell of every round (all servers "
+        f"up, one loaded at a time). Machine: {platform.machine()}, {os.cpu_count()} CPUs, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
         f"    {command}", "",
         "| arm | setup | " + " | ".join(c for c, _, _ in cells(args)) + " |",
         "|---|---|" + "---:|" * len(cells(args)),
     ]
-    for arm in ARMS:
+    for arm in ARM_SETS[args.arms]:
         row = [f"{results[(c, arm.label)]['tok_per_s']:.1f}" for c, _, _ in cells(args)]
         lines.append(f"| {arm.label} | {arm.what} | " + " | ".join(row) + " |")
-    for num, den in (("B", "A"), ("C", "A"), ("D", "A"), ("D", "C")):
+    for num, den in RATIOS[args.arms]:
         row = [f"{results[(c, num)]['tok_per_s'] / results[(c, den)]['tok_per_s']:.2f}x"
                for c, _, _ in cells(args)]
         lines.append(f"| {num}/{den} | ratio | " + " | ".join(row) + " |")
-    lines.append(END)
+    lines.append(end)
     return "\n".join(lines)
 
 
@@ -173,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapters", type=int, default=4)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests-per-client", type=int, default=2)
-    parser.add_argument("--compile", action="store_true",
-                        help="tuneserve servers keep torch.compile (TUNESERVE_CPU_LORA_COMPILE=1)")
+    parser.add_argument("--arms", choices=sorted(ARM_SETS), default="ops",
+                        help="ops: arms A-D (stock vs vLLM's ops vs ours); settings: compile "
+                        "and thread binding against tuneserve's defaults")
     parser.add_argument("--offline", type=int, default=100, help="0 to skip the offline cell")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-model-len", type=int, default=1024)
@@ -193,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             # All up at once (idle servers cost no CPU; ~6 GB each with a 1 GiB KV cache),
             # so arms alternate inside every cell of every round without restarts.
-            for name in SERVERS:
+            for name in dict.fromkeys(arm.server for arm in ARM_SETS[args.arms]):
                 servers[name] = start(name, args, model_dir, adapters, work)
                 print("ready:", name, flush=True)
             results = run(args, servers, list(adapters))
@@ -205,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     section = markdown(args, results, command.strip())
     print(section)
     if args.write:
-        write_section(args.write, section, START, END)
+        start_marker, end_marker, _ = SECTIONS[args.arms]
+        write_section(args.write, section, start_marker, end_marker)
     return 0
 
 
