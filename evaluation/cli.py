@@ -77,6 +77,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-perplexity", action="store_true", help="skip reference NLL")
     p.add_argument("--output-dir", type=Path, help="reports root (default $TUNESERVE_HOME/reports)")
     p.add_argument("--no-history", action="store_true", help="do not store this run")
+    rows = p.add_mutually_exclusive_group()
+    rows.add_argument("--allow-contamination", action="store_true",
+                      help="score rows an adapter trained on (refused by default); the report "
+                      "says so")
+    rows.add_argument("--exclude-trained-rows", action="store_true",
+                      help="drop rows an adapter trained on and score the rest")
 
 
 def _suite_from_args(args: argparse.Namespace):
@@ -116,6 +122,8 @@ def _options(args: argparse.Namespace):
         api_key=args.api_key,
         dataset=args.dataset,
         adapter_dirs=adapter_dirs,
+        contamination="allow" if args.allow_contamination
+        else "exclude" if args.exclude_trained_rows else "refuse",
     )
 
 

@@ -4,6 +4,12 @@ Rows are read with the training loaders (``training.data.load_rows``) and split 
 same function training used (``training.data.split_rows``). When an adapter's manifest
 records its split (seed and held-out size), that split wins over the suite's defaults,
 so the evaluation set is exactly what the adapter never saw.
+
+Contamination is an error: when an adapter recorded the rows it trained on
+(``train_rows.sha256``, or a manifest that trained on every row of this very file), the
+rows to score are checked against them and any overlap refuses the run, naming the count,
+unless the caller allows it (``contamination="allow"``: score them, noted in the report) or
+asks to drop those rows (``"exclude"``).
 """
 
 from __future__ import annotations
@@ -12,12 +18,14 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from evaluation.suite import Suite
 from tuneserve.errors import UserError
 
 log = logging.getLogger(__name__)
+Contamination = Literal["refuse", "allow", "exclude"]
+CONTAMINATION_POLICIES: tuple[Contamination, ...] = ("refuse", "allow", "exclude")
 
 
 @dataclass
@@ -74,6 +82,7 @@ def held_out_examples(
     suite: Suite,
     adapters: dict[str, tuple[dict[str, Any], Path | None]] | None = None,
     dataset_override: Path | None = None,
+    contamination: Contamination = "refuse",
 ) -> HeldOut:
     """The suite's held-out examples.
 
@@ -81,8 +90,17 @@ def held_out_examples(
     the ``held_out.jsonl`` rows an adapter saved (exactly what training never saw), when its
     manifest lists this dataset file (same sha256); else the manifest's split seed/size
     applied to the suite's dataset with ``training.data.split_rows``; else the suite's own
-    split settings.
+    split settings. Then the contamination check (see the module docstring).
     """
+    held = _held_out(suite, adapters, dataset_override)
+    return check_contamination(held, adapters or {}, contamination)
+
+
+def _held_out(
+    suite: Suite,
+    adapters: dict[str, tuple[dict[str, Any], Path | None]] | None,
+    dataset_override: Path | None,
+) -> HeldOut:
     try:
         from training.data import load_rows, split_rows
     except ImportError as exc:  # the training package ships these; say so plainly if not
@@ -114,12 +132,7 @@ def held_out_examples(
     for label, (manifest, _) in (adapters or {}).items():
         recorded = split_from_manifest(manifest)
         if recorded is None:
-            if _lists_dataset(manifest, digest):
-                notes.append(
-                    f"adapter {label} trained on every row of {path.name} (no held-out split): "
-                    "its scores include rows it was trained on"
-                )
-            continue
+            continue  # trained on every row it listed: check_contamination counts them
         size, seed = recorded
         source = f"manifest:{label} (seed/size)"
         if not _lists_dataset(manifest, digest):
@@ -136,6 +149,64 @@ def held_out_examples(
 
         held = with_system_prompt(held, suite.system_prompt)
     return _finish(suite, held, path, digest, size, seed, source, notes)
+
+
+def example_fingerprint(example: Example) -> str:
+    from training.manifest import row_fingerprint
+
+    return row_fingerprint(
+        [*example.messages, {"role": "assistant", "content": example.reference}]
+    )
+
+
+def check_contamination(
+    held: HeldOut,
+    adapters: dict[str, tuple[dict[str, Any], Path | None]],
+    policy: Contamination,
+) -> HeldOut:
+    """Count, per adapter, the rows to score that it trained on; refuse, note or drop them.
+
+    Exact when the adapter saved its training-row fingerprints; otherwise an adapter whose
+    manifest trained on every row of this very file (no split) overlaps on every row; with
+    neither, the check cannot be made and the report says so.
+    """
+    from training.manifest import read_train_fingerprints
+
+    fingerprints = [example_fingerprint(ex) for ex in held.examples]
+    trained: dict[str, set[int]] = {}
+    for label, (manifest, adapter_dir) in adapters.items():
+        seen = read_train_fingerprints(adapter_dir) if adapter_dir else None
+        if seen is not None:
+            trained[label] = {i for i, f in enumerate(fingerprints) if f in seen}
+        elif _lists_dataset(manifest, held.sha256) and split_from_manifest(manifest) is None:
+            trained[label] = set(range(len(held.examples)))
+        else:
+            held.notes.append(
+                f"adapter {label} did not record its training rows (no train_rows.sha256 "
+                "where the evaluation runs): overlap with its training data was not checked"
+            )
+    overlap = {label: rows for label, rows in trained.items() if rows}
+    if not overlap:
+        return held
+    counts = ", ".join(f"{len(rows)} of {len(held.examples)} for {label}"
+                       for label, rows in overlap.items())
+    if policy == "refuse":
+        raise UserError(
+            f"contaminated evaluation: rows to score were trained on ({counts}; dataset "
+            f"{held.path.name}). Score rows the adapters never saw (--dataset, or the "
+            "adapter's own held-out rows), drop these rows with --exclude-trained-rows, or "
+            "score them anyway with --allow-contamination"
+        )
+    if policy == "allow":
+        held.notes.append(f"contamination allowed by the caller: rows scored were trained on "
+                          f"({counts}); those scores overstate the adapters")
+        return held
+    dropped = set().union(*overlap.values())
+    held.examples = [ex for i, ex in enumerate(held.examples) if i not in dropped]
+    if not held.examples:
+        raise UserError(f"every row to score was trained on ({counts}): nothing left to score")
+    held.notes.append(f"{len(dropped)} rows dropped because adapters trained on them ({counts})")
+    return held
 
 
 def _lists_dataset(manifest: dict[str, Any], digest: str) -> bool:

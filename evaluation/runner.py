@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.bootstrap import paired_bootstrap
-from evaluation.dataset import Example, HeldOut, held_out_examples
+from evaluation.dataset import Contamination, Example, HeldOut, held_out_examples
 from evaluation.judge import candidate_score, judge_messages, parse_verdict
 from evaluation.scoring import score_texts
 from evaluation.suite import METRIC_DIRECTIONS, Suite
@@ -60,6 +60,8 @@ class RunOptions:
     dataset: Path | None = None
     adapter_dirs: dict[str, Path] = field(default_factory=dict)
     timeout_s: float = 300.0
+    # What to do with rows an adapter trained on: refuse the run, score them, or drop them.
+    contamination: Contamination = "refuse"
 
 
 def parse_models(spec: str) -> list[tuple[str, str]]:
@@ -115,11 +117,29 @@ async def resolve_models(client, pairs: list[tuple[str, str]], opts: RunOptions)
         if model_id not in ids:
             raise UserError(f"model {model_id!r} is not served at {opts.server} (served: {ids})")
         adapter_dir = opts.adapter_dirs.get(label) or opts.adapter_dirs.get(model_id)
+        registered = None if adapter_dir else await _registered_adapter(client, model_id)
+        if registered and Path(registered["path"], MANIFEST_FILE).is_file():
+            adapter_dir = Path(registered["path"])  # the server's folder, readable here
         if adapter_dir is None and (adapters_dir() / model_id / MANIFEST_FILE).is_file():
             adapter_dir = adapters_dir() / model_id
         manifest, digest = read_manifest(adapter_dir) if adapter_dir else (None, None)
+        if manifest is None and registered and registered.get("manifest"):
+            manifest = registered["manifest"]  # a remote server: its manifest, not its files
+            digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
         specs.append(ModelSpec(label, model_id, adapter_dir, manifest, digest))
     return specs
+
+
+async def _registered_adapter(client, model_id: str) -> dict[str, Any] | None:
+    """The server's adapter registry entry (``GET /v1/adapters/{id}``: path and manifest) for
+    a served adapter, or None (the base, or a server without tuneserve's registry)."""
+    import openai
+
+    try:
+        entry = await client.get(f"/adapters/{model_id}", cast_to=object)
+    except (openai.APIStatusError, openai.APIConnectionError):
+        return None
+    return entry if isinstance(entry, dict) and entry.get("path") else None
 
 
 def _describe(exc: BaseException) -> str:
@@ -243,7 +263,7 @@ async def collect(suite: Suite, pairs: list[tuple[str, str]], opts: RunOptions) 
     try:
         models = await resolve_models(client, pairs, opts)
         adapters = {m.label: (m.manifest, m.adapter_path) for m in models if m.manifest}
-        held: HeldOut = held_out_examples(suite, adapters, opts.dataset)
+        held: HeldOut = held_out_examples(suite, adapters, opts.dataset, opts.contamination)
         notes = list(held.notes)
         sem = asyncio.Semaphore(suite.concurrency)
         log.info("%s: %d examples x %d models", suite.name, len(held.examples), len(models))

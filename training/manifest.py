@@ -1,14 +1,16 @@
 """The adapter folder and its manifest, written atomically.
 
 ``output_dir/NAME/`` holds ``adapter_model.safetensors``, ``adapter_config.json``,
-``tuneserve.json`` (the manifest) and ``held_out.jsonl`` (the held-out rows, so evaluation
-scores exactly the rows training never saw). Everything is written into a temporary
+``tuneserve.json`` (the manifest), ``held_out.jsonl`` (the held-out rows, so evaluation
+scores exactly the rows training never saw) and ``train_rows.sha256`` (one fingerprint per
+training row, so an evaluation can count exactly how many of its rows were trained on). Everything is written into a temporary
 sibling folder and renamed into place last: a killed run never leaves a folder that looks
 like an adapter.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,6 +23,7 @@ from typing import Any
 
 MANIFEST_FILE = "tuneserve.json"
 HELD_OUT_FILE = "held_out.jsonl"
+TRAIN_FINGERPRINTS_FILE = "train_rows.sha256"
 LIBRARIES = ("torch", "transformers", "peft", "trl", "datasets", "bitsandbytes", "tuneserve")
 
 
@@ -48,6 +51,21 @@ def read_held_out(adapter_dir: str | Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def row_fingerprint(messages: list[dict[str, Any]]) -> str:
+    """A row's identity for contamination checks: its user/assistant/tool turns (system
+    prompts differ between a training config and a suite, the exchange does not)."""
+    turns = [(m.get("role"), m.get("content")) for m in messages if m.get("role") != "system"]
+    return hashlib.sha256(json.dumps(turns, ensure_ascii=False).encode()).hexdigest()[:32]
+
+
+def read_train_fingerprints(adapter_dir: str | Path) -> set[str] | None:
+    """Fingerprints of the rows an adapter trained on (None when it did not record them)."""
+    path = Path(adapter_dir) / TRAIN_FINGERPRINTS_FILE
+    if not path.is_file():
+        return None
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
 
 
 def library_versions() -> dict[str, str]:
@@ -95,12 +113,16 @@ def write_adapter_files(
     save_adapter: Callable[[Path], None],
     manifest: dict[str, Any],
     held_out: list[dict],
+    train_rows: list[dict],
 ) -> None:
-    """Fill a staging folder: PEFT files, held-out rows, and the manifest (written last)."""
+    """Fill a staging folder: PEFT files, held-out rows, training-row fingerprints, and the
+    manifest (written last)."""
     save_adapter(tmp)
     with (tmp / HELD_OUT_FILE).open("w", encoding="utf-8") as fh:
         for row in held_out:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    fingerprints = sorted({row_fingerprint(row["messages"]) for row in train_rows})
+    (tmp / TRAIN_FINGERPRINTS_FILE).write_text("".join(f + "\n" for f in fingerprints))
     _write_json(tmp / MANIFEST_FILE, manifest)
 
 

@@ -48,6 +48,8 @@ class PreparedData:
     datasets: list[dict[str, Any]] = field(default_factory=list)
     held_out_indices: list[int] = field(default_factory=list)
     dropped_rows: int = 0
+    # Held-out rows left out of held_out because a training row is an exact copy.
+    held_out_duplicates: int = 0
 
 
 def default_log_file(config: TrainConfig) -> Path:
@@ -84,7 +86,18 @@ def prepare_data(config: TrainConfig, tokenizer) -> PreparedData:
         ]
         infos += [{**info, "role": "validation"} for info in val_infos]
     dropped = sum(info["invalid_rows"] for info in infos)
-    return PreparedData(train, held_out, infos, sorted(held), dropped)
+    held_out, duplicates = _without_training_rows(held_out, train)
+    return PreparedData(train, held_out, infos, sorted(held), dropped, duplicates)
+
+
+def _without_training_rows(held_out: list[dict], train: list[dict]) -> tuple[list[dict], int]:
+    """Held-out rows minus exact copies of a training row (a dataset's duplicates would
+    otherwise put trained-on rows into the evaluation set); returns them and the count."""
+    from training.manifest import row_fingerprint
+
+    trained = {row_fingerprint(r["messages"]) for r in train}
+    kept = [r for r in held_out if row_fingerprint(r["messages"]) not in trained]
+    return kept, len(held_out) - len(kept)
 
 
 def _load_specs(config: TrainConfig, specs, tokenizer) -> tuple[list[dict], list[dict], set[int]]:
@@ -360,7 +373,9 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
     events.write(
         "status",
         message=f"data: {len(data.train)} train rows, {len(data.held_out)} held-out rows, "
-        f"{data.dropped_rows} dropped",
+        f"{data.dropped_rows} dropped"
+        + (f", {data.held_out_duplicates} held-out rows left out as copies of training rows"
+           if data.held_out_duplicates else ""),
     )
     train_ds = tokenize_rows(data.train, tokenizer)
     eval_rows = data.held_out[: config.eval_max_rows] if config.eval_max_rows else data.held_out
@@ -432,7 +447,8 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
             "train_rows": len(data.train),
             "held_out_rows": len(data.held_out),
             "held_out_indices": data.held_out_indices,
-            "held_out_file": "held_out.jsonl",
+            "held_out_duplicates_dropped": data.held_out_duplicates,
+            "held_out_file": "held_out.jsonl (held_out_indices minus copies of training rows)",
             "how": "training.data.split_rows(rows of all datasets in order, val_set_size, seed)",
         },
         "trainable_parameters": trainable,
@@ -453,7 +469,8 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
         "created_at": events.events[0]["time"],
     }
     with staging_dir(target, overwrite=config.overwrite) as tmp:
-        write_adapter_files(tmp, trainer.model.save_pretrained, manifest, data.held_out)
+        write_adapter_files(tmp, trainer.model.save_pretrained, manifest, data.held_out,
+                            data.train)
     shutil.rmtree(config.checkpoint_dir, ignore_errors=True)
     events.write(
         "done",

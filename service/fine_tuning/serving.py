@@ -24,6 +24,7 @@ from service.fine_tuning.protocol import (
 from service.jobs.store import TERMINAL_STATUSES, JobStore, new_id, now
 from service.jobs.supervisor import JobSupervisor, fine_tuned_model_name
 from service.jobs.train_config import build_train_config, resolve_hyperparameters
+from training.auto import MIN_ROWS_TO_HOLD_OUT, held_out_rows
 from tuneserve.errors import UserError
 
 # Suffixes become part of a served model id: no ':' (the id's separator), '/' or spaces.
@@ -67,16 +68,18 @@ class FineTuningService:
                 "'-', starting with a letter or digit",
                 param="suffix",
             )
-        training_path = self._dataset_path(request.training_file, "training_file")
-        validation_path = (self._dataset_path(request.validation_file, "validation_file")
+        training = self._dataset(request.training_file, "training_file")
+        validation_path = (Path(self._dataset(request.validation_file, "validation_file")["path"])
                            if request.validation_file else None)
+        n_rows = int(training["rows"])
+        held_out = 0 if validation_path is not None else held_out_rows(n_rows)
 
         hp: dict[str, Any] = {}
         if request.hyperparameters is not None:
             hp.update(request.hyperparameters.model_dump(exclude_none=True))
         if method.supervised and method.supervised.hyperparameters is not None:
             hp.update(method.supervised.hyperparameters.model_dump(exclude_none=True))
-        hp = resolve_hyperparameters(hp)
+        hp = resolve_hyperparameters(hp, n_rows - held_out)
         rank = hp.get("lora_rank")
         if self.max_lora_rank is not None and rank is not None and int(rank) > self.max_lora_rank:
             raise BadRequest(
@@ -98,8 +101,9 @@ class FineTuningService:
             config = build_train_config(
                 job_id=job_id,
                 base_model_path=str(self.bases[request.model]),
-                training_path=training_path,
+                training_path=Path(training["path"]),
                 validation_path=validation_path,
+                held_out_rows=held_out,
                 seed=seed,
                 hyperparameters=hp,
                 output_dir=self.store.runs_dir / job_id / "output",
@@ -117,13 +121,16 @@ class FineTuningService:
             "train_config": config,
         })
         self.store.add_event(job_id, f"Validating training file: {request.training_file}")
+        self.store.add_event(job_id, held_out_event(n_rows, held_out, request.validation_file),
+                             level="info" if held_out or validation_path else "warn")
         # Files were validated row by row at upload; what is left is that they still exist.
         self.store.update_job(job_id, only_if_status={"validating_files"}, status="queued")
         self.store.add_event(job_id, "Files validated, moving job to queued state.")
         self.supervisor.wake()
         return self.retrieve(job_id)
 
-    def _dataset_path(self, file_id: str, param: str) -> Path:
+    def _dataset(self, file_id: str, param: str) -> dict[str, Any]:
+        """The stored fine-tune file's record (``path``, ``rows``); 400 naming ``param``."""
         record = self.store.get_file(file_id)
         if record is None:
             raise BadRequest(f"invalid {param}: no such file {file_id!r}", param=param,
@@ -131,7 +138,7 @@ class FineTuningService:
         if record["purpose"] != "fine-tune":
             raise BadRequest(f"invalid {param}: file {file_id!r} has purpose "
                              f"{record['purpose']!r}, not 'fine-tune'", param=param)
-        return Path(record["path"])
+        return record
 
     # ---- read -------------------------------------------------------------------------
     def retrieve(self, job_id: str) -> FineTuningJob:
@@ -177,6 +184,18 @@ class FineTuningService:
         if job is None:
             raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
         return job
+
+
+def held_out_event(n_rows: int, held_out: int, validation_file: str | None) -> str:
+    """The job event that says which rows will judge the adapter."""
+    if validation_file:
+        return f"Held-out rows: the validation file {validation_file} (not trained on)."
+    if held_out:
+        return (f"Held-out rows: {held_out} of the training file's {n_rows} rows are kept out "
+                "of training (seeded split, recorded in the adapter's manifest).")
+    return (f"Held-out rows: none. The training file has {n_rows} rows, fewer than "
+            f"{MIN_ROWS_TO_HOLD_OUT}, so every row is trained on; pass a validation_file to "
+            "judge the adapter on rows it never saw.")
 
 
 def to_job(record: dict[str, Any]) -> FineTuningJob:

@@ -13,6 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from service.adapters.checks import SUPPORTED_TARGET_MODULES
+from training.auto import (
+    AUTO_LEARNING_RATE_MULTIPLIER,
+    auto_batch_size,
+    auto_epochs,
+)
 from training.config import TrainConfig, config_from_dict
 
 # Extension hyperparameters -> TrainConfig keys (documented in docs/fine-tuning.md).
@@ -32,17 +37,18 @@ OPENAI_KEYS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 DEFAULT_LEARNING_RATE = TrainConfig.model_fields["learning_rate"].default
 
 
-def resolve_hyperparameters(hp: dict[str, Any]) -> dict[str, Any]:
-    """Replace ``"auto"``/missing OpenAI hyperparameters with the values actually used."""
-    defaults = {
-        "n_epochs": 1,
-        "batch_size": TrainConfig.model_fields["micro_batch_size"].default,
-        "learning_rate_multiplier": 1.0,
+def resolve_hyperparameters(hp: dict[str, Any], n_train_rows: int) -> dict[str, Any]:
+    """Replace ``"auto"``/missing OpenAI hyperparameters with the values actually used,
+    chosen from the number of training rows by the rules of ``training.auto``."""
+    auto = {
+        "n_epochs": auto_epochs(n_train_rows),
+        "batch_size": auto_batch_size(n_train_rows),
+        "learning_rate_multiplier": AUTO_LEARNING_RATE_MULTIPLIER,
     }
     out = dict(hp)
-    for key, default in defaults.items():
+    for key, value in auto.items():
         if out.get(key) in (None, "auto"):
-            out[key] = default
+            out[key] = value
     return out
 
 
@@ -52,6 +58,7 @@ def build_train_config(
     base_model_path: str,
     training_path: Path,
     validation_path: Path | None,
+    held_out_rows: int,
     seed: int,
     hyperparameters: dict[str, Any],
     output_dir: Path,
@@ -59,7 +66,9 @@ def build_train_config(
     """The validated training config (as a JSON-able dict) for one job.
 
     ``hyperparameters`` are already resolved (see :func:`resolve_hyperparameters`) and may
-    hold extension keys. Raises ``tuneserve.errors.UserError`` naming a bad value.
+    hold extension keys. Without a validation file, ``held_out_rows`` rows of the training
+    file are split off with ``seed`` (``training.auto.held_out_rows``) and recorded in the
+    adapter's manifest, so the job's adapter can be judged on rows it never saw. Raises ``tuneserve.errors.UserError`` naming a bad value.
     """
     hp = hyperparameters
     raw: dict[str, Any] = {
@@ -81,12 +90,9 @@ def build_train_config(
     if hp.get(QLORA_KEY):
         raw["adapter"] = "qlora"
     if validation_path is not None:
-        # The trainer evaluates on datasets named in `val_datasets` when it has that key;
-        # otherwise on a held-out share of the training file.
-        if "val_datasets" in TrainConfig.model_fields:
-            raw["val_datasets"] = [{"path": str(validation_path)}]
-        else:
-            raw["val_set_size"] = 0.1
+        raw["val_datasets"] = [{"path": str(validation_path)}]
+    elif held_out_rows:
+        raw["val_set_size"] = held_out_rows
     unknown = sorted(set(hp) - set(OPENAI_KEYS) - set(EXTENSION_KEYS) - {QLORA_KEY})
     if unknown:
         from tuneserve.errors import UserError

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import openai
 import pytest
@@ -23,7 +24,11 @@ ROWS = [
                   {"role": "assistant", "content": "docker ps"}]},
     {"messages": [{"role": "user", "content": "list images"},
                   {"role": "assistant", "content": "docker images"}]},
-] * 8
+] + [
+    {"messages": [{"role": "user", "content": f"stop container web-{i}"},
+                  {"role": "assistant", "content": f"docker stop web-{i}"}]}
+    for i in range(14)
+]
 
 
 def _hp(**extra):
@@ -73,6 +78,12 @@ def test_job_trains_and_its_adapter_answers(sdk, training_file, tiny_server):
 
     models = {m.id: m for m in sdk.models.list().data}
     assert done.fine_tuned_model in models
+    # 16 rows: 4 held out by default (seeded), recorded in the manifest and saved beside it.
+    adapter = sdk.get(f"/adapters/{done.fine_tuned_model}", cast_to=object)
+    split = adapter["manifest"]["split"]
+    assert (split["held_out_rows"], split["train_rows"], split["seed"]) == (4, 12, done.seed)
+    held_out = (Path(adapter["path"]) / "held_out.jsonl").read_text().splitlines()
+    assert len(held_out) == 4 and (Path(adapter["path"]) / "train_rows.sha256").is_file()
 
     reply = sdk.chat.completions.create(
         model=done.fine_tuned_model, max_tokens=4, temperature=0,

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from evaluation.cli import EXIT_REGRESSION
 from evaluation.history import History
 from tuneserve.cli import main
+from tuneserve.errors import UserError
 
 ROWS = [
     {
@@ -313,7 +314,12 @@ def test_adapter_manifest_held_out_rows_are_used(
     assert record["models"][1]["manifest_hash"]
 
 
-def test_adapter_trained_on_every_row_is_flagged(suite_file, isolated_home):
+def _alpaca_row(row: dict) -> dict:
+    return {"messages": [{"role": "user", "content": f"translate\n\n{row['input']}"},
+                         {"role": "assistant", "content": row["output"]}]}
+
+
+def test_adapter_trained_on_every_row_is_refused(suite_file, isolated_home):
     from evaluation.dataset import held_out_examples
     from evaluation.suite import load_suite
     from training.data import file_sha256
@@ -323,6 +329,56 @@ def test_adapter_trained_on_every_row_is_flagged(suite_file, isolated_home):
         "datasets": [{"path": str(data), "sha256": file_sha256(data)}],
         "split": {"seed": 42, "val_set_size": 0, "held_out_rows": 0},
     }
-    held = held_out_examples(load_suite(str(suite_file)), {"good": (manifest, None)})
-    assert held.split_source == "suite" and len(held.examples) == 20
-    assert "trained on every row" in held.notes[0]
+    suite = load_suite(str(suite_file))
+    with pytest.raises(UserError, match=r"contaminated evaluation.*20 of 20 for good"):
+        held_out_examples(suite, {"good": (manifest, None)})
+    held = held_out_examples(suite, {"good": (manifest, None)}, contamination="allow")
+    assert len(held.examples) == 20 and "contamination allowed" in held.notes[0]
+
+
+@pytest.fixture
+def adapter_trained_on_some_rows(tmp_path):
+    """An adapter folder whose train_rows.sha256 lists ROWS[0:10] (trained elsewhere)."""
+    from training.manifest import write_adapter_files
+
+    adapter = tmp_path / "partly"
+    adapter.mkdir()
+    trained = [_alpaca_row(r) for r in ROWS[:10]]
+    write_adapter_files(adapter, lambda _: None, {"base_model": "x", "datasets": []}, [],
+                        trained)
+    return adapter
+
+
+def test_overlap_with_recorded_training_rows_is_counted(
+    suite_file, adapter_trained_on_some_rows, isolated_home
+):
+    from evaluation.dataset import held_out_examples
+    from evaluation.suite import load_suite
+    from training.manifest import read_manifest
+
+    suite = load_suite(str(suite_file))
+    adapters = {"partly": (read_manifest(adapter_trained_on_some_rows),
+                           adapter_trained_on_some_rows)}
+    clean = held_out_examples(suite, {}, contamination="refuse")
+    overlap = sum(1 for ex in clean.examples if ex.reference in
+                  {r["output"] for r in ROWS[:10]})
+    assert 0 < overlap < len(clean.examples)  # the suite split (seed 1) holds some of them
+    with pytest.raises(UserError, match=rf"{overlap} of 20 for partly"):
+        held_out_examples(suite, adapters)
+    kept = held_out_examples(suite, adapters, contamination="exclude")
+    assert len(kept.examples) == 20 - overlap
+    assert not {ex.reference for ex in kept.examples} & {r["output"] for r in ROWS[:10]}
+    assert f"{overlap} rows dropped" in kept.notes[-1]
+
+
+def test_contaminated_eval_run_is_one_line_exit_2(
+    fake_server, suite_file, adapter_trained_on_some_rows, isolated_home, capsys
+):
+    args = ["eval", "run", str(suite_file), "--models", "base,good", "--server",
+            fake_server.url, "--adapter-dir", f"good={adapter_trained_on_some_rows}",
+            "--no-judge", "--no-history", "--no-perplexity"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "contaminated evaluation" in err and "--allow-contamination" in err
+    assert len(err.splitlines()) == 1 and not list((isolated_home / "reports").glob("*"))
+    assert main([*args, "--exclude-trained-rows"]) == 0

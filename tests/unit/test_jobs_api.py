@@ -179,3 +179,46 @@ def test_job_config_maps_openai_and_lora_settings(make_client):
     assert config["seed"] == 3 and config["max_steps"] == 1
     assert config["val_datasets"][0]["path"].endswith(".jsonl")
     assert job.hyperparameters.batch_size == 4 and job.validation_file == file_id
+
+
+def _numbered_rows(n: int) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": f"stop container {i}"},
+                          {"role": "assistant", "content": f"docker stop c{i}"}]}
+            for i in range(n)]
+
+
+def test_auto_hyperparameters_and_held_out_rows_follow_the_row_count(make_client):
+    app, sdk, _ = make_client()
+    file_id = sdk.files.create(file=("t30.jsonl", _jsonl(_numbered_rows(30))),
+                               purpose="fine-tune").id
+    job = sdk.fine_tuning.jobs.create(
+        model=BASE_ID, training_file=file_id, seed=3,
+        method={"type": "supervised", "supervised": {"hyperparameters": {
+            "n_epochs": "auto", "max_steps": 2}}})
+    # 30 rows: 4 held out (10%, at least 4); 26 trained on: 100 // 26 = 3 epochs, batch 1.
+    assert (job.hyperparameters.n_epochs, job.hyperparameters.batch_size,
+            job.hyperparameters.learning_rate_multiplier) == (3, 1, 1.0)
+    config = app.state.jobs_store.get_job(job.id)["train_config"]
+    assert config["val_set_size"] == 4 and config["seed"] == 3 and not config["val_datasets"]
+    assert _finished(sdk, job.id).status == "succeeded"
+    messages = [e.message for e in sdk.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert any("4 of the training file's 30 rows are kept out" in m for m in messages)
+
+
+def test_too_small_to_hold_out_says_so_and_validation_file_wins(make_client):
+    app, sdk, tiny_file = make_client()  # CHAT_ROWS: 2 rows
+    job = sdk.fine_tuning.jobs.create(model=BASE_ID, training_file=tiny_file,
+                                      method=_hp(max_steps=2))
+    assert app.state.jobs_store.get_job(job.id)["train_config"]["val_set_size"] == 0
+    events = list(sdk.fine_tuning.jobs.list_events(job.id, limit=100))
+    warning = next(e for e in events if e.message.startswith("Held-out rows: none"))
+    assert warning.level == "warn" and "fewer than 10" in warning.message
+    assert _finished(sdk, job.id).status == "succeeded"
+
+    big = sdk.files.create(file=("t30.jsonl", _jsonl(_numbered_rows(30))),
+                           purpose="fine-tune").id
+    job = sdk.fine_tuning.jobs.create(model=BASE_ID, training_file=big,
+                                      validation_file=tiny_file, method=_hp(max_steps=2))
+    config = app.state.jobs_store.get_job(job.id)["train_config"]
+    assert config["val_set_size"] == 0 and len(config["val_datasets"]) == 1
+    assert _finished(sdk, job.id).status == "succeeded"

@@ -129,6 +129,12 @@ def test_manifest_log_and_held_out_split(tiny_model_dir, data_file, tmp_path):
     _, held = split_rows(load_rows(data_file).rows, 4, 3)
     assert read_held_out(adapter) == held
     assert manifest["split"]["held_out_indices"] == sorted(manifest["split"]["held_out_indices"])
+    # Every training row is fingerprinted beside the adapter; no held-out row is among them.
+    from training.manifest import read_train_fingerprints, row_fingerprint
+
+    trained = read_train_fingerprints(adapter)
+    assert len(trained) == 20
+    assert not {row_fingerprint(r["messages"]) for r in held} & trained
 
     events = [
         json.loads(x) for x in (tmp_path / "adapters" / "tiny.train.jsonl").read_text().splitlines()
@@ -255,3 +261,21 @@ def test_val_datasets_are_the_held_out_set(tiny_model_dir, data_file, tmp_path):
 def test_sample_packing_trains(tiny_model_dir, data_file, tmp_path):
     config = make_config(tiny_model_dir, data_file, tmp_path, sample_packing=True, max_steps=2)
     assert_trained_adapter_works(train(config), tiny_model_dir)
+
+
+def test_held_out_rows_never_copy_a_training_row(tiny_model_dir, tmp_path):
+    """A dataset with duplicates: a held-out row that also appears in training is left out of
+    the held-out set (and counted), so evaluation never scores a trained-on row."""
+    from transformers import AutoTokenizer
+
+    from training.sft import prepare_data
+
+    path = tmp_path / "dupes.jsonl"
+    rows = [{"instruction": "translate", "input": request, "output": command}
+            for request, command in DOCKER_ROWS] * 2  # every row twice
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = make_config(tiny_model_dir, path, tmp_path, val_set_size=4, seed=0)
+    data = prepare_data(config, AutoTokenizer.from_pretrained(tiny_model_dir))
+    held_keys = {json.dumps(r["messages"]) for r in data.held_out}
+    assert not held_keys & {json.dumps(r["messages"]) for r in data.train}
+    assert len(data.held_out) + data.held_out_duplicates == 4 and data.held_out_duplicates > 0
