@@ -14,7 +14,6 @@ asks to drop those rows (``"exclude"``).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,14 +45,6 @@ class HeldOut:
     seed: int
     split_source: str  # "manifest:<name>" or "suite"
     notes: list[str] = field(default_factory=list)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def split_from_manifest(manifest: dict[str, Any]) -> tuple[float, int] | None:
@@ -102,7 +93,7 @@ def _held_out(
     dataset_override: Path | None,
 ) -> HeldOut:
     try:
-        from training.data import load_rows, split_rows
+        from training.data import file_sha256, load_rows, split_rows
     except ImportError as exc:  # the training package ships these; say so plainly if not
         raise UserError(f"training.data is not available ({exc})") from None
 
@@ -210,17 +201,24 @@ def check_contamination(
 
 
 def _lists_dataset(manifest: dict[str, Any], digest: str) -> bool:
-    return any(d.get("sha256") == digest for d in manifest.get("datasets") or [])
+    """Whether the adapter trained on this file (validation files are not trained on)."""
+    return any(d.get("sha256") == digest for d in _datasets(manifest, "train"))
+
+
+def _datasets(manifest: dict[str, Any], role: str) -> list[dict[str, Any]]:
+    entries = manifest.get("datasets") or []
+    return [d for d in entries if (d.get("role") == "validation") == (role == "validation")]
 
 
 def _saved_held_out(
     manifest: dict[str, Any], adapter_dir: Path | None, digest: str
 ) -> list[dict[str, Any]]:
-    """Rows from the adapter's held_out.jsonl, when it was split from exactly this file."""
-    if adapter_dir is None or not _lists_dataset(manifest, digest):
-        return []
-    if len(manifest.get("datasets") or []) != 1:
-        return []  # split over several datasets: held_out.jsonl mixes them
+    """Rows from the adapter's held_out.jsonl when they are exactly this file's held-out
+    rows: its one validation file, or else the split of its one training file."""
+    validation = _datasets(manifest, "validation")
+    sources = validation or _datasets(manifest, "train")
+    if adapter_dir is None or len(sources) != 1 or sources[0].get("sha256") != digest:
+        return []  # several files: held_out.jsonl mixes them
     from training.manifest import read_held_out
 
     return read_held_out(adapter_dir)

@@ -169,6 +169,7 @@ async def _generate(client, sem, suite: Suite, model: ModelSpec, ex: Example) ->
     tokens = resp.usage.completion_tokens if resp.usage else None
     return {
         "text": text.strip(),
+        "finish_reason": resp.choices[0].finish_reason,  # "stop": it ended its answer itself
         "latency_s": latency,
         "output_tokens": tokens,
         "tokens_per_s": (tokens / latency) if tokens and latency > 0 else None,

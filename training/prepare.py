@@ -7,7 +7,6 @@ leaves a half model; a marker file written last records where it came from.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import logging
@@ -19,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 from training.base_models import PREPARED_MARKER, BaseModelSpec, get_base_model
+from training.data import file_sha256
 from tuneserve.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -130,20 +130,12 @@ def _write_marker(checkpoint: Path, spec: BaseModelSpec, gguf_path: Path) -> Non
         "name": spec.name,
         "source": spec.source.model_dump(),
         "source_version": _version(spec.source.package),
-        "gguf_sha256": _sha256(gguf_path),
-        "weights_sha256": _sha256(checkpoint / "model.safetensors"),
+        "gguf_sha256": file_sha256(gguf_path),
+        "weights_sha256": file_sha256(checkpoint / "model.safetensors"),
         "transformers_version": _version("transformers"),
         "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (checkpoint / PREPARED_MARKER).write_text(json.dumps(marker, indent=2))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _version(dist: str) -> str | None:

@@ -382,3 +382,28 @@ def test_contaminated_eval_run_is_one_line_exit_2(
     assert "contaminated evaluation" in err and "--allow-contamination" in err
     assert len(err.splitlines()) == 1 and not list((isolated_home / "reports").glob("*"))
     assert main([*args, "--exclude-trained-rows"]) == 0
+
+
+def test_validation_file_rows_are_scored_and_not_counted_as_trained(suite_file, tmp_path):
+    """A job given a validation_file: that file's rows (saved as held_out.jsonl) are the
+    scored set, and listing it in the manifest does not make it 'trained on'."""
+    from evaluation.dataset import held_out_examples
+    from evaluation.suite import load_suite
+    from training.data import file_sha256
+    from training.manifest import write_adapter_files
+
+    data = suite_file.parent / "data.json"  # the suite's file is the job's validation file
+    adapter = tmp_path / "job"
+    adapter.mkdir()
+    manifest = {"datasets": [{"path": "train.jsonl", "sha256": "0" * 64, "rows": 10},
+                             {"path": str(data), "sha256": file_sha256(data), "rows": 30,
+                              "role": "validation"}],
+                "split": {"seed": 0, "val_set_size": 0.0}}
+    write_adapter_files(adapter, lambda _: None, manifest,
+                        [_alpaca_row(r) for r in ROWS], [_alpaca_row({"input": "x", "output": "y"})])
+    held = held_out_examples(load_suite(str(suite_file)), {"job": (manifest, adapter)})
+    assert held.split_source == "manifest:job (held_out.jsonl)" and len(held.examples) == 30
+    assert not held.notes
+    (adapter / "train_rows.sha256").unlink()  # no fingerprints: the manifest rule decides
+    assert len(held_out_examples(load_suite(str(suite_file)), {"job": (manifest, adapter)})
+               .examples) == 30
