@@ -8,10 +8,10 @@ Four arms, side by side in one run, arms alternating inside every round:
     D  tuneserve with tuneserve's grouped ops, adapter requests
 
 ``--arms settings`` measures the two engine settings the CPU path leaves open, each against
-tuneserve's defaults (grouped ops, compile off, vLLM's ``auto`` thread binding), with base
-and adapter requests:
+grouped ops with compile off and vLLM's ``auto`` thread binding, with base and adapter
+requests:
 
-    B / D                tuneserve defaults
+    B / D                VLLM_CPU_OMP_THREADS_BIND=auto, compile off
     B-compile/D-compile  TUNESERVE_CPU_LORA_COMPILE=1 (vLLM's CPU torch.compile kept with LoRA)
     B-bind/D-bind        VLLM_CPU_OMP_THREADS_BIND=0-(N-1): compute on every core, none reserved
 
@@ -79,7 +79,10 @@ SERVERS: dict[str, dict[str, str] | None] = {
     "stock": None,
     "tuneserve-vllm-ops": {"TUNESERVE_CPU_LORA_OPS": "vllm"},
     "tuneserve": {},
-    "tuneserve-compile": {"TUNESERVE_CPU_LORA_COMPILE": "1"},
+    # The settings arms name their binding, so they measure the same thing whatever
+    # tuneserve's default binding is (service/cpu_threads.py).
+    "tuneserve-vllm-auto": {"VLLM_CPU_OMP_THREADS_BIND": "auto"},
+    "tuneserve-compile": {"TUNESERVE_CPU_LORA_COMPILE": "1", "VLLM_CPU_OMP_THREADS_BIND": "auto"},
     "tuneserve-bind-all": {"VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}"},
 }
 ARM_SETS = {
@@ -90,8 +93,9 @@ ARM_SETS = {
         Arm("D", "tuneserve, adapters, tuneserve's grouped ops", "tuneserve", True),
     ],
     "settings": [
-        Arm("B", "defaults, base requests", "tuneserve", False),
-        Arm("D", "defaults, adapters", "tuneserve", True),
+        Arm("B", "vLLM's auto binding, compile off, base requests", "tuneserve-vllm-auto",
+            False),
+        Arm("D", "vLLM's auto binding, compile off, adapters", "tuneserve-vllm-auto", True),
         Arm("B-compile", "compile kept, base requests", "tuneserve-compile", False),
         Arm("D-compile", "compile kept, adapters", "tuneserve-compile", True),
         Arm("B-bind", "compute on every core, base requests", "tuneserve-bind-all", False),
@@ -121,6 +125,8 @@ def make_adapters(model_dir: Path, out: Path, count: int) -> dict[str, Path]:
 def start(name: str, args, model_dir: Path, adapters: dict[str, Path], work: Path) -> Server:
     port = free_port()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib)}
+    if args.threads_bind:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = args.threads_bind  # every server, stock included
     if name == "stock":
         key = None
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model",
@@ -213,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arms", choices=sorted(ARM_SETS), default="ops",
                         help="ops: arms A-D (stock vs vLLM's ops vs ours); settings: compile "
                         "and thread binding against tuneserve's defaults")
+    parser.add_argument("--threads-bind",
+                        help="VLLM_CPU_OMP_THREADS_BIND for every server of the run (e.g. "
+                        "auto, or 0-1); default: each server's own default")
     parser.add_argument("--offline", type=int, default=100, help="0 to skip the offline cell")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-model-len", type=int, default=1024)

@@ -109,7 +109,14 @@ class VllmEngine:
         """Build the engine (≈ a minute on CPU). Call from the server's event loop."""
         # vLLM's CPU backend sizes its KV cache from this variable, not from memory fractions.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_space_gib))
+        from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
+
+        if current_platform.is_cpu():
+            from service.cpu_threads import apply_threads_bind
+
+            logger.info("CPU compute threads bind to: %s",
+                        apply_threads_bind(settings.cpu_threads_bind))
 
         from service import metrics
         from service.vllm_plugin import lora_ops_path

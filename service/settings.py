@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     cpu_lora_compile: bool = Field(
         False, description="Keep vLLM's CPU torch.compile with LoRA enabled (grouped ops "
         "only); costs about 2 minutes at every engine start.")
+    cpu_threads_bind: str | None = Field(
+        None, description="CPUs vLLM's compute threads bind to on CPU (its "
+        "VLLM_CPU_OMP_THREADS_BIND: 'auto', 'nobind' or a list such as '0-7'); default: every "
+        "CPU on machines of up to 2 CPUs, else vLLM's 'auto' (service/cpu_threads.py).")
     max_model_len: int = Field(2048, ge=16, description="Context length (prompt + completion).")
     max_num_seqs: int | None = Field(None, description="Engine batch size (default: vLLM's).")
     kv_cache_space_gib: int = Field(2, ge=1, description="KV cache size on CPU (whole GiB).")
