@@ -148,8 +148,7 @@ def wait_all(sdk, runs: list[dict], timeout_s: float) -> None:
         hp = job.hyperparameters
         manifest = sdk.get(f"/adapters/{job.fine_tuned_model}", cast_to=object)["manifest"]
         run.update(model=job.fine_tuned_model, n_epochs=hp.n_epochs, batch_size=hp.batch_size,
-                   lr_multiplier=hp.learning_rate_multiplier, steps=manifest["steps"],
-                   train_s=manifest["wall_seconds"])
+                   lr_multiplier=hp.learning_rate_multiplier, steps=manifest["steps"])
         print("trained:", json.dumps(run), flush=True)
 
 
@@ -186,14 +185,14 @@ def markdown(runs: list[dict], command: str) -> str:
         f"match with its 95% paired-bootstrap CI. {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         "2-core CPU.", "",
         f"    {command}", "",
-        "| task | train rows | auto: epochs / batch / lr × | steps | train s | base EM | adapter EM "
+        "| task | train rows | auto: epochs / batch / lr × | steps | base EM | adapter EM "
         "| Δ EM 95% CI | base chrF | adapter chrF | adapter stops by itself |",
-        "|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|",
+        "|---|---:|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     for r in runs:
         lines.append(
             f"| {r['task']} | {r['train_rows']} | {r['n_epochs']} / {r['batch_size']} / "
-            f"{r['lr_multiplier']:g} | {r['steps']} | {r['train_s']:.0f} | {r['base_em']:.2f} | "
+            f"{r['lr_multiplier']:g} | {r['steps']} | {r['base_em']:.2f} | "
             f"{r['adapter_em']:.2f} | [{r['em_ci'][0]:+.2f}, {r['em_ci'][1]:+.2f}] | "
             f"{r['base_chrf']:.1f} | {r['adapter_chrf']:.1f} | {r['adapter_stops']:.0%} |")
     lines.append(END)
