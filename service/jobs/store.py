@@ -227,6 +227,17 @@ class JobStore:
             )
         return {"id": event_id}
 
+    def latest_metrics_event(self, job_id: str) -> dict[str, Any] | None:
+        with self._connect() as db:
+            return self._row(db.execute(
+                "SELECT * FROM events WHERE job_id = ? AND type = 'metrics'"
+                " ORDER BY seq DESC LIMIT 1", (job_id,)).fetchone())
+
+    def update_event(self, event_id: str, *, message: str, data: dict[str, Any]) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE events SET message = ?, data = ? WHERE id = ?",
+                       (message, json.dumps(data), event_id))
+
     def list_events(self, job_id: str, *, after: str | None = None,
                     limit: int = 20) -> tuple[list[dict[str, Any]], bool]:
         """A job's events newest first (as OpenAI lists them), after the event id ``after``."""

@@ -380,14 +380,7 @@ class JobSupervisor:
         if "trained_tokens" in record:
             self.store.update_job(job["id"], trained_tokens=record["trained_tokens"])
         if kind in ("progress", "eval") and metrics:
-            step = f"Step {metrics.get('step', '?')}/{metrics.get('total_steps', '?')}"
-            parts = []
-            if "train_loss" in metrics:
-                parts.append(f"training loss={metrics['train_loss']:.4f}")
-            if "valid_loss" in metrics:
-                parts.append(f"validation loss={metrics['valid_loss']:.4f}")
-            message = f"{step}: {', '.join(parts)}" if parts else step
-            self.store.add_event(job["id"], message, type="metrics", data=metrics)
+            self._add_metrics_event(job["id"], metrics)
         elif kind == "error":
             self.store.add_event(job["id"], str(record.get("message") or "training error"),
                                  level="error", data=metrics or None)
@@ -400,6 +393,16 @@ class JobSupervisor:
         else:
             message = record.get("message") or str(kind)
             self.store.add_event(job["id"], str(message), data=metrics or None)
+
+    def _add_metrics_event(self, job_id: str, metrics: dict[str, Any]) -> None:
+        """One metrics event per step, as OpenAI lists them: a validation loss measured at
+        a step that already logged its training loss joins that step's event."""
+        latest = self.store.latest_metrics_event(job_id)
+        if latest and (latest["data"] or {}).get("step") == metrics.get("step"):
+            merged = {**latest["data"], **metrics}
+            self.store.update_event(latest["id"], message=_metrics_message(merged), data=merged)
+        else:
+            self.store.add_event(job_id, _metrics_message(metrics), type="metrics", data=metrics)
 
     def _record_checkpoints(self, job: dict[str, Any], run: _Run) -> None:
         for step, path in checkpoint_steps(job):
@@ -431,3 +434,13 @@ def _read_events(path: Path) -> list[dict[str, Any]]:
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def _metrics_message(metrics: dict[str, Any]) -> str:
+    step = f"Step {metrics.get('step', '?')}/{metrics.get('total_steps', '?')}"
+    parts = []
+    if "train_loss" in metrics:
+        parts.append(f"training loss={metrics['train_loss']:.4f}")
+    if "valid_loss" in metrics:
+        parts.append(f"validation loss={metrics['valid_loss']:.4f}")
+    return f"{step}: {', '.join(parts)}" if parts else step

@@ -94,8 +94,12 @@ def test_job_trains_and_its_adapter_answers(sdk, training_file, tiny_server):
 
     metrics = [e for e in sdk.fine_tuning.jobs.list_events(job.id, limit=100)
                if e.type == "metrics"]
+    # One metrics event per step; the held-out loss measured at the end joins step 4's.
     assert sorted(e.data["step"] for e in metrics) == [1, 2, 3, 4]
     assert all(isinstance(e.data["train_loss"], float) for e in metrics)
+    last = max(metrics, key=lambda e: e.data["step"])
+    assert isinstance(last.data["valid_loss"], float), last
+    assert "validation loss=" in last.message
 
 
 def test_second_job_is_cancelled_within_seconds(sdk, training_file, tiny_server):

@@ -46,6 +46,9 @@ def main() -> int:
             ck = ckpts / f"checkpoint-{step}"
             ck.mkdir(parents=True, exist_ok=True)
             (ck / "trainer_state.json").write_text("{}")
+    # As training/sft.py does: the held-out loss is measured once more after the last step.
+    emit(type="status", message="evaluating held-out loss")
+    emit(type="eval", step=total, total_steps=total, eval_loss=1.5)
     adapter = out / config["name"]
     adapter.mkdir(parents=True, exist_ok=True)
     (adapter / "adapter_config.json").write_text("{}")

@@ -60,6 +60,8 @@ def test_job_succeeds_and_reports_events_and_checkpoints(make_client):
     assert [e.data["step"] for e in reversed(metrics)] == [1, 2, 3, 4, 5, 6]
     assert all("train_loss" in e.data for e in metrics)
     assert "training loss=" in metrics[0].message
+    # the final held-out loss joins the last step's event instead of repeating the step
+    assert metrics[0].data["valid_loss"] == 1.5 and "validation loss=1.5" in metrics[0].message
     messages = [e.message for e in events]
     assert messages[0] == "The job has successfully completed."
     assert messages[-1].startswith("Validating training file")
