@@ -36,6 +36,9 @@ ADAPTER_OP_SECONDS = Histogram(
     "tuneserve_adapter_operation_seconds", "Time to load/unload an adapter.", ["operation"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+ALIAS_TARGET = Gauge(
+    "tuneserve_alias_target", "1 for the adapter each alias serves now.", ["alias", "adapter"]
+)
 LORA_OPS = Info(
     "tuneserve_lora_ops", "Which multi-LoRA ops the engine runs (tuneserve-grouped or vllm)."
 )

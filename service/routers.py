@@ -12,6 +12,7 @@ ROUTERS: list[str] = [
     "service.chat.api_router",
     "service.completions.api_router",
     "service.adapters.api_router",
+    "service.aliases.api_router",  # stable names for adapters: promote, roll back
     "service.files.api_router",
     "service.fine_tuning.api_router",  # its lifespan runs the fine-tuning job supervisor
     "service.reports.api_router",  # evaluation reports under $TUNESERVE_HOME/reports

@@ -23,6 +23,7 @@ from ui.compare import MAX_SLOTS, SnippetRequest, build_messages, compare_stream
 from ui.train import (
     PRESETS,
     TERMINAL_STATUSES,
+    evaluation_running,
     job_request,
     loss_frame,
     progress_text,
@@ -311,8 +312,8 @@ async def poll_job(server: str, api_key: str, job_id: str | None) -> tuple[Any, 
     done = job.get("status") in TERMINAL_STATUSES
     return (
         loss_frame(events),
-        progress_text(job, events),
-        gr.Timer(active=not done),
+        progress_text(job, events, server),
+        gr.Timer(active=not done or evaluation_running(job)),  # the verdict comes after
         f"Job {job.get('status')}." if done else gr.skip(),
     )
 

@@ -105,8 +105,9 @@ def loss_frame(events: list[dict[str, Any]]) -> pd.DataFrame:
     return frame.drop_duplicates(subset=["step", "series"], keep="last")
 
 
-def progress_text(job: dict[str, Any], events: list[dict[str, Any]]) -> str:
-    """Markdown: status, step x/y, the latest loss and message, the served model when done."""
+def progress_text(job: dict[str, Any], events: list[dict[str, Any]], server: str = "") -> str:
+    """Markdown: status, step x/y, the latest loss and message, the served model when done,
+    then the automatic evaluation's verdict (report links made absolute with ``server``)."""
     status = job.get("status", "unknown")
     lines = [f"**Job `{job.get('id', '?')}`**: {status}"]
     latest = next(
@@ -131,11 +132,49 @@ def progress_text(job: dict[str, Any], events: list[dict[str, Any]]) -> str:
         lines.append(f"_{events[-1].get('message', '')}_")
     if status == "succeeded" and job.get("fine_tuned_model"):
         lines.append(f"✅ Served as **{job['fine_tuned_model']}**: pick it in the Compare tab.")
+        lines.extend(verdict_lines(job.get("evaluation") or {}, server))
     error = job.get("error")
     if status == "failed" and error:
         message = error.get("message") if isinstance(error, dict) else str(error)
         lines.append(f"❌ {message}")
     return "\n\n".join(lines)
+
+
+def evaluation_running(job: dict[str, Any]) -> bool:
+    """Whether the server is still evaluating a succeeded job's adapter (keep polling)."""
+    return (job.get("evaluation") or {}).get("status") in ("pending", "running")
+
+
+def verdict_lines(evaluation: dict[str, Any], server: str = "") -> list[str]:
+    """The automatic evaluation as Markdown lines: figures with the CI, verdict, promotion."""
+    status = evaluation.get("status")
+    if status in ("pending", "running"):
+        rows = evaluation.get("rows")
+        return [f"⏳ Evaluating against the base on {rows or 'the'} held-out rows…"]
+    if status == "skipped":
+        return [f"ℹ️ Not evaluated: {evaluation.get('reason', 'no held-out rows')}."]
+    if status == "failed":
+        return [f"⚠️ Evaluation failed: {evaluation.get('error', 'unknown error')}"]
+    if status != "done":
+        return []
+    decision = evaluation.get("decision") or {}
+    metric, vs = decision.get("metric", "?"), decision.get("vs_base") or {}
+    figures = (evaluation.get("figures") or {}).get("models") or {}
+    base = (figures.get("base") or {}).get(metric)
+    tuned = (figures.get("candidate") or {}).get(metric)
+    scores = f"base {base:.2f} → adapter {tuned:.2f}, " if None not in (base, tuned) else ""
+    icon = "🏆" if decision.get("beats_base") else "➖"
+    lines = [f"{icon} **Verdict: {evaluation.get('verdict')}** on {evaluation.get('rows')} "
+             f"held-out rows ({metric}: {scores}Δ {vs.get('delta', 0):+.2f}, 95% CI "
+             f"{vs.get('low', 0):+.2f} to {vs.get('high', 0):+.2f})"]
+    alias = evaluation.get("alias")
+    if alias:
+        lines.append(f"Promoted: **{alias}** now serves this adapter." if evaluation.get(
+            "promoted") else f"Not promoted to **{alias}**: the gate did not pass.")
+    report = (evaluation.get("report") or {}).get("html")
+    if report:
+        lines.append(f"[Evaluation report]({server.rstrip('/')}{report})")
+    return lines
 
 
 def upload_report(file_object: dict[str, Any]) -> str:

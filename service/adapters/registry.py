@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from service import metrics
+from service.adapters.aliases import AliasTable, Decision
 from service.adapters.checks import BaseModelShape, check_adapter, check_name
 from service.engine import AdapterHandle, Engine
-from service.errors import AdapterRejected, NotFound
+from service.errors import AdapterRejected, BadRequest, Conflict, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,9 @@ class AdapterRegistry:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
         self._db.commit()
+        self.aliases = AliasTable(self._db)
+        for alias, adapter in self.aliases.all().items():
+            metrics.ALIAS_TARGET.labels(alias, adapter).set(1)
         self._served: dict[str, tuple[AdapterRecord, AdapterHandle]] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._ids = itertools.count(1)
@@ -92,9 +96,76 @@ class AdapterRegistry:
         return entry[0] if entry else None
 
     def handle(self, name: str) -> AdapterHandle | None:
-        """The engine handle of a served adapter, or None."""
-        entry = self._served.get(name)
+        """The engine handle of a served adapter or of an alias's target, or None."""
+        entry = self._served.get(self.aliases.target(name) or name)
         return entry[1] if entry else None
+
+    def resolve(self, name: str) -> AdapterRecord | None:
+        """The served adapter ``name`` means: itself, or an alias's target."""
+        return self.get(self.aliases.target(name) or name)
+
+    # -- aliases -----------------------------------------------------------------------
+    def promote(self, alias: str, adapter: str, *, actor: str, reason: str,
+                evidence: dict[str, Any] | None = None) -> Decision:
+        """Point ``alias`` at the served adapter ``adapter`` (creating the alias)."""
+        self._check_alias_name(alias)
+        if self.get(adapter) is None:
+            raise NotFound(f"no adapter named {adapter!r} is served", param="adapter",
+                           code="adapter_not_found")
+        decision = self.aliases.record(alias, "promote", adapter=adapter, actor=actor,
+                                       reason=reason, evidence=evidence)
+        self._set_alias_metric(alias, decision.previous, adapter)
+        logger.info("alias %s -> %s (%s: %s)", alias, adapter, actor, reason)
+        return decision
+
+    def refuse(self, alias: str, adapter: str, *, actor: str, reason: str,
+               evidence: dict[str, Any] | None = None) -> Decision:
+        """Record that ``adapter`` was not promoted to ``alias`` (the alias is unchanged)."""
+        self._check_alias_name(alias)
+        return self.aliases.record(alias, "refused", adapter=adapter, actor=actor,
+                                   reason=reason, evidence=evidence)
+
+    def rollback(self, alias: str, *, actor: str, reason: str = "manual rollback") -> Decision:
+        """Point ``alias`` back at what it served before its newest promotion."""
+        if self.aliases.target(alias) is None:
+            raise NotFound(f"no alias named {alias!r}", param="alias", code="alias_not_found")
+        previous = self.aliases.rollback_target(alias)
+        if previous is None:
+            raise Conflict(f"alias {alias!r} has no earlier target to roll back to",
+                           param="alias", code="nothing_to_roll_back")
+        if self.get(previous) is None:
+            raise Conflict(f"alias {alias!r} would roll back to {previous!r}, which is no longer "
+                           "served; promote a served adapter instead", param="alias",
+                           code="adapter_not_found")
+        decision = self.aliases.record(alias, "rollback", adapter=previous, actor=actor,
+                                       reason=reason)
+        self._set_alias_metric(alias, decision.previous, previous)
+        return decision
+
+    def delete_alias(self, alias: str, *, actor: str) -> Decision:
+        target = self.aliases.target(alias)
+        if target is None:
+            raise NotFound(f"no alias named {alias!r}", param="alias", code="alias_not_found")
+        decision = self.aliases.record(alias, "delete", adapter=None, actor=actor,
+                                       reason="alias deleted")
+        self._set_alias_metric(alias, target, None)
+        return decision
+
+    def _check_alias_name(self, alias: str) -> None:
+        check_name(alias, self.base.name)
+        if alias in self._served:
+            raise BadRequest(f"{alias!r} is an adapter's name; an alias needs a name of its own",
+                             param="alias", code="alias_is_adapter")
+
+    @staticmethod
+    def _set_alias_metric(alias: str, old: str | None, new: str | None) -> None:
+        if old is not None:
+            try:
+                metrics.ALIAS_TARGET.remove(alias, old)
+            except KeyError:
+                pass
+        if new is not None:
+            metrics.ALIAS_TARGET.labels(alias, new).set(1)
 
     # -- changes -----------------------------------------------------------------------
     async def add(
@@ -105,6 +176,9 @@ class AdapterRegistry:
         Raises AdapterRejected (with the reason) when a check or the engine load fails.
         """
         check_name(name, self.base.name)
+        if self.aliases.target(name) is not None:
+            raise AdapterRejected(f"{name!r} is an alias; an adapter needs a name of its own",
+                                  param="name", code="adapter_exists")
         async with self._locks[name]:
             if name in self._served:
                 raise AdapterRejected(
@@ -151,6 +225,12 @@ class AdapterRegistry:
                 raise NotFound(f"no adapter named {name!r} is served", param="name",
                                code="adapter_not_found")
             record, handle = entry
+            aliases = self.aliases.aliases_of(name)
+            if aliases:
+                raise Conflict(
+                    f"adapter {name!r} is served as alias {', '.join(map(repr, aliases))}; "
+                    "promote another adapter to it or delete the alias first",
+                    param="name", code="adapter_in_use")
             started = time.perf_counter()
             del self._served[name]
             self._db.execute("DELETE FROM adapters WHERE name = ?", (name,))

@@ -30,7 +30,9 @@ class AdaptersServing:
         return AdapterList(data=[to_adapter(r) for r in self.registry.list()])
 
     def get(self, name: str) -> Adapter:
-        record = self.registry.get(name)
+        """An adapter by name, or the adapter an alias points at (so an evaluation that
+        names an alias finds the manifest of whatever it serves now)."""
+        record = self.registry.resolve(name)
         if record is None:
             from service.errors import NotFound
 

@@ -63,7 +63,10 @@ class AdapterDirWatcher:
             if record.source == SOURCE and record.name not in present \
                     and not Path(record.path).exists():
                 logger.info("adapter folder %s is gone; unloading %s", record.path, record.name)
-                await self.registry.remove(record.name)
+                try:
+                    await self.registry.remove(record.name)
+                except ServiceError as exc:  # an alias still serves it: keep it loaded
+                    logger.warning("adapter %s stays served: %s", record.name, exc.message)
 
     async def _run(self) -> None:
         while True:

@@ -81,6 +81,16 @@ class FilesService:
                                      size=path.stat().st_size, path=path, rows=rows)
         return file_object(record)
 
+    def add_result(self, content: bytes, filename: str) -> FileObject:
+        """Store a file the server made for a job (OpenAI's purpose ``fine-tune-results``)."""
+        file_id = new_id("file")
+        path = self.store.files_dir / f"{file_id}{Path(filename).suffix.lower()}"
+        path.write_bytes(content)
+        record = self.store.add_file(file_id=file_id, filename=filename,
+                                     purpose="fine-tune-results", size=len(content), path=path,
+                                     rows=None)
+        return file_object(record)
+
     async def _save(self, upload: UploadFile, path: Path) -> int:
         size = 0
         try:

@@ -80,6 +80,9 @@ class FineTuningJob(BaseModel):
     integrations: list[dict[str, Any]] | None = None
     metadata: dict[str, str] | None = None
     method: Method | None = None
+    # tuneserve's extension: the automatic evaluation of the adapter against the base on its
+    # held-out rows (status, verdict, promotion, report links); see docs/fine-tuning.md.
+    evaluation: dict[str, Any] | None = None
 
 
 class JobList(BaseModel):

@@ -68,6 +68,7 @@ class FineTuningService:
                 "'-', starting with a letter or digit",
                 param="suffix",
             )
+        _check_promotion_metadata(request.metadata or {})
         training = self._dataset(request.training_file, "training_file")
         validation_path = (Path(self._dataset(request.validation_file, "validation_file")["path"])
                            if request.validation_file else None)
@@ -186,6 +187,27 @@ class FineTuningService:
         return job
 
 
+def _check_promotion_metadata(metadata: dict[str, str]) -> None:
+    """``metadata.alias`` / ``metadata.auto_promote`` change what happens after training:
+    checked now, not after the job has run."""
+    from service.jobs.verdict import ALIAS_KEY, AUTO_PROMOTE_KEY
+
+    alias = metadata.get(ALIAS_KEY)
+    if alias is not None:
+        try:
+            check_name(alias, "")
+        except AdapterRejected as exc:
+            raise BadRequest(f"metadata.{ALIAS_KEY}: {exc.message}",
+                             param=f"metadata.{ALIAS_KEY}") from None
+    auto = metadata.get(AUTO_PROMOTE_KEY)
+    if auto is not None and auto.lower() not in ("true", "false"):
+        raise BadRequest(f"metadata.{AUTO_PROMOTE_KEY} must be 'true' or 'false', got {auto!r}",
+                         param=f"metadata.{AUTO_PROMOTE_KEY}")
+    if auto is not None and alias is None:
+        raise BadRequest(f"metadata.{AUTO_PROMOTE_KEY} needs metadata.{ALIAS_KEY}: the alias "
+                         "to promote the adapter to", param=f"metadata.{AUTO_PROMOTE_KEY}")
+
+
 def held_out_event(n_rows: int, held_out: int, validation_file: str | None) -> str:
     """The job event that says which rows will judge the adapter."""
     if validation_file:
@@ -208,6 +230,7 @@ def to_job(record: dict[str, Any]) -> FineTuningJob:
         status=record["status"], trained_tokens=record["trained_tokens"] if done else None,
         training_file=record["training_file"], validation_file=record["validation_file"],
         metadata=record["metadata"], method=record["method"],
+        result_files=record.get("result_files") or [], evaluation=record.get("evaluation"),
     )
 
 

@@ -28,6 +28,8 @@ from service.jobs.demo import queue_demo_job
 from service.jobs.settings import JobsSettings
 from service.jobs.store import JobStore
 from service.jobs.supervisor import JobSupervisor
+from service.jobs.verdict import JobEvaluator
+from service.reports.schedule import local_server_url
 from tuneserve.home import tuneserve_home
 
 log = logging.getLogger(__name__)
@@ -59,16 +61,26 @@ async def jobs_lifespan(app: FastAPI) -> AsyncIterator[None]:
     if not bases and getattr(state, "base_id", None):
         bases = {state.base_id: Path(state.model_path)}
     on_success = getattr(state, "jobs_on_success", None)
+    serving_app = on_success is None  # the real server: adapters go to its registry
     if on_success is None:
         async def on_success(job: dict[str, Any], adapter: Path) -> None:
             registry = await _registry(state)
             await registry.add(job["fine_tuned_model"], adapter, source="fine_tuning")
 
     store = JobStore(jobs_root())
-    supervisor = JobSupervisor(store, settings, on_success=on_success)
+    files = FilesService(store, max_upload_bytes=int(settings.max_upload_mb * 1e6))
+    evaluator: JobEvaluator | None = None
+    if serving_app and settings.evaluate_on_success:
+        evaluator = JobEvaluator(store, files, _LazyRegistry(state),
+                                 server_url=local_server_url(state.settings.host,
+                                                             state.settings.port),
+                                 api_key=_least_privileged_key(state.settings),
+                                 reports_root=_reports_root(state))
+    supervisor = JobSupervisor(store, settings, on_success=on_success,
+                               after_success=evaluator.submit if evaluator else None)
     state.jobs_store = store
     state.jobs_supervisor = supervisor
-    state.files_service = FilesService(store, max_upload_bytes=int(settings.max_upload_mb * 1e6))
+    state.files_service = files
     server_settings = getattr(state, "settings", None)
     state.fine_tuning = FineTuningService(
         store, supervisor, bases=bases,
@@ -76,6 +88,8 @@ async def jobs_lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     demo: asyncio.Task | None = None
     if settings.enabled:
+        if evaluator is not None:
+            evaluator.start()
         await supervisor.start()
         if settings.demo_job_if_no_adapters:
             demo = asyncio.create_task(_demo_when_ready(state, settings))
@@ -86,6 +100,32 @@ async def jobs_lifespan(app: FastAPI) -> AsyncIterator[None]:
             demo.cancel()
             await asyncio.gather(demo, return_exceptions=True)
         await supervisor.stop()
+        if evaluator is not None:
+            await evaluator.stop()
+
+
+class _LazyRegistry:
+    """The app's adapter registry, looked up when used (it exists once the engine is up;
+    an evaluation only runs after a job's adapter was registered in it)."""
+
+    def __init__(self, state: Any) -> None:
+        self._state = state
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._state.registry, name)
+
+
+def _least_privileged_key(settings: Any) -> str | None:
+    """Evaluation only needs inference: a user key when there is one."""
+    keys = [*getattr(settings, "user_api_keys", []), *getattr(settings, "admin_api_keys", [])]
+    return keys[0] if keys else None
+
+
+def _reports_root(state: Any) -> Path:
+    from tuneserve.home import reports_dir
+
+    serving = getattr(state, "reports_serving", None)  # the folder /reports serves
+    return serving.root if serving is not None else reports_dir()
 
 
 async def _demo_when_ready(state: Any, settings: JobsSettings) -> None:

@@ -35,6 +35,10 @@ class JobsSettings(BaseSettings):
         description="Command that trains one config (contract: `tuneserve train CONFIG "
         "--log-file LOG`); a JSON list in the environment.",
     )
+    evaluate_on_success: bool = Field(
+        True, description="Evaluate every succeeded job's adapter against the base on its "
+        "held-out rows, give the verdict and apply the promotion gate (service/jobs/verdict.py).",
+    )
     demo_job_if_no_adapters: bool = Field(
         False,
         description="At start, when no adapter is registered and no job exists, queue a "

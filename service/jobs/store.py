@@ -54,7 +54,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     adapter_path TEXT,
-    log_offset INTEGER NOT NULL DEFAULT 0
+    log_offset INTEGER NOT NULL DEFAULT 0,
+    result_files TEXT,
+    evaluation TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -79,7 +81,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 """
 
-_JSON_COLUMNS = ("hyperparameters", "method", "metadata", "train_config", "error", "data", "metrics")
+_JSON_COLUMNS = ("hyperparameters", "method", "metadata", "train_config", "error", "data", "metrics",
+                 "result_files", "evaluation")
+# Columns added after the first release: a database made before them gets them on open.
+_ADDED_JOB_COLUMNS = {"result_files": "TEXT", "evaluation": "TEXT"}
 
 
 def new_id(prefix: str) -> str:
@@ -104,6 +109,10 @@ class JobStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            for column, kind in _ADDED_JOB_COLUMNS.items():
+                if column not in have:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

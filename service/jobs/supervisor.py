@@ -87,10 +87,13 @@ class JobSupervisor:
     """Starts, watches, cancels and recovers fine-tuning worker processes."""
 
     def __init__(self, store: JobStore, settings: JobsSettings, *,
-                 on_success: OnSuccess | None = None) -> None:
+                 on_success: OnSuccess | None = None,
+                 after_success: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.settings = settings
         self.on_success = on_success
+        # Called with the job id once the job is `succeeded` (the automatic evaluation).
+        self.after_success = after_success
         self._runs: dict[str, _Run] = {}
         self._tasks: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
@@ -274,6 +277,8 @@ class JobSupervisor:
                               trained_tokens=tokens)
         self.store.add_event(job_id, f"New fine-tuned model created: {name}")
         self.store.add_event(job_id, "The job has successfully completed.")
+        if self.after_success is not None:
+            self.after_success(job_id)
 
     # ---- outcomes ---------------------------------------------------------------------
     def _resume_or_fail(self, job: dict[str, Any], reason: str) -> None:

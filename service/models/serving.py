@@ -1,4 +1,4 @@
-"""The served models: the base plus every adapter in the registry."""
+"""The served models: the base, every adapter in the registry, and every alias."""
 
 from __future__ import annotations
 
@@ -21,24 +21,34 @@ class ModelsServing:
         return ModelCard(id=self.base_id, created=self.started, root=self.base_path,
                          max_model_len=self.max_model_len)
 
-    def _adapter_card(self, record) -> ModelCard:
+    def _adapter_card(self, record, alias: str | None = None) -> ModelCard:
         public = record.public()
+        facts = {k: public[k] for k in ("rank", "alpha", "target_modules", "source", "manifest")}
+        if alias is not None:
+            facts["alias_for"] = record.name
         return ModelCard(
-            id=record.name, created=record.created, root=record.path, parent=self.base_id,
-            max_model_len=self.max_model_len,
-            adapter={k: public[k] for k in ("rank", "alpha", "target_modules", "source",
-                                             "manifest")},
+            id=alias or record.name, created=record.created, root=record.path,
+            parent=self.base_id, max_model_len=self.max_model_len, adapter=facts,
         )
 
+    def _alias_cards(self) -> list[ModelCard]:
+        cards = []
+        for alias, target in self.registry.aliases.all().items():
+            record = self.registry.get(target)
+            if record is not None:  # a target that failed to restore is not servable
+                cards.append(self._adapter_card(record, alias))
+        return cards
+
     def list(self) -> ModelList:
-        """The base first, then adapters oldest first."""
-        cards = [self._base_card(), *(self._adapter_card(r) for r in self.registry.list())]
+        """The base first, then adapters oldest first, then aliases by name."""
+        cards = [self._base_card(), *(self._adapter_card(r) for r in self.registry.list()),
+                 *self._alias_cards()]
         return ModelList(data=cards)
 
     def get(self, model_id: str) -> ModelCard:
         if model_id == self.base_id:
             return self._base_card()
-        record = self.registry.get(model_id)
+        record = self.registry.resolve(model_id)
         if record is None:
             raise ModelNotFound(f"The model `{model_id}` does not exist.", param="model")
-        return self._adapter_card(record)
+        return self._adapter_card(record, model_id if record.name != model_id else None)

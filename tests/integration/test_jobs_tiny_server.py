@@ -11,6 +11,7 @@ import signal
 import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from jobs_server import JobsServer
@@ -70,7 +71,8 @@ def training_file(sdk):
 def test_job_trains_and_its_adapter_answers(sdk, training_file, tiny_server):
     base = sdk.models.list().data[0].id
     job = sdk.fine_tuning.jobs.create(model=base, training_file=training_file.id,
-                                      suffix="tiny", method=_hp(max_steps=4, lora_rank=8))
+                                      suffix="tiny", method=_hp(max_steps=4, lora_rank=8),
+                                      metadata={"alias": "tiny-docker"})
     done = _wait(sdk, job.id, TERMINAL, timeout=300)
     assert done.status == "succeeded", (done.error, tiny_server.log_tail())
     assert done.fine_tuned_model == f"ft:{base}:tiny:{job.id}"
@@ -100,6 +102,41 @@ def test_job_trains_and_its_adapter_answers(sdk, training_file, tiny_server):
     last = max(metrics, key=lambda e: e.data["step"])
     assert isinstance(last.data["valid_loss"], float), last
     assert "validation loss=" in last.message
+
+    # The automatic evaluation on the 4 held-out rows: a 4-step adapter of a random tiny
+    # model does not beat the base, so the gate refuses it and the alias stays empty; the
+    # verdict, the figures with their CI and the report are there all the same.
+    done = _wait_evaluation(sdk, job.id, timeout=300)
+    evaluation = done.evaluation
+    assert evaluation["status"] == "done", (evaluation, tiny_server.log_tail())
+    assert evaluation["verdict"] == "does not beat the base" and not evaluation["promoted"]
+    assert len(done.result_files) == 1
+    summary = json.loads(sdk.files.content(done.result_files[0]).content)
+    assert summary["figures"]["rows"] == 4 and summary["plan"]["primary"] == "exact_match"
+    vs_base = summary["figures"]["vs_base"]["candidate"]["exact_match"]
+    assert vs_base["low"] <= 0 <= vs_base["high"]
+    messages = [e.message for e in sdk.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert any(m.startswith("Evaluation on 4 held-out rows") for m in messages), messages
+    assert any(m.startswith("Verdict:") for m in messages)
+    assert any(m.startswith("Not promoted to alias tiny-docker") for m in messages)
+    alias = sdk.get("/aliases/tiny-docker", cast_to=object)
+    assert alias["adapter"] is None
+    refused = alias["decisions"][0]
+    assert (refused["action"], refused["adapter"], refused["actor"]) == (
+        "refused", done.fine_tuned_model, f"job:{job.id}")
+    assert refused["evidence"]["result_file"] == done.result_files[0]
+    report = httpx.get(tiny_server.base_url + summary["report"]["html"], timeout=30)
+    assert report.status_code == 200 and "exact_match" in report.text
+
+
+def _wait_evaluation(sdk, job_id, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = sdk.fine_tuning.jobs.retrieve(job_id)
+        if (job.evaluation or {}).get("status") in {"done", "failed", "skipped"}:
+            return job
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} evaluation still {job.evaluation} after {timeout}s")
 
 
 def test_second_job_is_cancelled_within_seconds(sdk, training_file, tiny_server):

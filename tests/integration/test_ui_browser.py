@@ -203,6 +203,15 @@ def test_train_tab_validates_upload_and_trains_into_compare(
     assert model and model.group(1).startswith(f"ft:{live_server.model_id}:ui:"), progress
     assert re.search(r"step (\d+)/\1 \(100%\) · loss \d+\.\d{4}", progress), progress
     assert page.locator("#loss-plot canvas, #loss-plot svg").count() > 0
+    # The server then judges the adapter on its 4 held-out rows; the verdict, its CI and the
+    # report link replace the progress without a reload.
+    verdict = _wait_text(page, "#job-progress", r"Verdict: (beats|does not beat) the base",
+                         JOB_TIMEOUT_MS)
+    assert re.search(r"on 4 held-out rows \(exact_match: base \d\.\d\d → adapter \d\.\d\d, "
+                     r"Δ [+-]\d\.\d\d, 95% CI [+-]\d\.\d\d to [+-]\d\.\d\d\)", verdict), verdict
+    link = page.locator("#job-progress a", has_text="Evaluation report")
+    assert httpx.get(link.get_attribute("href"), timeout=10).status_code == 200
+    page.screenshot(path=str(test_output / "ui-train-verdict.png"), full_page=True)
 
     # The finished adapter is offered in Compare without a manual refresh.
     page.get_by_role("tab", name="Compare").click()

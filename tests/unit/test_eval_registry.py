@@ -40,13 +40,13 @@ def served(tiny_model_dir, isolated_home, tmp_path, monkeypatch):
         yield client, adapter
 
 
-def _resolve(client: TestClient):
+def _resolve(client: TestClient, model_id: str = "ft:tiny:x:ftjob-1"):
     async def run():
         transport = httpx.ASGITransport(app=client.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             sdk = AsyncOpenAI(base_url="http://testserver/v1", api_key=USER_KEY,
                               http_client=http)
-            return await resolve_models(sdk, [("base", "base"), ("job", "ft:tiny:x:ftjob-1")],
+            return await resolve_models(sdk, [("base", "base"), ("job", model_id)],
                                         RunOptions(server="http://testserver/v1"))
 
     return asyncio.run(run())
@@ -65,3 +65,14 @@ def test_remote_adapter_folder_falls_back_to_the_registry_manifest(served):
     shutil.rmtree(adapter)  # as seen from another machine: the folder is not here
     _, job = _resolve(client)
     assert job.adapter_path is None and job.manifest["job"] == "ftjob-1"
+
+
+def test_an_alias_resolves_to_the_manifest_of_its_current_target(served):
+    # What a schedule naming an alias relies on: each run follows the alias's target.
+    client, adapter = served
+    response = client.post("/v1/aliases/docker/promote", json={"adapter": "ft:tiny:x:ftjob-1"},
+                           headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert response.status_code == 200, response.text
+    _, job = _resolve(client, "docker")
+    assert job.model_id == "docker"
+    assert job.adapter_path == adapter and job.manifest["job"] == "ftjob-1"

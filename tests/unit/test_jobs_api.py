@@ -147,6 +147,11 @@ def test_adapter_rejected_by_registry_fails_job(make_client):
         ({"method": _hp(bogus=1)}, openai.BadRequestError, "method.supervised.hyperparameters"),
         ({"method": _hp(lora_rank=0)}, openai.BadRequestError,
          "method.supervised.hyperparameters"),
+        ({"metadata": {"alias": "bad/alias"}}, openai.BadRequestError, "metadata.alias"),
+        ({"metadata": {"alias": "ok", "auto_promote": "maybe"}}, openai.BadRequestError,
+         "metadata.auto_promote"),
+        ({"metadata": {"auto_promote": "true"}}, openai.BadRequestError,
+         "metadata.auto_promote"),
         ({"method": _hp(lora_rank=32)}, openai.BadRequestError,  # above max_lora_rank 16
          "method.supervised.hyperparameters.lora_rank"),
     ],

@@ -1,0 +1,1 @@
+"""Aliases: stable served names for adapters, with promotion, rollback and their record."""

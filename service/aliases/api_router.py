@@ -1,0 +1,62 @@
+"""Alias routes: list and read with a user key; promote, roll back and delete with an
+admin key (each is one call, and each is recorded with its reason)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from service.aliases.protocol import (
+    Alias,
+    AliasDecision,
+    AliasList,
+    PromoteRequest,
+    RollbackRequest,
+)
+from service.deps import AdminAuth, UserAuth
+from service.errors import ErrorResponse, NotFound
+
+router = APIRouter(tags=["aliases"])
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409)}
+
+
+def _registry(request: Request):
+    return request.app.state.registry
+
+
+def _alias(registry, name: str) -> Alias:
+    target = registry.aliases.target(name)
+    decisions = [AliasDecision(**d.to_dict()) for d in registry.aliases.decisions(name)]
+    if target is None and not decisions:
+        raise NotFound(f"no alias named {name!r}", param="alias", code="alias_not_found")
+    return Alias(name=name, adapter=target, decisions=decisions)
+
+
+@router.get("/v1/aliases", response_model=AliasList)
+async def list_aliases(request: Request, _: UserAuth) -> AliasList:
+    registry = _registry(request)
+    return AliasList(data=[Alias(name=n, adapter=a) for n, a in registry.aliases.all().items()])
+
+
+@router.get("/v1/aliases/{name}", response_model=Alias, responses=_ERRORS)
+async def get_alias(name: str, request: Request, _: UserAuth) -> Alias:
+    return _alias(_registry(request), name)
+
+
+@router.post("/v1/aliases/{name}/promote", response_model=Alias, responses=_ERRORS)
+async def promote(name: str, body: PromoteRequest, request: Request, _: AdminAuth) -> Alias:
+    registry = _registry(request)
+    registry.promote(name, body.adapter, actor="admin", reason=body.reason)
+    return _alias(registry, name)
+
+
+@router.post("/v1/aliases/{name}/rollback", response_model=Alias, responses=_ERRORS)
+async def rollback(name: str, request: Request, _: AdminAuth,
+                   body: RollbackRequest | None = None) -> Alias:
+    registry = _registry(request)
+    registry.rollback(name, actor="admin", reason=(body or RollbackRequest()).reason)
+    return _alias(registry, name)
+
+
+@router.delete("/v1/aliases/{name}", response_model=AliasDecision, responses=_ERRORS)
+async def delete_alias(name: str, request: Request, _: AdminAuth) -> AliasDecision:
+    return AliasDecision(**_registry(request).delete_alias(name, actor="admin").to_dict())

@@ -1,0 +1,258 @@
+"""From a succeeded job to a verdict: evaluate, report, gate, promote.
+
+When a job succeeds (its adapter is registered and served), ``JobEvaluator.submit`` queues
+its evaluation. One at a time, each runs ``tuneserve eval run`` as a subprocess against
+this server (the same worker pattern as the scheduled evaluations: never on the serving
+event loop, never in the engine's process), on the job's held-out rows:
+
+- models: the base, the candidate and, when the job names an alias that already points at
+  an adapter, that current target (rows the current target trained on are then dropped);
+- a suite written for the job: metrics that fit the answers (``evaluation.gate.
+  plan_for_references``), greedy decoding, room for twice the longest answer;
+- the report goes to the reports folder (served at ``/reports``), the history keeps it
+  under the suite ``job-<id>``.
+
+Then ``evaluation.gate.decide`` gives the verdict, which becomes job events, a
+``fine-tune-results`` file in the job's ``result_files`` and the job's ``evaluation``
+field. With ``metadata.alias`` set, a passing candidate is promoted to that alias (unless
+``metadata.auto_promote`` is ``"false"``); a failing one is recorded as refused. The job's
+``evaluation.status`` (pending → running → done | skipped | failed) survives a restart: a
+pending or running evaluation is run again when the service starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from evaluation.gate import EvalPlan, decide, plan_for_references
+from service.files.serving import FilesService
+from service.jobs.store import JobStore
+from service.reports.schedule import eval_env, run_subprocess
+from training.manifest import read_held_out
+
+log = logging.getLogger(__name__)
+
+ALIAS_KEY, AUTO_PROMOTE_KEY = "alias", "auto_promote"
+CANDIDATE, CURRENT = "candidate", "current"
+
+
+class JobEvaluator:
+    """Runs the post-success evaluation of jobs, one at a time, in subprocesses."""
+
+    def __init__(self, store: JobStore, files: FilesService, registry: Any, *,
+                 server_url: str, api_key: str | None, reports_root: Path) -> None:
+        self.store = store
+        self.files = files
+        self.registry = registry
+        self.server_url = server_url
+        self.api_key = api_key
+        self.reports_root = Path(reports_root)
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+
+    # ---- lifecycle --------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker and re-queue evaluations a stopped service left unfinished."""
+        self._task = asyncio.create_task(self._loop(), name="job-evaluator")
+        jobs, _ = self.store.list_jobs(limit=10_000, statuses=frozenset({"succeeded"}))
+        for job in reversed(jobs):  # oldest first
+            if (job.get("evaluation") or {}).get("status") in ("pending", "running"):
+                self._queue.put_nowait(job["id"])
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()  # kills a running evaluation's process group
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def submit(self, job_id: str) -> None:
+        """Queue the evaluation of a job that just succeeded."""
+        self._set(job_id, status="pending")
+        self._queue.put_nowait(job_id)
+
+    async def _loop(self) -> None:
+        while True:
+            job_id = await self._queue.get()
+            try:
+                await self.evaluate(job_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # one job's evaluation must not stop the others
+                log.exception("evaluation of job %s failed", job_id)
+                self._fail(job_id, f"the evaluation could not run: {exc}")
+
+    # ---- one job ----------------------------------------------------------------------
+    async def evaluate(self, job_id: str) -> None:
+        job = self.store.get_job(job_id)
+        if job is None or job["status"] != "succeeded":
+            return
+        adapter_dir = Path(job["adapter_path"])
+        held_out = read_held_out(adapter_dir)
+        if not held_out:
+            self._set(job_id, status="skipped", reason="no held-out rows")
+            self.store.add_event(job_id, "Evaluation skipped: the job kept no held-out rows (fewer "
+                                 "than 10 training rows and no validation_file), so nothing the "
+                                 "adapter never saw can judge it.", level="warn")
+            return
+        plan = plan_for_references([row["messages"][-1]["content"] for row in held_out])
+        metadata = job.get("metadata") or {}
+        alias = metadata.get(ALIAS_KEY)
+        current = self.registry.aliases.target(alias) if alias else None
+        if current == job["fine_tuned_model"]:
+            current = None
+        self._set(job_id, status="running", rows=len(held_out), metric=plan.primary)
+        self.store.add_event(job_id, f"Evaluating {job['fine_tuned_model']} against the base"
+                             + (f" and {current} (alias {alias})" if current else "")
+                             + f" on {len(held_out)} held-out rows ({', '.join(plan.metrics)}).")
+        record, report_dir = await self._run_eval(job, plan, current)
+        decision = decide(record, candidate=CANDIDATE, metric=plan.primary, margin=plan.margin,
+                          current=CURRENT if current else None)
+        summary = self._summary(job, record, plan, decision.to_dict(), report_dir, alias, current)
+        result = self.files.add_result(json.dumps(summary, indent=2).encode(),
+                                       f"{job_id}-evaluation.json")
+        self.store.update_job(job_id, result_files=[result.id])
+        self.store.add_event(job_id, _figures_message(summary), data=summary["figures"])
+        verdict = "beats the base" if decision.beats_base else "does not beat the base"
+        promotion = self._promote(job, alias, decision, summary, result.id) if alias else None
+        self._set(job_id, status="done", verdict=verdict, promoted=bool(promotion),
+                  alias=alias, report=summary["report"], result_file=result.id,
+                  decision=decision.to_dict(), figures=summary["figures"])
+        self.store.add_event(job_id, f"Verdict: {job['fine_tuned_model']} {verdict} "
+                             f"({decision.summary()}).", data={"verdict": verdict})
+
+    async def _run_eval(self, job: dict[str, Any], plan: EvalPlan,
+                        current: str | None) -> tuple[dict[str, Any], Path]:
+        run_dir = self.store.runs_dir / job["id"]
+        suite_path = run_dir / "evaluation-suite.yaml"
+        suite_path.write_text(yaml.safe_dump(_suite(job, plan, self._dataset_path(job))))
+        models = f"base,{CANDIDATE}={job['fine_tuned_model']}"
+        if current:
+            models += f",{CURRENT}={current}"
+        output_root = self.reports_root
+        argv = [sys.executable, "-m", "tuneserve.cli", "eval", "run", str(suite_path),
+                "--models", models, "--server", self.server_url, "--output-dir", str(output_root)]
+        if current:  # the current target may have trained on some of these rows
+            argv.append("--exclude-trained-rows")
+        log_path = run_dir / "evaluation.log"
+        code = await run_subprocess(argv, eval_env(self.api_key), log_path)
+        reports = sorted(output_root.glob(f"job-{job['id']}-*/report.json"))
+        if code not in (0, 1) or not reports:  # 1 = a regression against history: still a run
+            raise RuntimeError(_last_line(log_path) or f"tuneserve eval run exited with {code}")
+        report = reports[-1]
+        return json.loads(report.read_text()), report.parent
+
+    def _dataset_path(self, job: dict[str, Any]) -> str:
+        """The file whose held-out rows the adapter saved: the validation file if given."""
+        file_id = job["validation_file"] or job["training_file"]
+        record = self.store.get_file(file_id)
+        if record is None:
+            raise RuntimeError(f"the job's file {file_id} was deleted; nothing to evaluate on")
+        return record["path"]
+
+    def _promote(self, job: dict[str, Any], alias: str, decision: Any,
+                 summary: dict[str, Any], result_file: str) -> bool:
+        name, actor = job["fine_tuned_model"], f"job:{job['id']}"
+        evidence = {"report": summary["report"], "result_file": result_file,
+                    "gate": decision.to_dict()}
+        auto = str((job.get("metadata") or {}).get(AUTO_PROMOTE_KEY, "true")).lower() != "false"
+        if not decision.promote:
+            self.registry.refuse(alias, name, actor=actor, reason=decision.summary(),
+                                 evidence=evidence)
+            self.store.add_event(job["id"], f"Not promoted to alias {alias}: "
+                                 f"{decision.summary()}.", level="warn")
+            return False
+        if not auto:
+            self.store.add_event(job["id"], f"The gate passed; automatic promotion is off for this "
+                                 f"job (metadata.{AUTO_PROMOTE_KEY}=false). Promote with POST "
+                                 f"/v1/aliases/{alias}/promote.")
+            return False
+        self.registry.promote(alias, name, actor=actor, reason=decision.summary(),
+                              evidence=evidence)
+        self.store.add_event(job["id"], f"Promoted: alias {alias} now serves {name}.")
+        return True
+
+    def _summary(self, job, record, plan, decision, report_dir, alias, current) -> dict[str, Any]:
+        labels = {m["label"]: m["model_id"] for m in record["models"]}
+        figures = {
+            "rows": len(record["examples"]),
+            "metric": plan.primary,
+            "models": {label: {k: v for k, v in record["metrics"][label].items()
+                               if k in (*plan.metrics, "judge_win_rate")}
+                       for label in labels},
+            "stop_share": {label: _stop_share(record, label) for label in labels},
+            "vs_base": {label: {k: comp[k] for k in (*plan.metrics, "judge_win_rate")
+                                if k in comp}
+                        for label, comp in record["comparisons"].items()},
+        }
+        rel = report_dir.relative_to(self.reports_root) if report_dir.is_relative_to(
+            self.reports_root) else report_dir.name
+        return {
+            "object": "fine_tuning.job.evaluation",
+            "job": job["id"], "adapter": job["fine_tuned_model"], "alias": alias,
+            "current_target": current, "models": labels, "plan": plan.__dict__,
+            "figures": figures, "decision": decision, "notes": record.get("notes", []),
+            "report": {"html": f"/reports/{rel}/report.html", "json": f"/reports/{rel}/report.json",
+                       "path": str(report_dir)},
+        }
+
+    # ---- job.evaluation ---------------------------------------------------------------
+    def _set(self, job_id: str, **fields: Any) -> None:
+        job = self.store.get_job(job_id) or {}
+        evaluation = dict(job.get("evaluation") or {}, **fields)
+        self.store.update_job(job_id, evaluation=evaluation)
+
+    def _fail(self, job_id: str, message: str) -> None:
+        self._set(job_id, status="failed", error=message)
+        self.store.add_event(job_id, f"Evaluation failed: {message}", level="error")
+
+
+def _suite(job: dict[str, Any], plan: EvalPlan, dataset_path: str) -> dict[str, Any]:
+    suite: dict[str, Any] = {
+        "name": f"job-{job['id']}",
+        "description": f"Held-out rows of fine-tuning job {job['id']} (written by the service).",
+        "dataset": {"path": dataset_path},
+        "generation": {"max_tokens": plan.max_tokens, "temperature": 0.0},
+        "metrics": plan.metrics,
+        "perplexity": False,
+        "regression": {"margins": {plan.primary: plan.margin}},
+    }
+    if plan.judge:
+        suite["judge"] = {"model": "base", "max_examples": 20}
+    return suite
+
+
+def _stop_share(record: dict[str, Any], label: str) -> float | None:
+    """Share of answers that ended by themselves (``finish_reason`` stop), not at the limit."""
+    reasons = [ex["outputs"][label].get("finish_reason") for ex in record["examples"]]
+    known = [r for r in reasons if r is not None]
+    return sum(r == "stop" for r in known) / len(known) if known else None
+
+
+def _figures_message(summary: dict[str, Any]) -> str:
+    fig, metric = summary["figures"], summary["figures"]["metric"]
+    models = fig["models"]
+    parts = [f"base {models['base'][metric]:.3f}"]
+    for label in (CANDIDATE, CURRENT):
+        if label in models:
+            comp = fig["vs_base"][label][metric]
+            parts.append(f"{label} {models[label][metric]:.3f} (vs base {comp['delta']:+.3f}, "
+                         f"95% CI {comp['low']:+.3f} to {comp['high']:+.3f})")
+    stop = fig["stop_share"].get(CANDIDATE)
+    stops = f"; the adapter stopped by itself on {stop:.0%} of rows" if stop is not None else ""
+    return (f"Evaluation on {fig['rows']} held-out rows, {metric}: {', '.join(parts)}{stops}. "
+            f"Report: {summary['report']['html']}")
+
+
+def _last_line(path: Path) -> str:
+    with contextlib.suppress(OSError):
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        return lines[-1] if lines else ""
+    return ""
