@@ -125,8 +125,9 @@ class JobEvaluator:
         self._set(job_id, status="done", verdict=verdict, promoted=bool(promotion),
                   alias=alias, report=summary["report"], result_file=result.id,
                   decision=decision.to_dict(), figures=summary["figures"])
-        self.store.add_event(job_id, f"Verdict: {job['fine_tuned_model']} {verdict} "
-                             f"({decision.summary()}).", data={"verdict": verdict})
+        message = f"Verdict: {job['fine_tuned_model']} {verdict} ({decision.summary()})."
+        self.store.add_event(job_id, message, data={"verdict": verdict})
+        log.info("job %s: %s %s", job_id, _figures_message(summary), message)
 
     async def _run_eval(self, job: dict[str, Any], plan: EvalPlan,
                         current: str | None) -> tuple[dict[str, Any], Path]:

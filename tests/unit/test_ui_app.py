@@ -13,7 +13,7 @@ from tuneserve.cli import main
 from ui import app
 from ui.adapters import adapter_table
 from ui.compare import MAX_SLOTS
-from ui.train import PRESETS, job_request, loss_frame, progress_text
+from ui.train import PRESETS, evaluation_running, job_request, loss_frame, progress_text
 
 SKIP = gr.skip()
 
@@ -165,6 +165,29 @@ def test_loss_frame_and_progress_text():
     ]
     text = progress_text({"id": "j", "status": "failed", "error": {"message": "OOM"}}, events)
     assert "step 2/4 (50%)" in text and "loss 1.5000" in text and "❌ OOM" in text
+
+
+def test_progress_text_shows_the_verdict_and_keeps_polling_until_it_comes():
+    job = {"id": "j", "status": "succeeded", "fine_tuned_model": "ft:m:x:j",
+           "evaluation": {"status": "running", "rows": 12}}
+    assert evaluation_running(job)
+    assert "Evaluating against the base on 12 held-out rows" in progress_text(job, [])
+    job["evaluation"] = {
+        "status": "done", "rows": 12, "verdict": "beats the base", "promoted": True,
+        "alias": "docker", "report": {"html": "/reports/job-j-1/report.html"},
+        "decision": {"metric": "exact_match", "beats_base": True,
+                     "vs_base": {"delta": 0.75, "low": 0.5, "high": 1.0}},
+        "figures": {"models": {"base": {"exact_match": 0.0},
+                               "candidate": {"exact_match": 0.75}}},
+    }
+    assert not evaluation_running(job)
+    text = progress_text(job, [], "http://srv:8000/")
+    assert ("Verdict: beats the base** on 12 held-out rows (exact_match: base 0.00 → adapter "
+            "0.75, Δ +0.75, 95% CI +0.50 to +1.00)") in text
+    assert "**docker** now serves this adapter" in text
+    assert "(http://srv:8000/reports/job-j-1/report.html)" in text
+    job["evaluation"] = {"status": "skipped", "reason": "no held-out rows"}
+    assert "Not evaluated: no held-out rows." in progress_text(job, [])
 
 
 def test_adapter_table_reads_manifest_fields():
