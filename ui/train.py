@@ -173,7 +173,9 @@ def verdict_lines(evaluation: dict[str, Any], server: str = "") -> list[str]:
             "promoted") else f"Not promoted to **{alias}**: the gate did not pass.")
     report = (evaluation.get("report") or {}).get("html")
     if report:
-        lines.append(f"[Evaluation report]({server.rstrip('/')}{report})")
+        report_id = report.split("/")[2] if report.count("/") >= 3 else report
+        lines.append(f"[Evaluation report]({server.rstrip('/')}{report}) (`{report_id}` in the "
+                     "Evaluate tab's reports)")
     return lines
 
 

@@ -210,7 +210,9 @@ def test_train_tab_validates_upload_and_trains_into_compare(
     assert re.search(r"on 4 held-out rows \(exact_match: base \d\.\d\d → adapter \d\.\d\d, "
                      r"Δ [+-]\d\.\d\d, 95% CI [+-]\d\.\d\d to [+-]\d\.\d\d\)", verdict), verdict
     link = page.locator("#job-progress a", has_text="Evaluation report")
-    assert httpx.get(link.get_attribute("href"), timeout=10).status_code == 200
+    report = httpx.get(link.get_attribute("href"), timeout=10,
+                       headers={"Authorization": f"Bearer {live_server.user_key}"})
+    assert report.status_code == 200 and "held-out" in verdict
     page.screenshot(path=str(test_output / "ui-train-verdict.png"), full_page=True)
 
     # The finished adapter is offered in Compare without a manual refresh.
