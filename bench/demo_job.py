@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.serve_bench import write_section  # noqa: E402
+from bench.serve_bench import bench_command, write_section  # noqa: E402
 
 START, END = "<!-- demo-job:start -->", "<!-- demo-job:end -->"
 
@@ -102,9 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", type=Path, help="update this Markdown file's section")
     args = parser.parse_args(argv)
     result = run(args.model)
-    command = "flock /tmp/tuneserve-heavy.lock .venv/bin/python bench/demo_job.py " + \
-        " ".join(argv if argv is not None else sys.argv[1:])
-    section = markdown(result, command.strip())
+    command = bench_command("demo_job.py", argv)
+    section = markdown(result, command)
     print(section)
     if args.write:
         write_section(args.write, section, START, END)

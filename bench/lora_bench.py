@@ -48,6 +48,7 @@ from bench.serve_bench import (  # noqa: E402
     ADMIN_KEY,
     PROMPTS,
     USER_KEY,
+    bench_command,
     drive,
     free_port,
     stop_process_group,
@@ -247,9 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for server in servers.values():
                 stop_process_group(server.proc)
-    command = "flock /tmp/tuneserve-heavy.lock .venv/bin/python bench/lora_bench.py " + \
-        " ".join(argv if argv is not None else sys.argv[1:])
-    section = markdown(args, results, command.strip())
+    command = bench_command("lora_bench.py", argv)
+    section = markdown(args, results, command)
     print(section)
     if args.write:
         start_marker, end_marker, _ = SECTIONS[args.arms]

@@ -274,6 +274,12 @@ def markdown(args, results: dict[str, dict], command: str) -> str:
     return "\n".join(lines)
 
 
+def bench_command(script: str, argv: list[str] | None) -> str:
+    """The command line a results section quotes: how to run this benchmark again."""
+    args = " ".join(argv if argv is not None else sys.argv[1:])
+    return f"flock /tmp/tuneserve-heavy.lock .venv/bin/python bench/{script} {args}".strip()
+
+
 def write_section(path: Path, section: str, start: str = START, end: str = END) -> None:
     """Replace the ``start``..``end`` section of the Markdown file ``path`` (or append it)."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
@@ -323,9 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(system, round_index, json.dumps(result), flush=True)
         results = {name: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
                    for name, rs in runs.items()}
-    command = "flock /tmp/tuneserve-heavy.lock .venv/bin/python bench/serve_bench.py " + \
-        " ".join(argv if argv is not None else sys.argv[1:])
-    section = markdown(args, results, command.strip())
+    command = bench_command("serve_bench.py", argv)
+    section = markdown(args, results, command)
     print(section)
     if args.write:
         write_section(args.write, section)

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.serve_bench import write_section  # noqa: E402
+from bench.serve_bench import bench_command, write_section  # noqa: E402
 
 START, END = "<!-- small-data:start -->", "<!-- small-data:end -->"
 EVAL_ROWS = 20
@@ -227,9 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                 evaluate(run, f"{server.base_url}/v1", work)
         finally:
             server.stop()
-    command = "flock /tmp/tuneserve-heavy.lock .venv/bin/python bench/small_data.py " + \
-        " ".join(argv if argv is not None else sys.argv[1:])
-    section = markdown(runs, command.strip())
+    command = bench_command("small_data.py", argv)
+    section = markdown(runs, command)
     print(section)
     if args.write:
         write_section(args.write, section, START, END)

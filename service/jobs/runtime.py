@@ -75,7 +75,8 @@ async def jobs_lifespan(app: FastAPI) -> AsyncIterator[None]:
                                  server_url=local_server_url(state.settings.host,
                                                              state.settings.port),
                                  api_key=_least_privileged_key(state.settings),
-                                 reports_root=_reports_root(state))
+                                 reports_root=_reports_root(state),
+                                 ready=lambda: _registry(state))
     supervisor = JobSupervisor(store, settings, on_success=on_success,
                                after_success=evaluator.submit if evaluator else None)
     state.jobs_store = store

@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,12 @@ class JobEvaluator:
     """Runs the post-success evaluation of jobs, one at a time, in subprocesses."""
 
     def __init__(self, store: JobStore, files: FilesService, registry: Any, *,
-                 server_url: str, api_key: str | None, reports_root: Path) -> None:
+                 server_url: str, api_key: str | None, reports_root: Path,
+                 ready: Callable[[], Awaitable[Any]] | None = None) -> None:
         self.store = store
+        # Awaited before each evaluation: the engine and registry are up (after a restart
+        # the re-queued evaluations wait for them).
+        self.ready = ready
         self.files = files
         self.registry = registry
         self.server_url = server_url
@@ -82,6 +87,8 @@ class JobEvaluator:
         while True:
             job_id = await self._queue.get()
             try:
+                if self.ready is not None:
+                    await self.ready()
                 await self.evaluate(job_id)
             except asyncio.CancelledError:
                 raise
