@@ -48,4 +48,7 @@ class JobsSettings(BaseSettings):
         None, description="Dataset for the demo job (default: the docker-commands data)."
     )
     demo_rows: int = Field(128, ge=8, description="Rows of the demo dataset to train on.")
-    demo_max_steps: int = Field(30, ge=1, description="Optimiser steps of the demo job.")
+    demo_max_steps: int | None = Field(
+        None, ge=1, description="Cap on the demo job's optimiser steps (default: none, the "
+        "`auto` rule decides as for any job)."
+    )
