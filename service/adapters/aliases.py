@@ -61,17 +61,19 @@ class AliasTable:
         self._db = db
         self._db.executescript(_SCHEMA)
         self._db.commit()
+        # Every inference request resolves its model through target(): kept in memory, not
+        # queried; record() is the only writer (one server process owns a registry file).
+        self._targets: dict[str, str] = dict(
+            self._db.execute("SELECT name, adapter FROM aliases ORDER BY name"))
 
     def all(self) -> dict[str, str]:
-        return dict(self._db.execute("SELECT name, adapter FROM aliases ORDER BY name"))
+        return dict(sorted(self._targets.items()))
 
     def target(self, name: str) -> str | None:
-        row = self._db.execute("SELECT adapter FROM aliases WHERE name = ?", (name,)).fetchone()
-        return row[0] if row else None
+        return self._targets.get(name)
 
     def aliases_of(self, adapter: str) -> list[str]:
-        rows = self._db.execute("SELECT name FROM aliases WHERE adapter = ?", (adapter,))
-        return [r[0] for r in rows]
+        return sorted(name for name, target in self._targets.items() if target == adapter)
 
     def record(self, alias: str, action: str, *, adapter: str | None, actor: str, reason: str,
                evidence: dict[str, Any] | None = None) -> Decision:
@@ -93,6 +95,10 @@ class AliasTable:
                 (alias, action, adapter, previous, actor, reason,
                  json.dumps(evidence) if evidence is not None else None, created),
             )
+        if action in ("promote", "rollback"):
+            self._targets[alias] = adapter  # type: ignore[assignment]
+        elif action == "delete":
+            self._targets.pop(alias, None)
         return Decision(int(cur.lastrowid or 0), alias, action, adapter, previous, actor,
                         reason, evidence, created)
 

@@ -97,12 +97,15 @@ class AdapterRegistry:
 
     def handle(self, name: str) -> AdapterHandle | None:
         """The engine handle of a served adapter or of an alias's target, or None."""
-        entry = self._served.get(self.aliases.target(name) or name)
+        entry = self._served.get(self._adapter_name(name))
         return entry[1] if entry else None
 
     def resolve(self, name: str) -> AdapterRecord | None:
         """The served adapter ``name`` means: itself, or an alias's target."""
-        return self.get(self.aliases.target(name) or name)
+        return self.get(self._adapter_name(name))
+
+    def _adapter_name(self, name: str) -> str:
+        return self.aliases.target(name) or name
 
     # -- aliases -----------------------------------------------------------------------
     def promote(self, alias: str, adapter: str, *, actor: str, reason: str,

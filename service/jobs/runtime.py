@@ -29,7 +29,7 @@ from service.jobs.settings import JobsSettings
 from service.jobs.store import JobStore
 from service.jobs.supervisor import JobSupervisor
 from service.jobs.verdict import JobEvaluator
-from service.reports.schedule import local_server_url
+from service.reports.schedule import app_reports_root, eval_api_key, local_server_url
 from tuneserve.home import tuneserve_home
 
 log = logging.getLogger(__name__)
@@ -71,12 +71,11 @@ async def jobs_lifespan(app: FastAPI) -> AsyncIterator[None]:
     files = FilesService(store, max_upload_bytes=int(settings.max_upload_mb * 1e6))
     evaluator: JobEvaluator | None = None
     if serving_app and settings.evaluate_on_success:
-        evaluator = JobEvaluator(store, files, _LazyRegistry(state),
+        evaluator = JobEvaluator(store, files, lambda: _registry(state),
                                  server_url=local_server_url(state.settings.host,
                                                              state.settings.port),
-                                 api_key=_least_privileged_key(state.settings),
-                                 reports_root=_reports_root(state),
-                                 ready=lambda: _registry(state))
+                                 api_key=eval_api_key(state.settings),
+                                 reports_root=lambda: app_reports_root(state))
     supervisor = JobSupervisor(store, settings, on_success=on_success,
                                after_success=evaluator.submit if evaluator else None)
     state.jobs_store = store
@@ -103,30 +102,6 @@ async def jobs_lifespan(app: FastAPI) -> AsyncIterator[None]:
         await supervisor.stop()
         if evaluator is not None:
             await evaluator.stop()
-
-
-class _LazyRegistry:
-    """The app's adapter registry, looked up when used (it exists once the engine is up;
-    an evaluation only runs after a job's adapter was registered in it)."""
-
-    def __init__(self, state: Any) -> None:
-        self._state = state
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._state.registry, name)
-
-
-def _least_privileged_key(settings: Any) -> str | None:
-    """Evaluation only needs inference: a user key when there is one."""
-    keys = [*getattr(settings, "user_api_keys", []), *getattr(settings, "admin_api_keys", [])]
-    return keys[0] if keys else None
-
-
-def _reports_root(state: Any) -> Path:
-    from tuneserve.home import reports_dir
-
-    serving = getattr(state, "reports_serving", None)  # the folder /reports serves
-    return serving.root if serving is not None else reports_dir()
 
 
 async def _demo_when_ready(state: Any, settings: JobsSettings) -> None:

@@ -48,18 +48,17 @@ CANDIDATE, CURRENT = "candidate", "current"
 class JobEvaluator:
     """Runs the post-success evaluation of jobs, one at a time, in subprocesses."""
 
-    def __init__(self, store: JobStore, files: FilesService, registry: Any, *,
-                 server_url: str, api_key: str | None, reports_root: Path,
-                 ready: Callable[[], Awaitable[Any]] | None = None) -> None:
+    def __init__(self, store: JobStore, files: FilesService,
+                 registry: Callable[[], Awaitable[Any]], *, server_url: str,
+                 api_key: str | None, reports_root: Callable[[], Path]) -> None:
         self.store = store
-        # Awaited before each evaluation: the engine and registry are up (after a restart
-        # the re-queued evaluations wait for them).
-        self.ready = ready
         self.files = files
+        # Awaited before each evaluation: the adapter registry once the engine is up (after
+        # a restart the re-queued evaluations wait for it).
         self.registry = registry
         self.server_url = server_url
         self.api_key = api_key
-        self.reports_root = Path(reports_root)
+        self.reports_root = reports_root  # the folder /reports serves, looked up when used
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._task: asyncio.Task | None = None
 
@@ -87,9 +86,7 @@ class JobEvaluator:
         while True:
             job_id = await self._queue.get()
             try:
-                if self.ready is not None:
-                    await self.ready()
-                await self.evaluate(job_id)
+                await self.evaluate(job_id, await self.registry())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # one job's evaluation must not stop the others
@@ -97,7 +94,7 @@ class JobEvaluator:
                 self._fail(job_id, f"the evaluation could not run: {exc}")
 
     # ---- one job ----------------------------------------------------------------------
-    async def evaluate(self, job_id: str) -> None:
+    async def evaluate(self, job_id: str, registry: Any) -> None:
         job = self.store.get_job(job_id)
         if job is None or job["status"] != "succeeded":
             return
@@ -112,7 +109,7 @@ class JobEvaluator:
         plan = plan_for_references([row["messages"][-1]["content"] for row in held_out])
         metadata = job.get("metadata") or {}
         alias = metadata.get(ALIAS_KEY)
-        current = self.registry.aliases.target(alias) if alias else None
+        current = registry.aliases.target(alias) if alias else None
         if current == job["fine_tuned_model"]:
             current = None
         self._set(job_id, status="running", rows=len(held_out), metric=plan.primary)
@@ -122,19 +119,22 @@ class JobEvaluator:
         record, report_dir = await self._run_eval(job, plan, current)
         decision = decide(record, candidate=CANDIDATE, metric=plan.primary, margin=plan.margin,
                           current=CURRENT if current else None)
-        summary = self._summary(job, record, plan, decision.to_dict(), report_dir, alias, current)
+        evidence = decision.to_dict()
+        summary = self._summary(job, record, plan, evidence, report_dir, alias, current)
         result = self.files.add_result(json.dumps(summary, indent=2).encode(),
                                        f"{job_id}-evaluation.json")
         self.store.update_job(job_id, result_files=[result.id])
-        self.store.add_event(job_id, _figures_message(summary), data=summary["figures"])
+        figures = _figures_message(summary)
+        self.store.add_event(job_id, figures, data=summary["figures"])
         verdict = "beats the base" if decision.beats_base else "does not beat the base"
-        promotion = self._promote(job, alias, decision, summary, result.id) if alias else None
-        self._set(job_id, status="done", verdict=verdict, promoted=bool(promotion),
+        promoted = alias is not None and self._promote(registry, job, alias, decision, summary,
+                                                       result.id)
+        self._set(job_id, status="done", verdict=verdict, promoted=promoted,
                   alias=alias, report=summary["report"], result_file=result.id,
-                  decision=decision.to_dict(), figures=summary["figures"])
+                  decision=evidence, figures=summary["figures"])
         message = f"Verdict: {job['fine_tuned_model']} {verdict} ({decision.summary()})."
         self.store.add_event(job_id, message, data={"verdict": verdict})
-        log.info("job %s: %s %s", job_id, _figures_message(summary), message)
+        log.info("job %s: %s %s", job_id, figures, message)
 
     async def _run_eval(self, job: dict[str, Any], plan: EvalPlan,
                         current: str | None) -> tuple[dict[str, Any], Path]:
@@ -144,7 +144,7 @@ class JobEvaluator:
         models = f"base,{CANDIDATE}={job['fine_tuned_model']}"
         if current:
             models += f",{CURRENT}={current}"
-        output_root = self.reports_root
+        output_root = self.reports_root()
         argv = [sys.executable, "-m", "tuneserve.cli", "eval", "run", str(suite_path),
                 "--models", models, "--server", self.server_url, "--output-dir", str(output_root)]
         if current:  # the current target may have trained on some of these rows
@@ -165,15 +165,15 @@ class JobEvaluator:
             raise RuntimeError(f"the job's file {file_id} was deleted; nothing to evaluate on")
         return record["path"]
 
-    def _promote(self, job: dict[str, Any], alias: str, decision: Any,
+    def _promote(self, registry: Any, job: dict[str, Any], alias: str, decision: Any,
                  summary: dict[str, Any], result_file: str) -> bool:
         name, actor = job["fine_tuned_model"], f"job:{job['id']}"
         evidence = {"report": summary["report"], "result_file": result_file,
-                    "gate": decision.to_dict()}
+                    "gate": summary["decision"]}
         auto = str((job.get("metadata") or {}).get(AUTO_PROMOTE_KEY, "true")).lower() != "false"
         if not decision.promote:
-            self.registry.refuse(alias, name, actor=actor, reason=decision.summary(),
-                                 evidence=evidence)
+            registry.refuse(alias, name, actor=actor, reason=decision.summary(),
+                            evidence=evidence)
             self.store.add_event(job["id"], f"Not promoted to alias {alias}: "
                                  f"{decision.summary()}.", level="warn")
             return False
@@ -182,8 +182,8 @@ class JobEvaluator:
                                  f"job (metadata.{AUTO_PROMOTE_KEY}=false). Promote with POST "
                                  f"/v1/aliases/{alias}/promote.")
             return False
-        self.registry.promote(alias, name, actor=actor, reason=decision.summary(),
-                              evidence=evidence)
+        registry.promote(alias, name, actor=actor, reason=decision.summary(),
+                          evidence=evidence)
         self.store.add_event(job["id"], f"Promoted: alias {alias} now serves {name}.")
         return True
 
@@ -200,8 +200,7 @@ class JobEvaluator:
                                 if k in comp}
                         for label, comp in record["comparisons"].items()},
         }
-        rel = report_dir.relative_to(self.reports_root) if report_dir.is_relative_to(
-            self.reports_root) else report_dir.name
+        rel = report_dir.name  # a folder directly under the reports root (see _run_eval)
         return {
             "object": "fine_tuning.job.evaluation",
             "job": job["id"], "adapter": job["fine_tuned_model"], "alias": alias,

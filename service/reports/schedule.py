@@ -161,6 +161,21 @@ def eval_command(entry: EvalSchedule, server_url: str, output_dir: Path) -> list
     ]
 
 
+def eval_api_key(settings: Any) -> str | None:
+    """The key an in-service evaluation calls the server with. Least privilege: evaluation
+    only needs inference, so a user key when there is one."""
+    keys = [*settings.user_api_keys, *settings.admin_api_keys]
+    return keys[0] if keys else None
+
+
+def app_reports_root(state: Any) -> Path:
+    """Where in-service evaluations write reports: the folder ``/reports`` serves."""
+    from tuneserve.home import reports_dir
+
+    serving = getattr(state, "reports_serving", None)
+    return serving.root if serving is not None else reports_dir()
+
+
 def eval_env(api_key: str | None, base: dict[str, str] | None = None) -> dict[str, str]:
     """The child's environment: ours plus the key, which ``eval run`` reads by default."""
     env = dict(os.environ if base is None else base)
@@ -345,20 +360,16 @@ class EvalScheduler:
 def scheduler_for_app(state: Any) -> EvalScheduler:
     """The scheduler of a ``build_app`` app: runs call this server, write into its reports
     folder and log to ``$TUNESERVE_HOME/eval-schedules/<n>.log``."""
-    from tuneserve.home import reports_dir, tuneserve_home
+    from tuneserve.home import tuneserve_home
 
     settings = state.settings
     server_url = local_server_url(settings.host, settings.port)
-    # Least privilege: evaluation only needs inference, so a user key when there is one.
-    keys = [*settings.user_api_keys, *settings.admin_api_keys]
-    api_key = keys[0] if keys else None
+    api_key = eval_api_key(settings)
     index = {id(entry): i for i, entry in enumerate(settings.eval_schedules)}
 
     async def runner(entry: EvalSchedule) -> int:
-        serving = getattr(state, "reports_serving", None)  # the folder /reports serves
-        output_dir = serving.root if serving is not None else reports_dir()
         log_path = tuneserve_home() / "eval-schedules" / f"{index.get(id(entry), 0)}.log"
-        argv = eval_command(entry, server_url, output_dir)
+        argv = eval_command(entry, server_url, app_reports_root(state))
         return await run_subprocess(argv, eval_env(api_key), log_path)
 
     return EvalScheduler(
