@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 
@@ -22,6 +23,9 @@ from service.adapters.checks import BaseModelShape
 from service.adapters.registry import AdapterRegistry
 from service.adapters.serving import AdaptersServing
 from service.adapters.watcher import AdapterDirWatcher
+from service.batches.runner import BatchRunner
+from service.batches.serving import BatchesService, online_executor
+from service.batches.store import BatchStore
 from service.chat.serving import ChatServing
 from service.completions.serving import CompletionServing
 from service.engine import Engine
@@ -90,7 +94,19 @@ async def _start_serving(app: FastAPI, factory: EngineFactory) -> None:
         await state.watcher.scan()
         state.watcher.start()
     state.ready = True
+    state.batch_runner.execute = online_executor(state)
+    state.batch_runner.start()  # resumes a batch a previous run left unfinished
     logger.info("ready: serving %s with %d adapter(s)", state.base_id, len(registry.list()))
+
+
+def _add_batches(state: Any, settings: Settings) -> None:
+    """The Batch API's store and runner; the runner starts once the engine serves."""
+    store = BatchStore(tuneserve_home() / "batches" / "batches.sqlite")
+    # The FilesService comes from the jobs runtime (the fine-tuning router's lifespan).
+    runner = BatchRunner(store, lambda: state.files_service, execute=None,
+                         concurrency=settings.batch_concurrency)
+    state.batch_runner = runner
+    state.batches = BatchesService(store, runner)
 
 
 def build_app(
@@ -119,6 +135,7 @@ def build_app(
             starting["task"].cancel()
             await asyncio.gather(starting["task"], return_exceptions=True)
             await app.state.eval_scheduler.stop()  # kills a running evaluation
+            await app.state.batch_runner.stop()
             if getattr(app.state, "watcher", None) is not None:
                 await app.state.watcher.stop()
             if getattr(app.state, "engine", None) is not None:
@@ -135,6 +152,7 @@ def build_app(
     app.state.exit_on_engine_failure = exit_on_engine_failure
     app.state.watcher = None
     app.state.eval_scheduler = scheduler_for_app(app.state)
+    _add_batches(app.state, settings)
     register_error_handlers(app)
 
     @app.middleware("http")

@@ -37,9 +37,11 @@ class Engine(Protocol):
     tokenizer: Any
 
     def generate(
-        self, prompt_ids: list[int], params: Any, adapter: AdapterHandle | None, request_id: str
+        self, prompt_ids: list[int], params: Any, adapter: AdapterHandle | None, request_id: str,
+        priority: int = 0,
     ) -> AsyncIterator[Any]:
-        """Stream ``RequestOutput`` deltas; cancelling the iteration aborts the request."""
+        """Stream ``RequestOutput`` deltas; cancelling the iteration aborts the request.
+        A higher ``priority`` value is scheduled later (batch requests)."""
         ...
 
     async def add_adapter(self, handle: AdapterHandle) -> None:
@@ -83,6 +85,8 @@ def engine_args(settings: Settings, model_path: Path, served_name: str):
         max_cpu_loras=settings.max_cpu_loras,
         max_num_seqs=settings.max_num_seqs,
         seed=settings.seed,
+        # Online requests (priority 0) go before queued batch requests (service/batches).
+        scheduling_policy="priority",
         disable_log_stats=False,  # keeps vLLM's Prometheus engine metrics on /metrics
     )
 
@@ -128,7 +132,8 @@ class VllmEngine:
         return cls(llm, model_path)
 
     def generate(
-        self, prompt_ids: list[int], params: Any, adapter: AdapterHandle | None, request_id: str
+        self, prompt_ids: list[int], params: Any, adapter: AdapterHandle | None, request_id: str,
+        priority: int = 0,
     ) -> AsyncIterator[Any]:
         from vllm.inputs import TokensPrompt
 
@@ -137,6 +142,7 @@ class VllmEngine:
             params,
             request_id,
             lora_request=self._lora_request(adapter),
+            priority=priority,
         )
 
     @staticmethod

@@ -102,7 +102,7 @@ class Generator:
 
     async def stream(
         self, model: str, prompt_ids: list[int], params: Any, adapter: AdapterHandle | None,
-        request_id: str,
+        request_id: str, priority: int = 0,
     ) -> AsyncIterator[Any]:
         """Engine outputs for one prompt; records TTFT, latency and token counts.
 
@@ -112,7 +112,7 @@ class Generator:
         first = True
         completion_tokens = 0
         metrics.PROMPT_TOKENS.labels(model).inc(len(prompt_ids))
-        outputs = self.engine.generate(prompt_ids, params, adapter, request_id)
+        outputs = self.engine.generate(prompt_ids, params, adapter, request_id, priority)
         try:
             async for output in outputs:
                 new_tokens = sum(len(o.token_ids) for o in output.outputs)

@@ -14,7 +14,8 @@ ROUTERS: list[str] = [
     "service.adapters.api_router",
     "service.aliases.api_router",  # stable names for adapters: promote, roll back
     "service.files.api_router",
-    "service.fine_tuning.api_router",  # its lifespan runs the fine-tuning job supervisor
+    "service.fine_tuning.api_router",
+    "service.batches.api_router",  # /v1/batches: request files run behind online traffic  # its lifespan runs the fine-tuning job supervisor
     "service.reports.api_router",  # evaluation reports under $TUNESERVE_HOME/reports
     "ui.mount",  # the Gradio UI at /ui (mount(app)); TUNESERVE_UI=0 leaves it out
 ]

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(
         64, ge=1, description="Requests admitted at once; more get 429 with Retry-After."
     )
+    batch_concurrency: int = Field(
+        4, ge=1, description="Requests of a /v1/batches batch run at once (behind online "
+        "requests, which the engine schedules first).")
     max_upload_mb: int = Field(512, ge=1, description="Largest adapter archive accepted.")
     seed: int = Field(0, description="Engine seed (per-request `seed` overrides).")
     eval_schedules: Annotated[list[EvalSchedule], NoDecode] = Field(

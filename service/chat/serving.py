@@ -57,7 +57,9 @@ class ChatServing:
             logprobs=(request.top_logprobs or 0) if request.logprobs else None,
         )
 
-    async def create(self, request: ChatCompletionRequest) -> dict[str, Any] | AsyncIterator[dict]:
+    async def create(
+        self, request: ChatCompletionRequest, *, priority: int = 0
+    ) -> dict[str, Any] | AsyncIterator[dict]:
         """A response dict, or (``stream=true``) an iterator of chunk dicts.
 
         Raises ServiceError subclasses (404 unknown model, 400 bad input, 429 overload)
@@ -69,7 +71,7 @@ class ChatServing:
         request_id = new_id("chatcmpl")
         admission = self.gen.admitted(request.model)
         await admission.__aenter__()
-        stream = self.gen.stream(request.model, prompt_ids, params, adapter, request_id)
+        stream = self.gen.stream(request.model, prompt_ids, params, adapter, request_id, priority)
         if request.stream:
             return self._chunks(request, request_id, prompt_ids, stream, admission)
         try:

@@ -85,7 +85,9 @@ class CompletionServing:
             logprobs=request.logprobs, prompt_logprobs=prompt_logprobs,
         )
 
-    async def create(self, request: CompletionRequest) -> dict[str, Any] | AsyncIterator[dict]:
+    async def create(
+        self, request: CompletionRequest, *, priority: int = 0
+    ) -> dict[str, Any] | AsyncIterator[dict]:
         """A response dict, or (``stream=true``) an iterator of chunk dicts."""
         adapter = self.gen.resolve(request.model)
         if request.suffix:
@@ -98,7 +100,7 @@ class CompletionServing:
         admission = self.gen.admitted(request.model)
         await admission.__aenter__()
         streams = [
-            self.gen.stream(request.model, ids, p, adapter, f"{request_id}-{i}")
+            self.gen.stream(request.model, ids, p, adapter, f"{request_id}-{i}", priority)
             for i, ((_, ids), p) in enumerate(zip(prompts, params, strict=True))
         ]
         merged = merge_streams(streams)

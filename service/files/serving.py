@@ -12,11 +12,14 @@ from pathlib import Path
 
 from fastapi import UploadFile
 
+from service.batches.input import check_upload
 from service.errors import BadRequest, NotFound, ServiceError
 from service.files.protocol import FileDeleted, FileList, FileObject
 from service.jobs.store import JobStore, new_id
 from tuneserve.errors import UserError
 
+# Purposes a client may upload (the others are files the server makes).
+UPLOAD_PURPOSES = ("fine-tune", "batch")
 # Extensions the dataset loaders read from a single uploaded file.
 DATASET_SUFFIXES = (".jsonl", ".json", ".csv")
 _CHUNK = 1 << 20
@@ -41,14 +44,18 @@ class FilesService:
 
     async def create(self, upload: UploadFile, purpose: str) -> FileObject:
         """Validate and store one upload; raises BadRequest with the report on bad rows."""
-        if purpose != "fine-tune":
+        if purpose not in UPLOAD_PURPOSES:
             raise BadRequest(
                 f"purpose {purpose!r} is not supported here: this server accepts files with "
-                "purpose 'fine-tune' (training and validation data for fine-tuning jobs)",
+                "purpose 'fine-tune' (training and validation data for fine-tuning jobs) or "
+                "'batch' (a JSONL of requests for /v1/batches)",
                 param="purpose", code="invalid_purpose",
             )
         filename = Path(upload.filename or "upload.jsonl").name  # never a client path
         suffix = Path(filename).suffix.lower()
+        if purpose == "batch" and suffix != ".jsonl":
+            raise BadRequest(f"file {filename!r}: a batch input file is JSON lines (.jsonl)",
+                             param="file", code="invalid_file_format")
         if suffix not in DATASET_SUFFIXES:
             raise BadRequest(
                 f"file {filename!r} has an unsupported extension; upload JSON lines (.jsonl), "
@@ -59,7 +66,8 @@ class FilesService:
         path = self.store.files_dir / f"{file_id}{suffix}"
         size = await self._save(upload, path)
         try:
-            rows = await asyncio.to_thread(_validate, path, filename)
+            check = check_upload if purpose == "batch" else _validate
+            rows = await asyncio.to_thread(check, path, filename)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -81,14 +89,15 @@ class FilesService:
                                      size=path.stat().st_size, path=path, rows=rows)
         return file_object(record)
 
-    def add_result(self, content: bytes, filename: str) -> FileObject:
-        """Store a file the server made for a job (OpenAI's purpose ``fine-tune-results``)."""
+    def add_result(self, content: bytes, filename: str,
+                   purpose: str = "fine-tune-results") -> FileObject:
+        """Store a file the server made: a job's results (``fine-tune-results``) or a
+        batch's output and errors (``batch_output``)."""
         file_id = new_id("file")
         path = self.store.files_dir / f"{file_id}{Path(filename).suffix.lower()}"
         path.write_bytes(content)
         record = self.store.add_file(file_id=file_id, filename=filename,
-                                     purpose="fine-tune-results", size=len(content), path=path,
-                                     rows=None)
+                                     purpose=purpose, size=len(content), path=path, rows=None)
         return file_object(record)
 
     async def _save(self, upload: UploadFile, path: Path) -> int:

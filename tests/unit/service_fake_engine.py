@@ -44,9 +44,11 @@ class FakeEngine:
     aborted: list[str] = field(default_factory=list)
     fail_add: str | None = None
     calls: list[tuple[list[int], Any, Any]] = field(default_factory=list)
+    priorities: list[int] = field(default_factory=list)
 
-    async def generate(self, prompt_ids, params, adapter, request_id):
+    async def generate(self, prompt_ids, params, adapter, request_id, priority=0):
         self.calls.append((prompt_ids, params, adapter))
+        self.priorities.append(priority)
         suffix = f" ({adapter.name})" if adapter else ""
         ids = self.tokenizer(self.reply + suffix, add_special_tokens=False)["input_ids"]
         ids = ids[: params.max_tokens]

@@ -1,0 +1,1 @@
+"""The OpenAI Batch API: ``/v1/batches`` over an uploaded JSONL of requests."""

@@ -1,0 +1,210 @@
+"""Runs batches behind interactive traffic: one batch at a time, a bounded number of its
+requests at once, each with a lower vLLM priority than any online request.
+
+Interactive requests keep priority twice over: the engine runs vLLM's ``priority``
+scheduling policy, so a waiting online request (priority 0) is scheduled before every
+waiting batch request (``BATCH_PRIORITY``) and, when the KV cache runs short, batch
+requests are preempted first; and the runner never holds more than ``concurrency`` engine
+slots, so online requests always find room in the running batch.
+
+Restart safety comes from the store: every answer is stored the moment it is complete, and
+a restarted runner resumes the oldest unfinished batch with only its unanswered requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.batches.input import read_lines
+from service.batches.store import BatchStore, now
+from service.errors import BadRequest, ServiceError, error_body, validation_message
+from service.jobs.store import new_id
+
+log = logging.getLogger(__name__)
+BATCH_PRIORITY = 1  # vLLM: lower runs first; online requests use 0
+# (url, body) -> the response body of one request, as the online endpoint returns it.
+Execute = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class BatchRunner:
+    def __init__(self, store: BatchStore, files: Callable[[], Any], execute: Execute | None,
+                 concurrency: int) -> None:
+        self.store = store
+        self.files = files  # the FilesService (created by the jobs runtime)
+        self.execute = execute
+        self.concurrency = max(1, concurrency)
+        self._wake = asyncio.Event()
+        self._cancelled: set[str] = set()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="batch-runner")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def wake(self) -> None:
+        """A batch was created or cancelled."""
+        self._wake.set()
+
+    def cancel(self, batch_id: str) -> None:
+        self._cancelled.add(batch_id)
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            batch = await asyncio.to_thread(self.store.next_active)
+            if batch is None:
+                await self._wake.wait()
+                continue
+            try:
+                await self._run(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug must fail this batch, not stop every batch
+                log.exception("batch %s failed", batch["id"])
+                await asyncio.to_thread(
+                    self.store.set_status, batch["id"], "failed",
+                    errors={"object": "list", "data": [
+                        {"code": "server_error", "message": f"the batch failed: {exc}"}]})
+
+    async def _run(self, batch: dict[str, Any]) -> None:
+        batch_id = batch["id"]
+        if batch["status"] == "validating" and not await self._validate(batch):
+            return
+        if batch["status"] in ("validating", "in_progress"):
+            await self._answer_pending(batch)
+        await self._finalize(batch_id)
+
+    async def _validate(self, batch: dict[str, Any]) -> bool:
+        """Store the batch's requests; fail the batch with line-numbered errors otherwise."""
+        try:
+            path = self.files().path(batch["input_file_id"])
+            requests, errors = await asyncio.to_thread(read_lines, path)
+        except ServiceError as exc:  # the input file was deleted meanwhile
+            requests, errors = [], [_error(exc.message, "input_file_id", None, exc.code)]
+        else:
+            errors = [_error(e.message, e.param, e.line or None, e.code) for e in errors]
+        wrong_url = [r for r in requests if r.url != batch["endpoint"]]
+        errors += [_error(f"url {r.url!r} differs from the batch's endpoint "
+                          f"{batch['endpoint']!r}", "url", r.line, "invalid_url")
+                   for r in wrong_url]
+        if errors:
+            await asyncio.to_thread(self.store.set_status, batch["id"], "failed",
+                                    errors={"object": "list", "data": errors})
+            return False
+        await asyncio.to_thread(self.store.start, batch["id"], requests)
+        return True
+
+    async def _answer_pending(self, batch: dict[str, Any]) -> None:
+        batch_id = batch["id"]
+        pending = await asyncio.to_thread(self.store.pending, batch_id)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        for row in pending:
+            queue.put_nowait(row)
+
+        async def worker() -> None:
+            while not queue.empty() and not self._stopping(batch):
+                row = queue.get_nowait()
+                answer = await self._answer(row)
+                await asyncio.to_thread(self.store.finish_request, batch_id, row["line"],
+                                        *answer)
+
+        workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
+        cancel_watch = asyncio.create_task(self._until_cancelled(batch_id))
+        running = set(workers)
+        try:
+            while running:
+                done, _ = await asyncio.wait(running | {cancel_watch},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if cancel_watch in done:
+                    # Requests in flight are aborted: left unanswered, so not in the output.
+                    for task in running:
+                        task.cancel()
+                    await asyncio.gather(*running, return_exceptions=True)
+                    return
+                running -= done
+                for task in done:
+                    if task.exception() is not None:
+                        raise task.exception()
+        finally:
+            cancel_watch.cancel()
+            for task in workers:
+                task.cancel()
+
+    def _stopping(self, batch: dict[str, Any]) -> bool:
+        return batch["id"] in self._cancelled or now() >= batch["expires_at"]
+
+    async def _until_cancelled(self, batch_id: str) -> None:
+        while batch_id not in self._cancelled:
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def _answer(self, row: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """(status code, response) for one request; errors become their OpenAI error body."""
+        try:
+            body = await self.execute(row["url"], row["body"])
+            status = 200
+        except ValidationError as exc:
+            message, param = validation_message(exc)
+            status, body = 400, error_body(BadRequest(message, param=param))
+        except ServiceError as exc:
+            status, body = int(exc.status_code), error_body(exc)
+        return status, {"status_code": status, "request_id": body.get("id") or new_id("req"),
+                        "body": body}
+
+    async def _finalize(self, batch_id: str) -> None:
+        """Write the output and error files and end the batch (cancelled, expired or
+        completed)."""
+        batch = await asyncio.to_thread(self.store.get, batch_id)
+        if batch["status"] in ("failed", "completed", "expired", "cancelled"):
+            return
+        cancelled = batch_id in self._cancelled or batch["status"] == "cancelling"
+        expired = not cancelled and now() >= batch["expires_at"]
+        if not cancelled and not expired:
+            await asyncio.to_thread(self.store.set_status, batch_id, "finalizing")
+        answered = await asyncio.to_thread(self.store.answered, batch_id)
+        output = [_output_line(r) for r in answered if r["status_code"] == 200]
+        errors = [_output_line(r) for r in answered if r["status_code"] != 200]
+        if expired:
+            errors += [{"id": new_id("batch_req"), "custom_id": r["custom_id"], "response": None,
+                        "error": {"code": "batch_expired",
+                                  "message": "this request could not be executed before the "
+                                  "completion window expired"}}
+                       for r in await asyncio.to_thread(self.store.pending, batch_id)]
+        files = self.files()
+        output_id = _write(files, output, f"{batch_id}_output.jsonl")
+        error_id = _write(files, errors, f"{batch_id}_error.jsonl")
+        status = "cancelled" if cancelled else "expired" if expired else "completed"
+        await asyncio.to_thread(self.store.set_status, batch_id, status,
+                                output_file_id=output_id, error_file_id=error_id)
+        self._cancelled.discard(batch_id)
+        log.info("batch %s %s: %d answered, %d errors", batch_id, status, len(output),
+                 len(errors))
+
+
+def _error(message: str, param: str | None, line: int | None, code: str) -> dict[str, Any]:
+    return {"code": code, "message": message, "param": param, "line": line}
+
+
+def _output_line(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": new_id("batch_req"), "custom_id": row["custom_id"],
+            "response": row["response"], "error": None}
+
+
+def _write(files: Any, lines: list[dict[str, Any]], filename: str) -> str | None:
+    """A ``batch_output`` file with ``lines``; None when there is nothing to write (as
+    OpenAI leaves ``error_file_id`` empty for a batch without errors)."""
+    if not lines:
+        return None
+    content = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    return files.add_result(content.encode(), filename, purpose="batch_output").id

@@ -1,0 +1,226 @@
+"""The Batch API against the real app with the fake engine (fast): input checks, the
+OpenAI SDK's batches calls, output/error files, priority, cancel and resume after a
+restart. The real engine (and kill -9) runs in tests/integration/test_batches_server.py."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import openai
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import build_app
+from service.batches.input import read_lines
+from service.batches.store import BatchStore
+from service.settings import Settings
+from tests.unit.service_fake_engine import FakeEngine
+
+
+def _factory(holder: dict, **kw):
+    def factory(settings, model_path: Path, base_id: str):
+        from transformers import AutoTokenizer
+
+        holder["engine"] = FakeEngine(model_path=model_path,
+                                      tokenizer=AutoTokenizer.from_pretrained(model_path), **kw)
+        return holder["engine"]
+
+    return factory
+
+
+class Server:
+    """The app in a TestClient, and the OpenAI SDK talking to it through that client."""
+
+    def __init__(self, model_dir: Path, engine_kw: dict | None = None, **settings_kw) -> None:
+        self.holder: dict = {}
+        settings = Settings(base_model=str(model_dir), served_model_name="tiny", **settings_kw)
+        self.http = TestClient(build_app(settings, _factory(self.holder, **(engine_kw or {}))))
+        self.http.__enter__()
+        deadline = time.monotonic() + 10
+        while self.http.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, "the app did not become ready"
+            time.sleep(0.02)
+        self.sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="unused",
+                                 http_client=self.http)
+
+    @property
+    def engine(self) -> FakeEngine:
+        return self.holder["engine"]
+
+    def close(self) -> None:
+        self.http.__exit__(None, None, None)
+
+    def upload(self, lines: list[dict]) -> str:
+        data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        return self.sdk.files.create(file=("requests.jsonl", io.BytesIO(data)),
+                                     purpose="batch").id
+
+    def wait(self, batch_id: str, statuses=("completed", "failed", "cancelled", "expired")):
+        deadline = time.monotonic() + 30
+        while (batch := self.sdk.batches.retrieve(batch_id)).status not in statuses:
+            assert time.monotonic() < deadline, f"batch stuck in {batch.status}"
+            time.sleep(0.02)
+        return batch
+
+    def lines(self, file_id: str | None) -> list[dict]:
+        if file_id is None:
+            return []
+        return [json.loads(x) for x in self.sdk.files.content(file_id).text.splitlines()]
+
+
+@pytest.fixture
+def server_factory(tiny_model_dir, isolated_home, monkeypatch):
+    monkeypatch.setenv("TUNESERVE_UI", "0")
+    servers: list[Server] = []
+
+    def make(**kw) -> Server:
+        servers.append(Server(tiny_model_dir, **kw))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def _chat(custom_id: str, content: str = "list containers", **body) -> dict:
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "tiny", "messages": [{"role": "user", "content": content}],
+                     "max_tokens": 8, **body}}
+
+
+def test_input_lines_report_every_problem_with_its_line(tmp_path):
+    path = tmp_path / "in.jsonl"
+    good = _chat("a")
+    path.write_text("\n".join([
+        json.dumps(good), "not json", json.dumps({**good, "method": "GET"}),
+        json.dumps({**good, "url": "/v1/embeddings"}), json.dumps(good),
+        json.dumps({**good, "custom_id": "b", "extra": 1}), json.dumps({**good, "custom_id": ""}),
+    ]) + "\n")
+    requests, errors = read_lines(path)
+    assert [r.custom_id for r in requests] == ["a"]
+    assert [(e.line, e.param) for e in errors] == [
+        (2, None), (3, "method"), (4, "url"), (5, "custom_id"), (6, "extra"), (7, "custom_id")]
+    assert errors[3].code == "duplicate_custom_id"
+
+
+def test_batch_answers_like_the_online_endpoint_behind_online_priority(server_factory):
+    server = server_factory()
+    requests = [_chat(f"r{i}", f"question {i}") for i in range(5)]
+    requests.append(_chat("bad-model", model="nope"))
+    requests.append({**_chat("completion"), "url": "/v1/completions",
+                     "body": {"model": "tiny", "prompt": "docker", "max_tokens": 4}})
+    requests[-1]["url"] = "/v1/chat/completions"  # a completions body on the chat endpoint
+    batch = server.sdk.batches.create(input_file_id=server.upload(requests),
+                                      endpoint="/v1/chat/completions", completion_window="24h",
+                                      metadata={"purpose": "test"})
+    assert batch.status == "validating" and batch.metadata == {"purpose": "test"}
+    batch = server.wait(batch.id)
+    assert batch.status == "completed", batch
+    assert batch.request_counts.model_dump() == {"total": 7, "completed": 5, "failed": 2}
+    assert batch.completed_at and batch.in_progress_at and batch.finalizing_at
+
+    output = server.lines(batch.output_file_id)
+    assert [line["custom_id"] for line in output] == [f"r{i}" for i in range(5)]
+    online = server.sdk.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "question 0"}], max_tokens=8)
+    first = output[0]["response"]
+    assert first["status_code"] == 200 and first["request_id"] == first["body"]["id"]
+    assert first["body"]["choices"][0]["message"] == online.choices[0].message.model_dump(
+        exclude_none=True) | {"content": online.choices[0].message.content}
+    errors = {line["custom_id"]: line["response"] for line in server.lines(batch.error_file_id)}
+    assert errors["bad-model"]["status_code"] == 404
+    assert errors["completion"]["status_code"] == 400
+    assert errors["completion"]["body"]["error"]["param"] == "messages"
+    # Every batch request went to the engine behind online requests (vLLM priority 1).
+    assert server.engine.priorities.count(1) == 5 and server.engine.priorities[-1] == 0
+    assert server.sdk.files.retrieve(batch.output_file_id).purpose == "batch_output"
+
+
+def test_a_bad_input_file_fails_the_batch_with_line_numbers(server_factory):
+    server = server_factory()
+    upload = server.upload([_chat("a"), {**_chat("b"), "url": "/v1/completions"}])
+    batch = server.wait(server.sdk.batches.create(
+        input_file_id=upload, endpoint="/v1/chat/completions", completion_window="24h").id)
+    assert batch.status == "failed" and batch.failed_at
+    assert [(e.line, e.param, e.code) for e in batch.errors.data] == [(2, "url", "invalid_url")]
+    assert server.engine.calls == []
+
+
+def test_bad_requests_are_refused_by_name(server_factory):
+    server = server_factory()
+    fine_tune = server.sdk.files.create(
+        file=("train.jsonl", io.BytesIO(b'{"prompt": "a", "completion": "b"}\n')),
+        purpose="fine-tune").id
+    cases = [
+        ({"input_file_id": fine_tune, "endpoint": "/v1/chat/completions",
+          "completion_window": "24h"}, 400, "input_file_id"),
+        ({"input_file_id": "file-missing", "endpoint": "/v1/chat/completions",
+          "completion_window": "24h"}, 404, "input_file_id"),
+        ({"input_file_id": fine_tune, "endpoint": "/v1/embeddings",
+          "completion_window": "24h"}, 400, "endpoint"),
+        ({"input_file_id": fine_tune, "endpoint": "/v1/chat/completions",
+          "completion_window": "1h"}, 400, "completion_window"),
+        ({"input_file_id": fine_tune, "endpoint": "/v1/chat/completions",
+          "completion_window": "24h", "output_expires_after": {"seconds": 3600}}, 400,
+         "output_expires_after"),
+    ]
+    for body, status, param in cases:
+        response = server.http.post("/v1/batches", json=body)
+        assert response.status_code == status, (body, response.text)
+        assert response.json()["error"]["param"] == param
+    bad_upload = server.http.post(
+        "/v1/files", data={"purpose": "batch"},
+        files={"file": ("in.jsonl", b'{"custom_id": "a", "method": "POST"}\n')})
+    assert bad_upload.status_code == 400 and "line 1" in bad_upload.json()["error"]["message"]
+    assert server.http.get("/v1/batches/batch-missing").status_code == 404
+
+
+def test_cancel_keeps_what_was_answered_and_stops_the_rest(server_factory):
+    server = server_factory(engine_kw={"delay_s": 0.05}, batch_concurrency=1)
+    upload = server.upload([_chat(f"r{i}") for i in range(40)])
+    batch = server.sdk.batches.create(input_file_id=upload, endpoint="/v1/chat/completions",
+                                      completion_window="24h")
+    server.wait(batch.id, statuses=("in_progress",))
+    while server.sdk.batches.retrieve(batch.id).request_counts.completed < 2:
+        time.sleep(0.02)
+    assert server.sdk.batches.cancel(batch.id).status in ("cancelling", "cancelled")
+    batch = server.wait(batch.id)
+    assert batch.status == "cancelled" and batch.cancelled_at
+    answered = server.lines(batch.output_file_id)
+    assert 2 <= len(answered) < 40 == batch.request_counts.total
+    assert len(answered) == batch.request_counts.completed
+    assert server.engine.aborted  # the request in flight was aborted in the engine
+    again = server.http.post(f"/v1/batches/{batch.id}/cancel")
+    assert again.status_code == 400 and again.json()["error"]["code"] == "invalid_state"
+    listed = server.sdk.batches.list(limit=5)
+    assert [b.id for b in listed.data] == [batch.id]
+
+
+def test_a_restart_resumes_with_only_the_unanswered_requests(server_factory, isolated_home):
+    server = server_factory()
+    upload = server.upload([_chat(f"r{i}") for i in range(6)])
+    server.close()
+    # A batch a killed server left mid-way: validated, two requests already answered.
+    store = BatchStore(isolated_home / "batches" / "batches.sqlite")
+    store.add(batch_id="batch-left", endpoint="/v1/chat/completions", input_file_id=upload,
+              completion_window="24h", metadata=None, expires_at=int(time.time()) + 3600)
+    from service.batches.input import read_lines as lines_of
+    from service.jobs.store import JobStore
+
+    path = JobStore(isolated_home / "jobs").get_file(upload)["path"]
+    store.start("batch-left", lines_of(Path(path))[0])
+    for line in (1, 2):
+        store.finish_request("batch-left", line, 200, {"status_code": 200, "request_id": "x",
+                                                       "body": {"earlier": line}})
+
+    restarted = server_factory()
+    batch = restarted.wait("batch-left")
+    assert batch.status == "completed"
+    assert batch.request_counts.model_dump() == {"total": 6, "completed": 6, "failed": 0}
+    assert len(restarted.engine.calls) == 4  # only the unanswered ones ran
+    output = restarted.lines(batch.output_file_id)
+    assert [line["custom_id"] for line in output] == [f"r{i}" for i in range(6)]
+    assert [line["response"]["body"].get("earlier") for line in output[:2]] == [1, 2]
