@@ -38,12 +38,13 @@ from service.errors import (
 from service.generation import Generator
 from service.models.serving import ModelsServing
 from service.reports.schedule import scheduler_for_app
+from service.responses.serving import ResponsesServing
 from service.routers import ROUTERS
 from service.settings import Settings
 from tuneserve.home import tuneserve_home
 
 logger = logging.getLogger(__name__)
-_INFERENCE_PATHS = {"/v1/chat/completions", "/v1/completions"}
+_INFERENCE_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/responses"}
 EngineFactory = Callable[[Settings, Path, str], Engine]
 
 
@@ -82,6 +83,7 @@ async def _start_serving(app: FastAPI, factory: EngineFactory) -> None:
     state.generator = generator
     state.chat_serving = ChatServing(generator, engine.tokenizer)
     state.completion_serving = CompletionServing(generator, engine.tokenizer)
+    state.responses_serving = ResponsesServing(state.chat_serving)
     state.models_serving = ModelsServing(state.base_id, str(state.model_path),
                                          engine.max_model_len, registry, int(time.time()))
     state.adapters_serving = AdaptersServing(registry, home / "uploaded-adapters" / state.base_id,

@@ -11,6 +11,7 @@ ROUTERS: list[str] = [
     "service.models.api_router",
     "service.chat.api_router",
     "service.completions.api_router",
+    "service.responses.api_router",  # /v1/responses: a minimal Responses API over chat
     "service.adapters.api_router",
     "service.aliases.api_router",  # stable names for adapters: promote, roll back
     "service.files.api_router",

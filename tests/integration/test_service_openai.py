@@ -96,6 +96,24 @@ def test_chat_non_stream_and_stream_agree(client, live_server):
     assert chunks[-1].usage.completion_tokens == response.usage.completion_tokens
 
 
+def test_responses_answer_as_chat_does(client, live_server):
+    """/v1/responses is the chat path in another envelope: same greedy text, streamed too."""
+    chat = client.chat.completions.create(
+        model=live_server.model_id, max_tokens=12, temperature=0,
+        messages=[{"role": "system", "content": "You answer with docker commands."},
+                  *MESSAGES])
+    kwargs = dict(model=live_server.model_id, instructions="You answer with docker commands.",
+                  input=MESSAGES, max_output_tokens=12, temperature=0)
+    response = client.responses.create(**kwargs)
+    assert response.output_text == chat.choices[0].message.content
+    assert response.usage.input_tokens == chat.usage.prompt_tokens
+    assert (response.status == "incomplete") == (chat.choices[0].finish_reason == "length")
+    events = list(client.responses.create(**kwargs, stream=True))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == \
+        response.output_text
+    assert events[-1].response.output_text == response.output_text
+
+
 def test_chat_n_seed_and_logprobs(client, live_server):
     response = client.chat.completions.create(
         model=live_server.model_id, messages=MESSAGES, max_tokens=6, n=2, temperature=1.0,

@@ -51,6 +51,8 @@ class FakeEngine:
         self.priorities.append(priority)
         suffix = f" ({adapter.name})" if adapter else ""
         ids = self.tokenizer(self.reply + suffix, add_special_tokens=False)["input_ids"]
+        # As a model that ends its reply: "stop" when the reply fits, "length" when cut.
+        end_reason = "length" if len(ids) >= params.max_tokens else "stop"
         ids = ids[: params.max_tokens]
         prompt_lp = None
         if params.prompt_logprobs is not None:
@@ -66,7 +68,7 @@ class FakeEngine:
                     if params.logprobs is not None:
                         lp = [{token: FakeLogprob(-0.5, 1, self.tokenizer.decode([token]))}]
                     outs.append(FakeCompletion(i, self.tokenizer.decode([token]), [token], lp,
-                                               "length" if last else None))
+                                               end_reason if last else None))
                 yield FakeOutput(outs, prompt_lp if step == 0 else None, last)
         except asyncio.CancelledError:
             self.aborted.append(request_id)
