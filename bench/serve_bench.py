@@ -78,22 +78,31 @@ def start_tuneserve(args, model_dir: Path, adapters: dict[str, Path], work: Path
     adapters_dir.mkdir()
     for name, path in adapters.items():
         (adapters_dir / name).symlink_to(path)
-    env = {**os.environ, "TUNESERVE_HOME": str(work / "home"), "TUNESERVE_UI": "0",
-           "TUNESERVE_USER_API_KEYS": USER_KEY, "TUNESERVE_ADMIN_API_KEYS": ADMIN_KEY}
+    env = {**os.environ, **bind_env(args), "TUNESERVE_HOME": str(work / "home"),
+           "TUNESERVE_UI": "0", "TUNESERVE_USER_API_KEYS": USER_KEY,
+           "TUNESERVE_ADMIN_API_KEYS": ADMIN_KEY}
     cmd = [sys.executable, "-m", "tuneserve.cli", "serve", "--model", str(model_dir),
            "--served-model-name", "base", "--port", str(port), "--kv-cache-space",
            str(args.kv_cache_gib), "--adapters-dir", str(adapters_dir), *engine_flags(args)]
     return cmd, env, port, USER_KEY
 
 
+def bind_env(args) -> dict[str, str]:
+    """The same compute-thread binding for every server (default: each server's own)."""
+    return {"VLLM_CPU_OMP_THREADS_BIND": args.threads_bind} if args.threads_bind else {}
+
+
 def start_stock(args, model_dir: Path, adapters: dict[str, Path], work: Path):
     port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib)}
+    env = {**os.environ, **bind_env(args), "VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib)}
+    # tuneserve's engine runs the priority policy (online before batch requests).
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model",
            str(model_dir), "--served-model-name", "base", "--dtype", "float32",
            "--host", "127.0.0.1", "--port", str(port), "--seed", "0", "--enable-lora",
-           *engine_flags(args), "--lora-modules",
-           *[f"{name}={path}" for name, path in adapters.items()]]
+           "--scheduling-policy", "priority",
+           *engine_flags(args)]
+    if adapters:
+        cmd += ["--lora-modules", *[f"{name}={path}" for name, path in adapters.items()]]
     return cmd, env, port, None
 
 
@@ -302,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--kv-cache-gib", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=1, help="medians over this many runs")
+    parser.add_argument("--threads-bind", help="VLLM_CPU_OMP_THREADS_BIND for every server "
+                        "(e.g. 0-1); default: each server's own default")
     parser.add_argument("--systems", default="vllm-stock,tuneserve,transformers-peft")
     parser.add_argument("--write", type=Path, help="update this Markdown file's Serving section")
     args = parser.parse_args(argv)
