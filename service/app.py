@@ -26,11 +26,11 @@ from service.adapters.watcher import AdapterDirWatcher
 from service.batches.runner import BatchRunner
 from service.batches.serving import BatchesService, online_executor
 from service.batches.store import BatchStore
+from service.body_limits import INFERENCE_PATHS, MULTIPART_SLACK, BodyLimits
 from service.chat.serving import ChatServing
 from service.completions.serving import CompletionServing
 from service.engine import Engine
 from service.errors import (
-    ServiceError,
     Unavailable,
     create_error_response,
     register_error_handlers,
@@ -44,7 +44,6 @@ from service.settings import Settings
 from tuneserve.home import tuneserve_home
 
 logger = logging.getLogger(__name__)
-_INFERENCE_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/responses"}
 EngineFactory = Callable[[Settings, Path, str], Engine]
 
 
@@ -170,24 +169,20 @@ def build_app(
     # Prompts are tokenized on the event loop: a multi-megabyte body would stall every
     # stream for seconds, so inference bodies are bounded before they are read (a prompt
     # past the context is refused anyway; 64 bytes per token of context is generous).
-    max_body = max(1 << 20, settings.max_model_len * 64)
+    # Uploads are bounded while they stream, never spooled past their cap.
+    inference_cap = max(1 << 20, settings.max_model_len * 64)
+    adapter_cap = settings.max_upload_mb * 1024 * 1024 + MULTIPART_SLACK
 
-    @app.middleware("http")
-    async def _bounded_inference_body(request: Request, call_next):
-        if request.method == "POST" and request.url.path in _INFERENCE_PATHS:
-            length = request.headers.get("content-length")
-            error = None
-            if length is None or not length.isdigit():
-                error = ServiceError("send the request body with a Content-Length header",
-                                     code="length_required")
-                error.status_code = 411
-            elif int(length) > max_body:
-                error = ServiceError(f"request body of {length} bytes is over the limit of "
-                                     f"{max_body} bytes", code="payload_too_large")
-                error.status_code = 413
-            if error is not None:
-                return create_error_response(error)
-        return await call_next(request)
+    def body_cap(path: str) -> tuple[int, bool] | None:
+        if path in INFERENCE_PATHS:
+            return inference_cap, True
+        if path == "/v1/adapters":
+            return adapter_cap, False
+        if path == "/v1/files" and getattr(app.state, "files_service", None) is not None:
+            return app.state.files_service.max_upload_bytes + MULTIPART_SLACK, False
+        return None
+
+    app.add_middleware(BodyLimits, cap_for=body_cap)
 
     for module_name in ROUTERS:
         module = importlib.import_module(module_name)

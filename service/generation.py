@@ -85,20 +85,27 @@ class Generator:
 
     # -- admission and streaming -------------------------------------------------------
     @asynccontextmanager
-    async def admitted(self, model: str):
-        """Hold one in-flight slot for the request (429 with Retry-After when full)."""
-        if self.in_flight >= self.max_in_flight:
+    async def admitted(self, model: str, sequences: int = 1):
+        """Hold ``sequences`` in-flight slots for the request (``n`` × prompts: each is a
+        sequence in the engine); 429 with Retry-After when they do not fit now, 400 when
+        they never could."""
+        if sequences > self.max_in_flight:
+            raise BadRequest(
+                f"the request asks for {sequences} sequences (n x prompts), over the server's "
+                f"limit of {self.max_in_flight} in flight; send fewer", param="n",
+            )
+        if self.in_flight + sequences > self.max_in_flight:
             raise Overloaded(
-                f"the server is at its limit of {self.max_in_flight} requests in flight; "
+                f"the server is at its limit of {self.max_in_flight} sequences in flight; "
                 "retry shortly", headers={"Retry-After": "1"},
             )
-        self.in_flight += 1
-        metrics.IN_FLIGHT.labels(model).inc()
+        self.in_flight += sequences
+        metrics.IN_FLIGHT.labels(model).inc(sequences)
         try:
             yield
         finally:
-            self.in_flight -= 1
-            metrics.IN_FLIGHT.labels(model).dec()
+            self.in_flight -= sequences
+            metrics.IN_FLIGHT.labels(model).dec(sequences)
 
     async def stream(
         self, model: str, prompt_ids: list[int], params: Any, adapter: AdapterHandle | None,

@@ -15,7 +15,8 @@ REQUESTS = Counter(
     "tuneserve_requests", "Inference requests by model, endpoint and HTTP status.",
     ["model", "endpoint", "status"],
 )
-IN_FLIGHT = Gauge("tuneserve_requests_in_flight", "Inference requests running now.", ["model"])
+IN_FLIGHT = Gauge("tuneserve_requests_in_flight",
+                  "Inference sequences running now (a request counts n x prompts).", ["model"])
 TTFT = Histogram(
     "tuneserve_time_to_first_token_seconds", "Time from request to first token.", ["model"],
     buckets=_LATENCY_BUCKETS,

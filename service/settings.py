@@ -77,7 +77,8 @@ class Settings(BaseSettings):
     kv_cache_space_gib: int = Field(2, ge=1, description="KV cache size on CPU (whole GiB).")
     dtype: str = Field("float32", description="Weights dtype; float32 on CPUs without bf16.")
     max_in_flight: int = Field(
-        64, ge=1, description="Requests admitted at once; more get 429 with Retry-After."
+        64, ge=1, description="Sequences admitted at once (a request counts n x prompts); "
+        "more get 429 with Retry-After."
     )
     batch_concurrency: int = Field(
         4, ge=1, description="Requests of a /v1/batches batch run at once (behind online "

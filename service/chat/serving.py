@@ -69,7 +69,7 @@ class ChatServing:
         prompt_ids = self._prompt_ids(request)
         params = self._params(request, len(prompt_ids))
         request_id = new_id("chatcmpl")
-        admission = self.gen.admitted(request.model)
+        admission = self.gen.admitted(request.model, request.n)
         await admission.__aenter__()
         stream = self.gen.stream(request.model, prompt_ids, params, adapter, request_id, priority)
         if request.stream:

@@ -97,7 +97,7 @@ class CompletionServing:
         prompts = self._prompts(request)
         params = [self._params(request, len(ids)) for _, ids in prompts]
         request_id = new_id("cmpl")
-        admission = self.gen.admitted(request.model)
+        admission = self.gen.admitted(request.model, request.n * len(prompts))
         await admission.__aenter__()
         streams = [
             self.gen.stream(request.model, ids, p, adapter, f"{request_id}-{i}", priority)

@@ -128,6 +128,53 @@ def test_oversized_body(server):
     assert_error(response, 413, "payload_too_large")
 
 
+def test_a_2gb_upload_is_cut_off_at_the_cap(server):
+    """2 GB streamed to /v1/files without a length: the server stops reading just past its
+    upload cap (TUNESERVE_JOBS_MAX_UPLOAD_MB, 100 MB here), answers 413, and its memory
+    does not grow with the body."""
+    import select
+    import socket
+    from urllib.parse import urlsplit
+
+    import psutil
+
+    from service.body_limits import MULTIPART_SLACK
+
+    cap = 100 * 1_000_000 + MULTIPART_SLACK
+    process = psutil.Process(server.process.pid)
+    rss_before = process.memory_info().rss
+    url = urlsplit(server.base_url)
+    sock = socket.create_connection((url.hostname, url.port), timeout=60)
+    sock.sendall(
+        (f"POST /v1/files HTTP/1.1\r\nHost: {url.netloc}\r\n"
+         f"Authorization: Bearer {server.user_key}\r\nTransfer-Encoding: chunked\r\n"
+         "Content-Type: multipart/form-data; boundary=b\r\n\r\n").encode())
+
+    def chunk(data: bytes) -> bytes:
+        return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+    sock.sendall(chunk(b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n'
+                       b"fine-tune\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; "
+                       b'filename="big.jsonl"\r\n\r\n'))
+    block, sent, peak_rss = chunk(b"x" * (1 << 20)), 0, rss_before
+    try:
+        while sent < 2 << 30 and not select.select([sock], [], [], 0)[0]:
+            sock.sendall(block)
+            sent += 1 << 20
+            if sent % (16 << 20) == 0:
+                peak_rss = max(peak_rss, process.memory_info().rss)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    reply = sock.recv(65536).decode(errors="replace")
+    sock.close()
+    assert reply.startswith("HTTP/1.1 413"), reply[:300]
+    assert '"payload_too_large"' in reply
+    # What the client got into the socket: the cap plus what the kernel buffers hold.
+    assert sent <= cap + (32 << 20), sent
+    assert peak_rss - rss_before < 64 << 20, (rss_before, peak_rss)
+    chat_ok(server)
+
+
 def test_invalid_utf8(server):
     raw = b'{"model": "' + server.model_id.encode() + b'", "messages": [{"role": "user", ' \
           b'"content": "\xff\xfe\xc3\x28"}], "max_tokens": 2}'

@@ -274,6 +274,33 @@ def test_overload_429_with_retry_after(make_client):
     assert results["first"].status_code == 200
 
 
+def test_admission_charges_n_times_prompts(make_client):
+    import threading
+
+    client = make_client(engine_kw={"delay_s": 0.2}, max_in_flight=4)
+    # n x prompts over the whole limit can never run: a 400 naming n, not a retry.
+    too_many = client.post("/v1/completions", json={"model": "tiny", "prompt": ["a", "b", "c"],
+                                                    "n": 2, "max_tokens": 2})
+    _assert_error(too_many, 400, param="n")
+    results = {}
+
+    def three_sequences():
+        results["first"] = client.post("/v1/chat/completions", json=_chat(n=3))
+
+    thread = threading.Thread(target=three_sequences)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not client.engine.calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # 3 of 4 sequences are taken: two more prompts do not fit, one does.
+    two = client.post("/v1/completions", json={"model": "tiny", "prompt": ["a", "b"],
+                                               "max_tokens": 2})
+    one = client.post("/v1/completions", json={"model": "tiny", "prompt": "a", "max_tokens": 2})
+    thread.join()
+    _assert_error(two, 429, "rate_limit_exceeded")
+    assert one.status_code == 200 and results["first"].status_code == 200
+
+
 def test_engine_starting_503_then_failure(tiny_model_dir, isolated_home, monkeypatch):
     import threading
 
