@@ -37,6 +37,7 @@ from service.errors import (
 )
 from service.generation import Generator
 from service.models.serving import ModelsServing
+from service.rate_limits import RateLimiter, RateLimitHeaders
 from service.reports.schedule import scheduler_for_app
 from service.responses.serving import ResponsesServing
 from service.routers import ROUTERS
@@ -183,6 +184,8 @@ def build_app(
         return None
 
     app.add_middleware(BodyLimits, cap_for=body_cap)
+    app.state.rate_limiter = RateLimiter(settings.limits_for)
+    app.add_middleware(RateLimitHeaders)
 
     for module_name in ROUTERS:
         module = importlib.import_module(module_name)

@@ -43,10 +43,14 @@ def role_of(request: Request) -> Role:
     if key is None:
         raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
     if _matches(key, settings.admin_api_keys):
-        return "admin"
-    if _matches(key, settings.user_api_keys):
-        return "user"
-    raise Unauthorized("invalid API key")
+        role: Role = "admin"
+    elif _matches(key, settings.user_api_keys):
+        role = "user"
+    else:
+        raise Unauthorized("invalid API key")
+    # The key is known (matched in constant time above): its project is a plain lookup.
+    request.state.project = settings.key_projects.get(key, "default")
+    return role
 
 
 def require_user(request: Request) -> Role:

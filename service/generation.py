@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from service import metrics
+from service import metrics, rate_limits
 from service.engine import AdapterHandle, Engine
 from service.errors import BadRequest, ModelNotFound, Overloaded, PromptTooLong, Unavailable
 
@@ -141,6 +141,7 @@ class Generator:
             # Close the engine stream now (not at garbage collection): an unfinished
             # request is aborted in the engine as soon as its client is gone.
             await outputs.aclose()
+            rate_limits.charge_tokens(len(prompt_ids) + completion_tokens)
             metrics.COMPLETION_TOKENS.labels(model).inc(completion_tokens)
             metrics.E2E.labels(model).observe(time.perf_counter() - started)
 

@@ -9,7 +9,14 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.reports.schedule import COMPACT_FORM, EvalSchedule, parse_schedules
@@ -25,6 +32,12 @@ def _split_keys(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+class ProjectLimits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
 
 
 class Settings(BaseSettings):
@@ -55,8 +68,20 @@ class Settings(BaseSettings):
         repr=False,
     )
     api_keys_file: Path | None = Field(
-        None, description='JSON file {"user": [...], "admin": [...]} with more keys.'
+        None, description='JSON file with more keys: {"user": [...], "admin": [...]} (project '
+        '"default"), and/or {"keys": [{"key", "project", "role"}], "projects": {name: '
+        '{"requests_per_minute", "tokens_per_minute"}}}.'
     )
+    # Filled from the keys file: which project each key belongs to (keys of the plain
+    # lists and of the environment belong to "default"), and per-project limits.
+    key_projects: dict[str, str] = Field(default_factory=dict, repr=False, exclude=True)
+    project_limits: dict[str, ProjectLimits] = Field(default_factory=dict)
+    rate_limit_requests_per_minute: int | None = Field(
+        None, ge=1, description="Inference requests per minute per project (those without "
+        "their own limit in the keys file); default: no limit.")
+    rate_limit_tokens_per_minute: int | None = Field(
+        None, ge=1, description="Inference tokens (prompt + completion) per minute per "
+        "project (those without their own limit); default: no limit.")
     max_lora_rank: int = Field(16, description=f"Largest adapter rank served; one of {VLLM_LORA_RANKS}.")
     max_loras: int = Field(4, ge=1, description="Adapters that may run in one batch.")
     max_cpu_loras: int = Field(16, ge=1, description="Adapters kept loaded in memory.")
@@ -117,9 +142,11 @@ class Settings(BaseSettings):
         if self.eval_schedules and self.port == 0:
             raise ValueError("eval schedules call this server, so they need a fixed port (not 0)")
         if self.api_keys_file is not None:
-            extra_user, extra_admin = load_keys_file(self.api_keys_file)
-            self.user_api_keys = [*self.user_api_keys, *extra_user]
-            self.admin_api_keys = [*self.admin_api_keys, *extra_admin]
+            keys = load_keys_file(self.api_keys_file)
+            self.user_api_keys = [*self.user_api_keys, *keys.user]
+            self.admin_api_keys = [*self.admin_api_keys, *keys.admin]
+            self.key_projects = {**self.key_projects, **keys.projects_of_keys}
+            self.project_limits = {**self.project_limits, **keys.project_limits}
         for key in [*self.user_api_keys, *self.admin_api_keys]:
             if key.lower() in _PLACEHOLDER_KEYS or len(key) < _MIN_KEY_LENGTH:
                 # Never echo the key itself: it may be a real (weak) secret.
@@ -129,21 +156,60 @@ class Settings(BaseSettings):
                 )
         return self
 
+    def limits_for(self, project: str) -> tuple[int | None, int | None]:
+        """(requests, tokens) per minute for ``project``; None: no limit."""
+        own = self.project_limits.get(project)
+        if own is not None:
+            return own.requests_per_minute, own.tokens_per_minute
+        return self.rate_limit_requests_per_minute, self.rate_limit_tokens_per_minute
+
     @property
     def auth_enabled(self) -> bool:
         """Whether any API key is configured (otherwise the server is localhost-only)."""
         return bool(self.user_api_keys or self.admin_api_keys)
 
 
-def load_keys_file(path: Path) -> tuple[list[str], list[str]]:
-    """(user keys, admin keys) from a JSON file ``{"user": [...], "admin": [...]}``."""
+class _KeyEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: str
+    project: str = Field("default", min_length=1, max_length=64, pattern=r"^[\w.-]+$")
+    role: Literal["user", "admin"] = "user"
+
+
+class KeysFile(BaseModel):
+    """The API keys file. ``user``/``admin``: plain lists (project "default"); ``keys``:
+    entries with their project and role; ``projects``: per-project rate limits."""
+
+    model_config = ConfigDict(extra="forbid")
+    user: list[str] = Field(default_factory=list)
+    admin: list[str] = Field(default_factory=list)
+    keys: list[_KeyEntry] = Field(default_factory=list)
+    projects: dict[str, ProjectLimits] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _entries_into_lists(self) -> KeysFile:
+        for entry in self.keys:
+            (self.admin if entry.role == "admin" else self.user).append(entry.key)
+        return self
+
+    @property
+    def projects_of_keys(self) -> dict[str, str]:
+        return {entry.key: entry.project for entry in self.keys}
+
+    @property
+    def project_limits(self) -> dict[str, ProjectLimits]:
+        return dict(self.projects)
+
+
+def load_keys_file(path: Path) -> KeysFile:
     try:
         raw = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read API keys file {path}: {exc.__class__.__name__}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f'API keys file {path} must hold {{"user": [...], "admin": [...]}}')
-    user, admin = raw.get("user", []), raw.get("admin", [])
-    if not all(isinstance(k, str) for k in [*user, *admin]):
-        raise ValueError(f"API keys file {path}: keys must be strings")
-    return list(user), list(admin)
+    try:
+        return KeysFile.model_validate(raw)
+    except ValidationError as exc:
+        # Never echo the input: it holds secrets. Name the place and the problem only.
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the top level"
+        raise ValueError(f"API keys file {path}: {where}: {first['msg']}") from None

@@ -7,8 +7,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from service.cancellation import unless_disconnected
 from service.chat.protocol import ChatCompletionRequest, ChatCompletionResponse
-from service.deps import UserAuth
 from service.errors import ErrorResponse
+from service.rate_limits import RateLimitedUser
 from service.requests_metrics import counted
 from service.sse import sse_stream
 
@@ -18,7 +18,7 @@ ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 429, 5
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, _: UserAuth
+    body: ChatCompletionRequest, request: Request, _: RateLimitedUser
 ) -> Response:
     serving = request.app.state.chat_serving
     # A client that leaves before a non-streamed answer is ready cancels (aborts) it.

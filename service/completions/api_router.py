@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from service.cancellation import unless_disconnected
 from service.chat.api_router import ERRORS
 from service.completions.protocol import CompletionRequest, CompletionResponse
-from service.deps import UserAuth
+from service.rate_limits import RateLimitedUser
 from service.requests_metrics import counted
 from service.sse import sse_stream
 
@@ -16,7 +16,7 @@ router = APIRouter(tags=["completions"])
 
 
 @router.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS)
-async def create_completion(body: CompletionRequest, request: Request, _: UserAuth) -> Response:
+async def create_completion(body: CompletionRequest, request: Request, _: RateLimitedUser) -> Response:
     serving = request.app.state.completion_serving
     result = await unless_disconnected(
         request, counted(body.model, "completions", lambda: serving.create(body))

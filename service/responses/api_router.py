@@ -9,8 +9,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from service.cancellation import unless_disconnected
-from service.deps import UserAuth
 from service.errors import ErrorResponse, ServiceError, error_body
+from service.rate_limits import RateLimitedUser
 from service.requests_metrics import counted
 from service.responses.protocol import ResponseCreateRequest
 
@@ -30,7 +30,7 @@ async def _sse(events: AsyncIterator[dict]) -> AsyncIterator[str]:
 
 
 @router.post("/v1/responses", responses=ERRORS)
-async def create_response(body: ResponseCreateRequest, request: Request, _: UserAuth) -> Response:
+async def create_response(body: ResponseCreateRequest, request: Request, _: RateLimitedUser) -> Response:
     serving = request.app.state.responses_serving
     result = await unless_disconnected(
         request, counted(body.model, "responses", lambda: serving.create(body)))

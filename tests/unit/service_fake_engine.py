@@ -45,10 +45,17 @@ class FakeEngine:
     fail_add: str | None = None
     calls: list[tuple[list[int], Any, Any]] = field(default_factory=list)
     priorities: list[int] = field(default_factory=list)
+    stall_after: int | None = None  # calls after this many never answer (until aborted)
 
     async def generate(self, prompt_ids, params, adapter, request_id, priority=0):
         self.calls.append((prompt_ids, params, adapter))
         self.priorities.append(priority)
+        if self.stall_after is not None and len(self.calls) > self.stall_after:
+            try:
+                await asyncio.Event().wait()
+            except (asyncio.CancelledError, GeneratorExit):
+                self.aborted.append(request_id)
+                raise
         suffix = f" ({adapter.name})" if adapter else ""
         ids = self.tokenizer(self.reply + suffix, add_special_tokens=False)["input_ids"]
         # As a model that ends its reply: "stop" when the reply fits, "length" when cut.

@@ -32,6 +32,7 @@ class _Request:
     def __init__(self, settings: Settings, headers: dict[str, str]):
         self.headers = {k.lower(): v for k, v in headers.items()}
         self.app = type("App", (), {"state": type("State", (), {"settings": settings})()})()
+        self.state = type("RequestState", (), {})()
 
 
 def _settings(**kw) -> Settings:
