@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Annotated
 
 from fastapi import FastAPI, File, UploadFile
 
@@ -19,7 +20,7 @@ def _upload_app() -> FastAPI:
     register_error_handlers(app)
 
     @app.post("/v1/files")
-    async def upload(file: UploadFile = File(...)) -> dict:
+    async def upload(file: Annotated[UploadFile, File()]) -> dict:
         return {"bytes": len(await file.read())}
 
     return app
