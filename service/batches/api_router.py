@@ -1,4 +1,8 @@
-"""Routes of ``/v1/batches`` (thin: parse, call BatchesService, return)."""
+"""Routes of ``/v1/batches`` (thin: parse, call BatchesService, return).
+
+A batch belongs to the project of the key that created it; other projects' keys get 404
+as if it did not exist; an admin key sees every project's batches.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from fastapi import APIRouter, Query, Request
 
 from service.batches.protocol import Batch, BatchCreateRequest, BatchList
 from service.batches.serving import BatchesService
-from service.deps import UserAuth
+from service.deps import Role, UserAuth
 from service.errors import ErrorResponse
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"],
@@ -19,24 +23,33 @@ def batches_service(request: Request) -> BatchesService:
     return request.app.state.batches
 
 
+def _project(request: Request) -> str:
+    return getattr(request.state, "project", "default")
+
+
+def _visible_to(request: Request, role: Role) -> str | None:
+    return None if role == "admin" else _project(request)
+
+
 @router.post("", response_model=Batch)
 async def create_batch(request: Request, _: UserAuth, body: BatchCreateRequest) -> Batch:
-    return await batches_service(request).create(body)
+    return await batches_service(request).create(body, _project(request))
 
 
 @router.get("", response_model=BatchList)
 async def list_batches(
-    request: Request, _: UserAuth, after: str | None = None,
+    request: Request, role: UserAuth, after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> BatchList:
-    return await batches_service(request).list(after=after, limit=limit)
+    return await batches_service(request).list(after=after, limit=limit,
+                                               project=_visible_to(request, role))
 
 
 @router.get("/{batch_id}", response_model=Batch)
-async def retrieve_batch(request: Request, _: UserAuth, batch_id: str) -> Batch:
-    return await batches_service(request).retrieve(batch_id)
+async def retrieve_batch(request: Request, role: UserAuth, batch_id: str) -> Batch:
+    return await batches_service(request).retrieve(batch_id, _visible_to(request, role))
 
 
 @router.post("/{batch_id}/cancel", response_model=Batch)
-async def cancel_batch(request: Request, _: UserAuth, batch_id: str) -> Batch:
-    return await batches_service(request).cancel(batch_id)
+async def cancel_batch(request: Request, role: UserAuth, batch_id: str) -> Batch:
+    return await batches_service(request).cancel(batch_id, _visible_to(request, role))

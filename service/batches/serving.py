@@ -24,7 +24,7 @@ class BatchesService:
         self.store = store
         self.runner = runner
 
-    async def create(self, request: BatchCreateRequest) -> Batch:
+    async def create(self, request: BatchCreateRequest, project: str = "default") -> Batch:
         files = self.runner.files()
         record = await asyncio.to_thread(files.store.get_file, request.input_file_id)
         if record is None:
@@ -37,16 +37,18 @@ class BatchesService:
         batch = await asyncio.to_thread(
             self.store.add, batch_id=new_id("batch"), endpoint=request.endpoint,
             input_file_id=request.input_file_id, completion_window=request.completion_window,
-            metadata=request.metadata,
+            metadata=request.metadata, project=project,
             expires_at=now() + COMPLETION_WINDOW_S[request.completion_window])
         self.runner.wake()
         return await self._object(batch)
 
-    async def retrieve(self, batch_id: str) -> Batch:
-        return await self._object(await self._get(batch_id))
+    async def retrieve(self, batch_id: str, project: str | None = None) -> Batch:
+        return await self._object(await self._get(batch_id, project))
 
-    async def list(self, *, after: str | None, limit: int) -> BatchList:
-        records = await asyncio.to_thread(self.store.list)
+    async def list(self, *, after: str | None, limit: int,
+                   project: str | None = None) -> BatchList:
+        records = [r for r in await asyncio.to_thread(self.store.list)
+                   if project is None or r["project"] == project]
         records.reverse()  # newest first, as OpenAI lists them
         if after:
             ids = [r["id"] for r in records]
@@ -56,8 +58,8 @@ class BatchesService:
                          first_id=data[0].id if data else None,
                          last_id=data[-1].id if data else None)
 
-    async def cancel(self, batch_id: str) -> Batch:
-        batch = await self._get(batch_id)
+    async def cancel(self, batch_id: str, project: str | None = None) -> Batch:
+        batch = await self._get(batch_id, project)
         if batch["status"] in TERMINAL_BATCH_STATUSES:
             raise BadRequest(f"batch {batch_id} is already {batch['status']}; only a "
                              "validating or in-progress batch can be cancelled",
@@ -67,9 +69,11 @@ class BatchesService:
         self.runner.cancel(batch_id)
         return await self.retrieve(batch_id)
 
-    async def _get(self, batch_id: str) -> dict[str, Any]:
+    async def _get(self, batch_id: str, project: str | None = None) -> dict[str, Any]:
+        """The batch; 404 when it does not exist or belongs to another project (as if
+        absent: ids of other projects do not leak). ``project`` None: any (admin)."""
         batch = await asyncio.to_thread(self.store.get, batch_id)
-        if batch is None:
+        if batch is None or (project is not None and batch["project"] != project):
             raise NotFound(f"No such Batch object: {batch_id}", param="batch_id")
         return batch
 

@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS batches (
     failed_at INTEGER,
     expired_at INTEGER,
     cancelling_at INTEGER,
-    cancelled_at INTEGER
+    cancelled_at INTEGER,
+    project TEXT NOT NULL DEFAULT 'default'
 );
 CREATE TABLE IF NOT EXISTS batch_requests (
     batch_id TEXT NOT NULL,
@@ -91,14 +92,14 @@ class BatchStore:
 
     # -- batches --------------------------------------------------------------------
     def add(self, *, batch_id: str, endpoint: str, input_file_id: str, completion_window: str,
-            metadata: dict | None, expires_at: int) -> dict[str, Any]:
+            metadata: dict | None, expires_at: int, project: str = "default") -> dict[str, Any]:
         with self._connect() as db:
             db.execute(
                 "INSERT INTO batches (id, created_at, endpoint, input_file_id, "
-                "completion_window, status, metadata, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, 'validating', ?, ?)",
+                "completion_window, status, metadata, expires_at, project) "
+                "VALUES (?, ?, ?, ?, ?, 'validating', ?, ?, ?)",
                 (batch_id, now(), endpoint, input_file_id, completion_window,
-                 json.dumps(metadata) if metadata is not None else None, expires_at),
+                 json.dumps(metadata) if metadata is not None else None, expires_at, project),
             )
         return self.get(batch_id)
 

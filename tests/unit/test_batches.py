@@ -225,3 +225,31 @@ def test_a_restart_resumes_with_only_the_unanswered_requests(server_factory, iso
     output = restarted.lines(batch.output_file_id)
     assert [line["custom_id"] for line in output] == [f"r{i}" for i in range(6)]
     assert [line["response"]["body"].get("earlier") for line in output[:2]] == [1, 2]
+
+
+def test_a_batch_is_visible_to_its_project_and_admins_only(server_factory, tmp_path):
+    keys = {"a": "project-a-key-0123456789", "b": "project-b-key-0123456789",
+            "admin": "admin-key-0123456789"}
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(json.dumps({"keys": [
+        {"key": keys["a"], "project": "a"}, {"key": keys["b"], "project": "b"},
+        {"key": keys["admin"], "project": "ops", "role": "admin"}]}))
+    server = server_factory(engine_kw={"stall_after": 0}, api_keys_file=keys_file)
+
+    def sdk(who: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url="http://testserver/v1", api_key=keys[who],
+                             http_client=server.http, max_retries=0)
+
+    data = json.dumps(_chat("r0")).encode() + b"\n"
+    upload = sdk("a").files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch").id
+    batch = sdk("a").batches.create(input_file_id=upload, endpoint="/v1/chat/completions",
+                                    completion_window="24h")
+    assert [b.id for b in sdk("a").batches.list().data] == [batch.id]
+    assert sdk("b").batches.list().data == []
+    for call in (lambda: sdk("b").batches.retrieve(batch.id),
+                 lambda: sdk("b").batches.cancel(batch.id)):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    assert sdk("admin").batches.retrieve(batch.id).id == batch.id
+    assert [b.id for b in sdk("admin").batches.list().data] == [batch.id]
+    assert sdk("a").batches.cancel(batch.id).status in ("cancelling", "cancelled")
