@@ -80,7 +80,9 @@ def start_tuneserve(args, model_dir: Path, adapters: dict[str, Path], work: Path
         (adapters_dir / name).symlink_to(path)
     env = {**os.environ, **bind_env(args), "TUNESERVE_HOME": str(work / "home"),
            "TUNESERVE_UI": "0", "TUNESERVE_USER_API_KEYS": USER_KEY,
-           "TUNESERVE_ADMIN_API_KEYS": ADMIN_KEY}
+           "TUNESERVE_ADMIN_API_KEYS": ADMIN_KEY,
+           # With no adapter, `make run`'s demo fine-tuning job would train beside the bench.
+           "TUNESERVE_JOBS_DEMO_JOB_IF_NO_ADAPTERS": "0"}
     cmd = [sys.executable, "-m", "tuneserve.cli", "serve", "--model", str(model_dir),
            "--served-model-name", "base", "--port", str(port), "--kv-cache-space",
            str(args.kv_cache_gib), "--adapters-dir", str(adapters_dir), *engine_flags(args)]
