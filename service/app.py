@@ -23,6 +23,7 @@ from service.adapters.checks import BaseModelShape
 from service.adapters.registry import AdapterRegistry
 from service.adapters.serving import AdaptersServing
 from service.adapters.watcher import AdapterDirWatcher
+from service.audit import AuditLog
 from service.batches.runner import BatchRunner
 from service.batches.serving import BatchesService, online_executor
 from service.batches.store import BatchStore
@@ -155,6 +156,7 @@ def build_app(
     app.state.watcher = None
     app.state.eval_scheduler = scheduler_for_app(app.state)
     _add_batches(app.state, settings)
+    app.state.audit = AuditLog(tuneserve_home() / "audit" / "audit.jsonl")
     register_error_handlers(app)
 
     @app.middleware("http")

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 
+from service.audit import key_id
 from service.errors import Forbidden, Unauthorized
 
 Role = Literal["user", "admin", "anonymous"]
@@ -50,6 +51,8 @@ def role_of(request: Request) -> Role:
         raise Unauthorized("invalid API key")
     # The key is known (matched in constant time above): its project is a plain lookup.
     request.state.project = settings.key_projects.get(key, "default")
+    request.state.role = role
+    request.state.key_id = key_id(key)  # what the audit log names, never the key
     return role
 
 

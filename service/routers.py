@@ -17,6 +17,7 @@ ROUTERS: list[str] = [
     "service.files.api_router",
     "service.fine_tuning.api_router",
     "service.batches.api_router",  # /v1/batches: request files run behind online traffic  # its lifespan runs the fine-tuning job supervisor
-    "service.reports.api_router",  # evaluation reports under $TUNESERVE_HOME/reports
+    "service.reports.api_router",
+    "service.audit.api_router",  # GET /v1/audit: who changed what is served (admin)  # evaluation reports under $TUNESERVE_HOME/reports
     "ui.mount",  # the Gradio UI at /ui (mount(app)); TUNESERVE_UI=0 leaves it out
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
+from service import audit
 from service.adapters.protocol import (
     Adapter,
     AdapterList,
@@ -45,17 +46,22 @@ async def register_adapter(request: Request, _: AdminAuth) -> Adapter:
         name, upload = form.get("name"), form.get("file")
         if not isinstance(name, str) or upload is None or isinstance(upload, str):
             raise BadRequest("multipart upload needs a `name` field and a `file` archive")
-        return await _serving(request).register_upload(name, upload.file)
+        adapter = await _serving(request).register_upload(name, upload.file)
+        audit.record(request, "adapter.add", name, source="upload")
+        return adapter
     try:
         body = RegisterAdapterRequest.model_validate(await request.json())
     except Exception as exc:  # invalid JSON or fields
         raise BadRequest(f'expected JSON {{"name": ..., "path": ...}}: {exc}') from None
-    return await _serving(request).register_path(body.name, body.path)
+    adapter = await _serving(request).register_path(body.name, body.path)
+    audit.record(request, "adapter.add", body.name, source="path", path=body.path)
+    return adapter
 
 
 @router.delete("/v1/adapters/{name}", response_model=DeletedAdapter, responses=_ERRORS)
 async def delete_adapter(name: str, request: Request, _: AdminAuth) -> DeletedAdapter:
     await _serving(request).delete(name)
+    audit.record(request, "adapter.remove", name)
     return DeletedAdapter(name=name)
 
 
@@ -63,6 +69,7 @@ async def delete_adapter(name: str, request: Request, _: AdminAuth) -> DeletedAd
 async def load_lora_adapter(body: LoadLoRAAdapterRequest, request: Request, _: AdminAuth) -> str:
     """vLLM-compatible: same body and plain-text answer as vLLM's server."""
     await _serving(request).register_path(body.lora_name, body.lora_path, source="vllm-api")
+    audit.record(request, "adapter.add", body.lora_name, source="vllm-api", path=body.lora_path)
     return f"Success: LoRA adapter '{body.lora_name}' added successfully."
 
 
@@ -71,4 +78,5 @@ async def unload_lora_adapter(
     body: UnloadLoRAAdapterRequest, request: Request, _: AdminAuth
 ) -> str:
     await _serving(request).delete(body.lora_name)
+    audit.record(request, "adapter.remove", body.lora_name, source="vllm-api")
     return f"Success: LoRA adapter '{body.lora_name}' removed successfully."

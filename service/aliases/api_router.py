@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from service import audit
 from service.aliases.protocol import (
     Alias,
     AliasDecision,
@@ -46,6 +47,7 @@ async def get_alias(name: str, request: Request, _: UserAuth) -> Alias:
 async def promote(name: str, body: PromoteRequest, request: Request, _: AdminAuth) -> Alias:
     registry = _registry(request)
     registry.promote(name, body.adapter, actor="admin", reason=body.reason)
+    audit.record(request, "alias.promote", name, adapter=body.adapter, reason=body.reason)
     return _alias(registry, name)
 
 
@@ -53,10 +55,14 @@ async def promote(name: str, body: PromoteRequest, request: Request, _: AdminAut
 async def rollback(name: str, request: Request, _: AdminAuth,
                    body: RollbackRequest | None = None) -> Alias:
     registry = _registry(request)
-    registry.rollback(name, actor="admin", reason=(body or RollbackRequest()).reason)
+    reason = (body or RollbackRequest()).reason
+    registry.rollback(name, actor="admin", reason=reason)
+    audit.record(request, "alias.rollback", name, reason=reason)
     return _alias(registry, name)
 
 
 @router.delete("/v1/aliases/{name}", response_model=AliasDecision, responses=_ERRORS)
 async def delete_alias(name: str, request: Request, _: AdminAuth) -> AliasDecision:
-    return AliasDecision(**_registry(request).delete_alias(name, actor="admin").to_dict())
+    decision = AliasDecision(**_registry(request).delete_alias(name, actor="admin").to_dict())
+    audit.record(request, "alias.delete", name)
+    return decision

@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
+from service import audit
 from service.batches.protocol import Batch, BatchCreateRequest, BatchList
 from service.batches.serving import BatchesService
 from service.deps import Role, UserAuth
@@ -33,7 +34,9 @@ def _visible_to(request: Request, role: Role) -> str | None:
 
 @router.post("", response_model=Batch)
 async def create_batch(request: Request, _: UserAuth, body: BatchCreateRequest) -> Batch:
-    return await batches_service(request).create(body, _project(request))
+    batch = await batches_service(request).create(body, _project(request))
+    audit.record(request, "batch.create", batch.id, input_file_id=body.input_file_id)
+    return batch
 
 
 @router.get("", response_model=BatchList)
@@ -52,4 +55,6 @@ async def retrieve_batch(request: Request, role: UserAuth, batch_id: str) -> Bat
 
 @router.post("/{batch_id}/cancel", response_model=Batch)
 async def cancel_batch(request: Request, role: UserAuth, batch_id: str) -> Batch:
-    return await batches_service(request).cancel(batch_id, _visible_to(request, role))
+    batch = await batches_service(request).cancel(batch_id, _visible_to(request, role))
+    audit.record(request, "batch.cancel", batch_id)
+    return batch

@@ -88,7 +88,7 @@ def test_uploads_under_the_cap_pass():
 
 
 def test_the_real_app_bounds_file_uploads(tiny_model_dir, isolated_home, monkeypatch):
-    from tests.unit.test_batches import Server
+    from tests.unit.service_app import Server
 
     monkeypatch.setenv("TUNESERVE_UI", "0")
     monkeypatch.setenv("TUNESERVE_JOBS_MAX_UPLOAD_MB", "1")

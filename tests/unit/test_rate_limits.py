@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from service.app import build_app
 from service.rate_limits import RateLimiter
 from service.settings import Settings
-from tests.unit.test_batches import _factory
+from tests.unit.service_app import _factory
 
 KEY_A, KEY_B, ADMIN = "team-a-key-0123456789", "team-b-key-0123456789", "admin-key-0123456789"
 

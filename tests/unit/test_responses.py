@@ -6,15 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.test_batches import Server
-
 
 @pytest.fixture
-def server(tiny_model_dir, isolated_home, monkeypatch):
-    monkeypatch.setenv("TUNESERVE_UI", "0")
-    server = Server(tiny_model_dir)
-    yield server
-    server.close()
+def server(server_factory):
+    return server_factory()
 
 
 def _prompt(server) -> str:
