@@ -10,7 +10,7 @@ import pytest
 from ui_fake_api import ADMIN_KEY, BASE, running_fake_api
 
 from tuneserve.cli import main
-from ui import app
+from ui import adapters, app, compare, train
 from ui.adapters import adapter_table
 from ui.compare import MAX_SLOTS
 from ui.train import PRESETS, evaluation_running, job_request, loss_frame, progress_text
@@ -55,7 +55,7 @@ async def test_refresh_models_unreachable_is_readable():
 async def test_send_prompt_streams_and_reports_unknown_adapter(api):
     slots = [BASE, "docker", "no-such-adapter", "", *([[]] * MAX_SLOTS)]
     items, warned = await _collect(
-        app.send_prompt(api, "", "", "hello", 0.0, 1.0, 32, None, *slots)
+        compare.send_prompt(api, "", "", "hello", 0.0, 1.0, 32, None, *slots)
     )
     chats, stats, status = items[-1][:MAX_SLOTS], items[-1][MAX_SLOTS:-1], items[-1][-1]
     assert chats[0][-1]["content"].strip() == f"{BASE} answers: hello"
@@ -70,37 +70,37 @@ async def test_send_prompt_streams_and_reports_unknown_adapter(api):
 async def test_send_prompt_keeps_history(api):
     history = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
     slots = [BASE, "", "", "", history, [], [], []]
-    items, _ = await _collect(app.send_prompt(api, "", "sys", "c", 0.0, 1.0, 8, 1, *slots))
+    items, _ = await _collect(compare.send_prompt(api, "", "sys", "c", 0.0, 1.0, 8, 1, *slots))
     assert [m["content"] for m in items[-1][0]][:3] == ["a", "b", "c"]
 
 
 async def test_send_prompt_requires_prompt_and_model(api):
-    items, warned = await _collect(app.send_prompt(api, "", "", " ", 0, 1, 8, None, *[""] * 8))
+    items, warned = await _collect(compare.send_prompt(api, "", "", " ", 0, 1, 8, None, *[""] * 8))
     assert items[-1][-1] == "Type a prompt first." and warned
-    items, _ = await _collect(app.send_prompt(api, "", "", "x", 0, 1, 8, None, *[""] * 8))
+    items, _ = await _collect(compare.send_prompt(api, "", "", "x", 0, 1, 8, None, *[""] * 8))
     assert items[-1][-1] == "Pick at least one model."
 
 
 def test_render_snippet_for_selected_models(api):
-    update = app.render_snippet(
+    update = compare.render_snippet(
         api, "", "q", "openai", 0.0, 1.0, 8, None, BASE, "docker", "", "", *([[]] * MAX_SLOTS)
     )
     assert update["language"] == "python" and update["value"].count("OpenAI(") == 2
 
 
 async def test_adapters_table_and_admin_refusals(api):
-    table, names, status = await app.load_adapters(api, "")
+    table, names, status = await adapters.load_adapters(api, "")
     assert list(table["name"]) == ["docker"] and "1 adapter(s)" in status
     with pytest.warns(UserWarning):
-        refused = await app.unload_adapter(api, "", "docker")
+        refused = await adapters.unload_adapter(api, "", "docker")
     assert "HTTP 401" in refused and "admin key" in refused
     with pytest.warns(UserWarning):
-        refused = await app.register_adapter(api, ADMIN_KEY, "new", "/elsewhere")
+        refused = await adapters.register_adapter(api, ADMIN_KEY, "new", "/elsewhere")
     assert "adapter_rejected" in refused and "adapter_config.json" in refused
-    assert (await app.register_adapter(api, ADMIN_KEY, "new", "/ok/new")).startswith("✅")
-    assert (await app.unload_adapter(api, ADMIN_KEY, "new")).startswith("✅")
+    assert (await adapters.register_adapter(api, ADMIN_KEY, "new", "/ok/new")).startswith("✅")
+    assert (await adapters.unload_adapter(api, ADMIN_KEY, "new")).startswith("✅")
     with pytest.warns(UserWarning):
-        missing = await app.unload_adapter(api, ADMIN_KEY, "new")
+        missing = await adapters.unload_adapter(api, ADMIN_KEY, "new")
     assert "not registered" in missing
 
 
@@ -108,32 +108,32 @@ async def test_dataset_upload_shows_line_numbered_report(api, tmp_path: Path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": []}\nnot json\n{"messages": []}\n{"x": 1}\n')
     with pytest.warns(UserWarning):
-        report, file_id = await app.upload_dataset(api, "", str(bad))
+        report, file_id = await train.upload_dataset(api, "", str(bad))
     assert file_id is None and "Rejected" in report
     assert "line 2: not a chat record" in report and "line 4" in report
     good = tmp_path / "good.jsonl"
     good.write_text('{"messages": []}\n{"messages": []}\n')
-    report, file_id = await app.upload_dataset(api, "", str(good))
+    report, file_id = await train.upload_dataset(api, "", str(good))
     assert file_id == "file-1" and "2 valid rows" in report
 
 
 async def test_job_launch_and_live_loss_until_succeeded(api):
     preset = next(iter(PRESETS))
-    job_id, progress, timer, status = await app.launch_job(api, "", BASE, "file-1", preset, "x", 1)
+    job_id, progress, timer, status = await train.launch_job(api, "", BASE, "file-1", preset, "x", 1)
     assert job_id == "ftjob-1" and "created" in status
-    ticks = [await app.poll_job(api, "", job_id) for _ in range(3)]
+    ticks = [await train.poll_job(api, "", job_id) for _ in range(3)]
     plot, progress, timer, status = ticks[-1]
     assert list(plot[plot.series == "train"].step) == [1, 2, 3, 4, 5, 6]
     assert "succeeded" in progress and f"ft:{BASE}:x:ftjob-1" in progress
     assert timer.active is False
     assert ticks[0][2].active is True
-    assert app._finished_marker(progress) == progress
+    assert train._finished_marker(progress) == progress
 
 
 async def test_job_on_missing_endpoint_says_not_available():
     with running_fake_api() as url:
         with pytest.warns(UserWarning):
-            status = await app.cancel_job(url, "", "ftjob-1")
+            status = await train.cancel_job(url, "", "ftjob-1")
     assert status == "⚠️ POST /v1/fine_tuning/jobs/ftjob-1/cancel is not available on this server."
 
 
@@ -242,16 +242,16 @@ def test_eval_column_falls_back_to_the_newest_report_verdict():
 async def test_adapter_archive_upload(api, tmp_path: Path):
     archive = tmp_path / "my-adapter.zip"
     archive.write_bytes(b"PK\x05\x06" + b"\0" * 18)
-    assert (await app.upload_adapter(api, ADMIN_KEY, "", str(archive))).startswith("✅")
-    table, _, _ = await app.load_adapters(api, "")
+    assert (await adapters.upload_adapter(api, ADMIN_KEY, "", str(archive))).startswith("✅")
+    table, _, _ = await adapters.load_adapters(api, "")
     assert "my-adapter" in list(table["name"])
     with pytest.warns(UserWarning):
-        refused = await app.upload_adapter(api, "", "x", str(archive))
+        refused = await adapters.upload_adapter(api, "", "x", str(archive))
     assert "HTTP 401" in refused
     wrong = tmp_path / "adapter.rar"
     wrong.write_bytes(b"x")
     with pytest.warns(UserWarning):
-        refused = await app.upload_adapter(api, ADMIN_KEY, "y", str(wrong))
+        refused = await adapters.upload_adapter(api, ADMIN_KEY, "y", str(wrong))
     assert "not a .zip" in refused
     with pytest.warns(UserWarning):
-        assert "Choose an adapter archive" in await app.upload_adapter(api, ADMIN_KEY, "", None)
+        assert "Choose an adapter archive" in await adapters.upload_adapter(api, ADMIN_KEY, "", None)
