@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from tuneserve.errors import UserError
 from ui.client import ServerError, TuneserveClient
 
 
@@ -12,8 +13,9 @@ def connect(server: str, api_key: str | None) -> TuneserveClient:
     return TuneserveClient(server, api_key)
 
 
-def refusal(exc: ServerError) -> str:
-    """Show ``exc`` as a toast and return the same text for the tab's status line."""
+def refusal(exc: ServerError | UserError) -> str:
+    """Show ``exc`` (a server's refusal, or bad input) as a toast and return the same text
+    for the tab's status line."""
     message = str(exc)
     gr.Warning(message)
     return f"⚠️ {message}"
