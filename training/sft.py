@@ -196,6 +196,8 @@ def build_sft_config(config: TrainConfig, *, has_eval: bool):
     import torch
     from trl import SFTConfig
 
+    # transformers >= 5 (the pyproject floor) reads a float < 1 in `warmup_steps` as a share
+    # of the steps; its `warmup_ratio` is deprecated.
     warmup: float = 0
     if config.warmup_steps is not None:
         warmup = config.warmup_steps

@@ -1,5 +1,6 @@
-"""The Adapters tab's table: one row per registered adapter, from the registry's records.
+"""The Adapters tab: the table of registered adapters, and loading, uploading, unloading.
 
+One row per registered adapter, from the registry's records.
 Records come from ``GET /v1/adapters`` (or, on a server without it, the adapter entries of
 ``GET /v1/models``); fields are read leniently so the table survives additive changes to
 the record shape.
@@ -9,9 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import gradio as gr
 import pandas as pd
+
+from ui.client import ServerError
+from ui.common import connect, refusal
 
 COLUMNS = ["name", "base", "rank", "created", "dataset", "eval score", "source"]
 
@@ -108,3 +114,119 @@ def adapter_table(
         key=lambda row: str(row[0]),
     )
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+# ---- the tab -----------------------------------------------------------------------
+
+
+async def load_adapters(server: str, api_key: str) -> tuple[Any, ...]:
+    """(table, unload-dropdown update, status) from the registry."""
+    client = None
+    try:
+        client = connect(server, api_key)
+        records = await client.list_adapters()
+        source = ""
+    except ServerError as exc:
+        if client is None or not exc.not_available:
+            return gr.skip(), gr.skip(), refusal(exc)
+        # Older servers: the adapters are still visible in /v1/models.
+        try:
+            cards = await client.list_models()
+        except ServerError as exc2:
+            return gr.skip(), gr.skip(), refusal(exc2)
+        records = [
+            {"name": c.id, "parent": c.parent, "created": c.created, **c.extra}
+            for c in cards
+            if c.is_adapter
+        ]
+        source = " (from /v1/models: this server has no adapter registry API)"
+    try:  # the eval column also shows the newest report's verdict on each adapter
+        verdicts = latest_verdicts(await client.list_reports())
+    except ServerError:
+        verdicts = {}
+    table = adapter_table(records, verdicts)
+    names = list(table["name"])
+    return (
+        table,
+        gr.update(choices=names, value=names[0] if names else None),
+        f"{len(names)} adapter(s) registered{source}.",
+    )
+
+
+async def register_adapter(server: str, admin_key: str, name: str, path: str) -> str:
+    """Register a folder on the server's disk under ``name`` (admin)."""
+    if not (name or "").strip() or not (path or "").strip():
+        gr.Warning("Give the adapter a name and the folder path on the server.")
+        return "Give the adapter a name and the folder path on the server."
+    try:
+        await connect(server, None).register_adapter(name.strip(), path.strip(), admin_key)
+    except ServerError as exc:
+        return refusal(exc)
+    gr.Info(f"Adapter {name.strip()} loaded.")
+    return f"✅ Loaded **{name.strip()}** from `{path.strip()}`."
+
+
+async def upload_adapter(server: str, admin_key: str, name: str, archive: str | None) -> str:
+    """Upload an archive (.zip / .tar.gz) of an adapter folder (admin)."""
+    if not archive:
+        gr.Warning("Choose an adapter archive (.zip or .tar.gz) first.")
+        return "Choose an adapter archive (.zip or .tar.gz) first."
+    name = (name or "").strip() or Path(archive).name.split(".")[0]
+    try:
+        await connect(server, None).upload_adapter(name, Path(archive), admin_key)
+    except ServerError as exc:
+        return refusal(exc)
+    gr.Info(f"Adapter {name} uploaded and loaded.")
+    return f"✅ Uploaded and loaded **{name}**."
+
+
+async def unload_adapter(server: str, admin_key: str, name: str | None) -> str:
+    """Unload and unregister ``name`` (admin)."""
+    if not name:
+        gr.Warning("Pick an adapter to unload.")
+        return "Pick an adapter to unload."
+    try:
+        await connect(server, None).delete_adapter(name, admin_key)
+    except ServerError as exc:
+        return refusal(exc)
+    gr.Info(f"Adapter {name} unloaded.")
+    return f"✅ Unloaded **{name}**."
+
+
+def adapters_tab(server: gr.Textbox, key: gr.Textbox) -> None:
+    gr.Markdown(
+        "Adapters the server serves. Loading, uploading and unloading need the **admin key**."
+    )
+    admin_key = gr.Textbox(label="Admin key", type="password", elem_id="admin-key")
+    table = gr.Dataframe(
+        headers=COLUMNS, interactive=False, elem_id="adapter-table", wrap=True
+    )
+    reload = gr.Button("Refresh", elem_id="adapters-refresh")
+    with gr.Row():
+        with gr.Column():
+            gr.Markdown("**Load a folder on the server**")
+            reg_name = gr.Textbox(label="Name", elem_id="register-name")
+            reg_path = gr.Textbox(label="Folder on the server", elem_id="register-path")
+            register = gr.Button("Load", elem_id="register")
+        with gr.Column():
+            gr.Markdown("**Upload an adapter archive**")
+            up_name = gr.Textbox(label="Name (default: archive name)", elem_id="upload-name")
+            archive = gr.File(file_types=[".zip", ".gz", ".tgz"], label="Archive")
+            upload = gr.Button("Upload", elem_id="upload")
+        with gr.Column():
+            gr.Markdown("**Unload**")
+            victim = gr.Dropdown(label="Adapter", choices=[], elem_id="unload-name")
+            unload = gr.Button("Unload", variant="stop", elem_id="unload")
+    status = gr.Markdown(elem_id="adapter-status")
+
+    outputs = [table, victim, status]
+    reload.click(load_adapters, [server, key], outputs)
+    register.click(register_adapter, [server, admin_key, reg_name, reg_path], status).success(
+        load_adapters, [server, key], [table, victim, gr.State()]
+    )
+    upload.click(upload_adapter, [server, admin_key, up_name, archive], status).success(
+        load_adapters, [server, key], [table, victim, gr.State()]
+    )
+    unload.click(unload_adapter, [server, admin_key, victim], status).success(
+        load_adapters, [server, key], [table, victim, gr.State()]
+    )

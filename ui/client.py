@@ -1,9 +1,11 @@
-"""A small typed HTTP client for the tuneserve API, used by the UI and nothing else.
+"""A small typed client for the tuneserve API, used by the UI and nothing else.
 
 The UI talks to the service only through this client, over HTTP, so it works the same
-against the server it is mounted in and against a remote deployment. Every failure
-(refusal by the server, endpoint missing, connection refused, timeout) becomes a
-:class:`ServerError` whose ``str()`` is one readable sentence for the page.
+against the server it is mounted in and against a remote deployment. The OpenAI-shaped
+endpoints (models, streamed chat, files, fine-tuning jobs) go through the official
+``openai`` SDK; only tuneserve's own ``/v1/adapters`` and ``/reports`` use plain httpx.
+Every failure (refusal by the server, endpoint missing, connection refused, timeout)
+becomes a :class:`ServerError` whose ``str()`` is one readable sentence for the page.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+import openai
 
 # Generation on a CPU can take a while before the first byte; listing calls should not.
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, read=300.0)
@@ -68,8 +72,9 @@ class ServerError(Exception):
         return f"The server refused the request (HTTP {self.status}{code}): {message}{hint}"
 
 
-def error_from_response(response: httpx.Response, body: bytes | None = None) -> ServerError:
-    """Turn a non-2xx response into a :class:`ServerError` (OpenAI error object aware)."""
+def error_from_response(response: Any, body: bytes | None = None) -> ServerError:
+    """Turn a non-2xx response (httpx's, or the SDK's httpx2 one) into a
+    :class:`ServerError` (OpenAI error object aware)."""
     raw = body if body is not None else response.content
     message, code = _parse_error_body(raw)
     if not message:
@@ -170,8 +175,7 @@ class TuneserveClient:
     """Async client for one tuneserve server.
 
     ``api_key`` is sent as ``Authorization: Bearer`` on every call; admin calls take the
-    admin key explicitly so the page never mixes them up. ``transport`` lets unit tests
-    plug an in-process app.
+    admin key explicitly so the page never mixes them up.
     """
 
     def __init__(
@@ -180,7 +184,6 @@ class TuneserveClient:
         api_key: str | None = None,
         *,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         base_url = (base_url or "").strip().rstrip("/")
         if not base_url:
@@ -193,7 +196,6 @@ class TuneserveClient:
         self.base_url = base_url
         self.api_key = (api_key or "").strip() or None
         self._timeout = timeout
-        self._transport = transport
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -202,9 +204,38 @@ class TuneserveClient:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def _client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self.base_url, timeout=self._timeout, transport=self._transport
+        return httpx.AsyncClient(base_url=self.base_url, timeout=self._timeout)
+
+    @asynccontextmanager
+    async def _openai(self) -> AsyncIterator[openai.AsyncOpenAI]:
+        """An SDK client for one call, its errors turned into :class:`ServerError`."""
+        timeout = self._timeout
+        if isinstance(timeout, httpx.Timeout):
+            timeout = timeout.read or 300.0
+        sdk = openai.AsyncOpenAI(
+            base_url=f"{self.base_url}/v1",
+            # The SDK needs a key; a server without auth ignores it, one with auth refuses
+            # it as it would refuse no key.
+            api_key=self.api_key or "no-key",
+            timeout=timeout,
+            max_retries=0,  # the page shows a refusal at once; the user retries
         )
+        try:
+            async with sdk:
+                yield sdk
+        except openai.APIStatusError as exc:
+            raise error_from_response(exc.response) from exc
+        except openai.APITimeoutError as exc:
+            raise ServerError(f"The server at {self.base_url} did not answer in time.") from exc
+        except openai.APIConnectionError as exc:
+            cause = exc.__cause__ or exc
+            raise ServerError(f"Cannot reach the server at {self.base_url}: {cause}") from exc
+        except openai.APIError as exc:  # an error object inside a stream
+            code = exc.body.get("code") if isinstance(exc.body, dict) else None
+            raise ServerError(
+                f"The server stopped the answer: {exc.message}",
+                code=str(code) if code is not None else None,
+            ) from exc
 
     async def _request(
         self,
@@ -238,19 +269,19 @@ class TuneserveClient:
 
     async def list_models(self) -> list[ModelCard]:
         """``GET /v1/models``: the base first, then adapters by name."""
-        payload = await self._request("GET", "/v1/models")
-        cards = []
-        for item in _data_list(payload):
-            known = {"id", "parent", "owned_by", "created", "object"}
-            cards.append(
-                ModelCard(
-                    id=str(item.get("id")),
-                    parent=item.get("parent"),
-                    owned_by=item.get("owned_by"),
-                    created=item.get("created"),
-                    extra={k: v for k, v in item.items() if k not in known},
-                )
+        async with self._openai() as sdk:
+            models = [m.to_dict() async for m in sdk.models.list()]
+        known = {"id", "parent", "owned_by", "created", "object"}
+        cards = [
+            ModelCard(
+                id=str(item.get("id")),
+                parent=item.get("parent"),
+                owned_by=item.get("owned_by"),
+                created=item.get("created"),
+                extra={k: v for k, v in item.items() if k not in known},
             )
+            for item in models
+        ]
         cards.sort(key=lambda c: (c.is_adapter, c.id))
         return cards
 
@@ -260,60 +291,35 @@ class TuneserveClient:
         messages: list[dict[str, str]],
         params: SamplingParams,
     ) -> AsyncIterator[StreamEvent]:
-        """Stream ``POST /v1/chat/completions`` for one model; the last event has the timing.
+        """Stream a chat completion for one model; the last event has the timing.
 
         Raises :class:`ServerError` before the first event if the server refuses, or
         mid-stream if it reports an error inside the stream.
         """
-        body = {
-            "model": model,
-            "messages": messages,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            **params.to_request(),
-        }
         start = time.perf_counter()
         first: float | None = None
         chunks = 0
         usage_tokens: int | None = None
         finish: str | None = None
-        try:
-            async with self._client() as http:
-                async with http.stream(
-                    "POST", "/v1/chat/completions", json=body, headers=self._headers(self.api_key)
-                ) as response:
-                    if response.status_code >= 400:
-                        raise error_from_response(response, await response.aread())
-                    async for line in response.aiter_lines():
-                        if not line.startswith("data:"):
-                            continue
-                        data = line[len("data:") :].strip()
-                        if data == "[DONE]":
-                            break
-                        chunk = json.loads(data)
-                        if "error" in chunk:
-                            message, code = _message_of(chunk)
-                            raise ServerError(
-                                f"The server stopped the answer: {message}",
-                                status=None,
-                                code=code,
-                            )
-                        if chunk.get("usage"):
-                            usage_tokens = chunk["usage"].get("completion_tokens")
-                        for choice in chunk.get("choices") or []:
-                            finish = choice.get("finish_reason") or finish
-                            text = (choice.get("delta") or {}).get("content") or ""
-                            if text:
-                                if first is None:
-                                    first = time.perf_counter()
-                                chunks += 1
-                                yield StreamEvent(delta=text)
-        except httpx.TimeoutException as exc:
-            raise ServerError(f"The server at {self.base_url} did not answer in time.") from exc
-        except httpx.HTTPError as exc:
-            raise ServerError(f"Cannot reach the server at {self.base_url}: {exc}") from exc
-        except json.JSONDecodeError as exc:
-            raise ServerError("The server sent a malformed stream chunk.") from exc
+        async with self._openai() as sdk:
+            stream = await sdk.chat.completions.create(
+                model=model,
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},
+                **params.to_request(),
+            )
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    usage_tokens = chunk.usage.completion_tokens
+                for choice in chunk.choices:
+                    finish = choice.finish_reason or finish
+                    text = choice.delta.content or ""
+                    if text:
+                        if first is None:
+                            first = time.perf_counter()
+                        chunks += 1
+                        yield StreamEvent(delta=text)
         end = time.perf_counter()
         yield StreamEvent(
             done=True,
@@ -357,42 +363,37 @@ class TuneserveClient:
 
     async def upload_file(self, path: Path, purpose: str = "fine-tune") -> dict[str, Any]:
         """``POST /v1/files``: the server validates the dataset and refuses bad rows."""
-        with open(path, "rb") as handle:
-            return await self._request(
-                "POST",
-                "/v1/files",
-                data={"purpose": purpose},
-                files={"file": (Path(path).name, handle, "application/octet-stream")},
-            )
+        async with self._openai() as sdk:
+            return (await sdk.files.create(file=Path(path), purpose=purpose)).to_dict()
 
     async def create_job(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """``POST /v1/fine_tuning/jobs``."""
-        return await self._request("POST", "/v1/fine_tuning/jobs", json=dict(body))
+        """``POST /v1/fine_tuning/jobs`` (``body``: the SDK's keyword arguments)."""
+        async with self._openai() as sdk:
+            return (await sdk.fine_tuning.jobs.create(**body)).to_dict()
 
     async def list_jobs(self, limit: int = 20) -> list[dict[str, Any]]:
         """``GET /v1/fine_tuning/jobs`` (newest first)."""
-        return _data_list(
-            await self._request("GET", "/v1/fine_tuning/jobs", params={"limit": limit})
-        )
+        async with self._openai() as sdk:
+            page = await sdk.fine_tuning.jobs.list(limit=limit)
+        return [job.to_dict() for job in page.data]
 
     async def get_job(self, job_id: str) -> dict[str, Any]:
         """``GET /v1/fine_tuning/jobs/{id}``."""
-        return await self._request("GET", f"/v1/fine_tuning/jobs/{job_id}")
+        async with self._openai() as sdk:
+            return (await sdk.fine_tuning.jobs.retrieve(job_id)).to_dict()
 
     async def job_events(self, job_id: str, limit: int = 1000) -> list[dict[str, Any]]:
         """``GET /v1/fine_tuning/jobs/{id}/events``, returned oldest first."""
-        events = _data_list(
-            await self._request(
-                "GET", f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": limit}
-            )
-        )
+        async with self._openai() as sdk:
+            page = await sdk.fine_tuning.jobs.list_events(job_id, limit=limit)
         # The API lists newest first (as OpenAI does); timestamps are whole seconds, so
         # reversing keeps the order that sorting by time could scramble.
-        return list(reversed(events))
+        return [event.to_dict() for event in reversed(page.data)]
 
     async def cancel_job(self, job_id: str) -> dict[str, Any]:
         """``POST /v1/fine_tuning/jobs/{id}/cancel``."""
-        return await self._request("POST", f"/v1/fine_tuning/jobs/{job_id}/cancel")
+        async with self._openai() as sdk:
+            return (await sdk.fine_tuning.jobs.cancel(job_id)).to_dict()
 
     # -- evaluation reports -------------------------------------------------------------
 
@@ -411,16 +412,6 @@ class TuneserveClient:
         if response.status_code >= 400:
             raise error_from_response(response)
         return response.text
-
-    # -- generic ------------------------------------------------------------------------
-
-    async def get_json(self, path: str, **params: Any) -> Any:
-        """``GET path`` returning JSON (evaluation and report endpoints)."""
-        return await self._request("GET", path, params=params or None)
-
-    async def post_json(self, path: str, body: Mapping[str, Any]) -> Any:
-        """``POST path`` with a JSON body."""
-        return await self._request("POST", path, json=dict(body))
 
 
 def _data_list(payload: Any) -> list[dict[str, Any]]:

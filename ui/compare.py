@@ -1,8 +1,8 @@
-"""Side-by-side comparison: one prompt to several models at once, streamed together.
+"""The Compare tab: one prompt to several models at once, streamed side by side.
 
-Pure logic (no Gradio): building each model's message list from its own history, running
-the streams concurrently and merging them into snapshots the page renders, the stats line
-under each answer, and the equivalent ``curl`` / ``openai`` call.
+Building each model's message list from its own history, running the streams
+concurrently and merging them into snapshots the page renders, the stats line under each
+answer, the equivalent ``curl`` / ``openai`` call, and the tab's handlers and layout.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import gradio as gr
+
 from ui.client import SamplingParams, ServerError, StreamEvent, TuneserveClient
+from ui.common import connect, refusal, seed_value
 
 MAX_SLOTS = 4  # the base and up to three adapters
 
@@ -210,3 +213,160 @@ class SnippetRequest:
             for model, messages in zip(self.models, self.messages, strict=False)
         ]
         return "\n\n".join(blocks) if blocks else "# pick at least one model"
+
+
+# ---- the tab -----------------------------------------------------------------------
+
+
+def _split_slots(values: tuple[Any, ...]) -> tuple[list[str | None], list[list[dict]]]:
+    models = [v or None for v in values[:MAX_SLOTS]]
+    histories = [list(v or []) for v in values[MAX_SLOTS : 2 * MAX_SLOTS]]
+    return models, histories
+
+
+async def send_prompt(
+    server: str,
+    api_key: str,
+    system_prompt: str,
+    prompt: str,
+    temperature: float,
+    top_p: float,
+    max_tokens: float,
+    seed: float | None,
+    *slots: Any,
+):
+    """Stream one prompt to every selected model; yields (chats..., stats..., status)."""
+    models, histories = _split_slots(slots)
+    unchanged = [gr.skip()] * (2 * MAX_SLOTS)
+    if not prompt or not prompt.strip():
+        gr.Warning("Type a prompt first.")
+        yield (*unchanged, "Type a prompt first.")
+        return
+    if not any(models):
+        gr.Warning("Pick at least one model.")
+        yield (*unchanged, "Pick at least one model.")
+        return
+    try:
+        client = connect(server, api_key)
+    except ServerError as exc:
+        yield (*unchanged, refusal(exc))
+        return
+    params = SamplingParams(
+        temperature=float(temperature),
+        top_p=float(top_p),
+        max_tokens=int(max_tokens),
+        seed=seed_value(seed),
+    )
+    messages = [
+        build_messages(system_prompt, histories[i], prompt) if models[i] else None
+        for i in range(MAX_SLOTS)
+    ]
+    warned: set[int] = set()
+    async for states in compare_stream(client, models, messages, params):
+        chats, stats = [], []
+        for i, state in enumerate(states):
+            if not state.model:
+                chats.append(gr.skip())
+                stats.append("")
+                continue
+            turn = [{"role": "user", "content": prompt}]
+            if state.text or not state.error:
+                turn.append({"role": "assistant", "content": state.text or "…"})
+            chats.append(histories[i] + turn)
+            stats.append(state.stats_line())
+            if state.error and i not in warned:
+                warned.add(i)
+                gr.Warning(f"{state.model}: {state.error}")
+        running = sum(s.running for s in states)
+        errors = [f"⚠️ {s.model}: {s.error}" for s in states if s.error]
+        status = "\n\n".join(errors) or (f"Generating… ({running} running)" if running else "Done.")
+        yield (*chats, *stats, status)
+
+
+def clear_chats() -> tuple[Any, ...]:
+    """Empty every column's history and stats."""
+    return (*([[]] * MAX_SLOTS), *([""] * MAX_SLOTS), "")
+
+
+def render_snippet(
+    server: str,
+    system_prompt: str,
+    prompt: str,
+    kind: str,
+    temperature: float,
+    top_p: float,
+    max_tokens: float,
+    seed: float | None,
+    *slots: Any,
+) -> Any:
+    """The ``curl`` / ``openai`` equivalent of the current Compare inputs."""
+    models, histories = _split_slots(slots)
+    chosen = [i for i, m in enumerate(models) if m]
+    request = SnippetRequest(
+        base_url=(server or "").rstrip("/"),
+        models=[models[i] for i in chosen],
+        messages=[build_messages(system_prompt, histories[i], prompt or "...") for i in chosen],
+        params=SamplingParams(float(temperature), float(top_p), int(max_tokens), seed_value(seed)),
+    )
+    language = "shell" if kind == "curl" else "python"
+    return gr.update(value=request.render(kind), language=language)
+
+
+def compare_tab(server: gr.Textbox, key: gr.Textbox) -> list[gr.Dropdown]:
+    system = gr.Textbox(label="System prompt (optional)", lines=1, elem_id="system-prompt")
+    dropdowns, chats, stats = [], [], []
+    with gr.Row(equal_height=False):
+        for index in range(MAX_SLOTS):
+            with gr.Column(min_width=220):
+                dropdowns.append(
+                    gr.Dropdown(
+                        choices=[],
+                        value=None,
+                        label="Base model" if index == 0 else f"Adapter {index}",
+                        allow_custom_value=True,
+                        elem_id=f"model-{index}",
+                    )
+                )
+                chats.append(
+                    gr.Chatbot(
+                        label=f"Answers {index + 1}",
+                        height=360,
+                        elem_id=f"answer-{index}",
+                        feedback_options=None,
+                        # Model output is shell commands full of `$`: no LaTeX rendering.
+                        latex_delimiters=[],
+                        buttons=["copy"],
+                    )
+                )
+                stats.append(gr.Markdown(elem_id=f"stats-{index}"))
+    with gr.Row():
+        prompt = gr.Textbox(
+            label="Prompt",
+            lines=2,
+            scale=4,
+            elem_id="prompt",
+            placeholder="Ask all selected models at once",
+        )
+        with gr.Column(scale=1, min_width=120):
+            send = gr.Button("Send", variant="primary", elem_id="send")
+            clear = gr.Button("Clear history", elem_id="clear")
+    status = gr.Markdown(elem_id="compare-status")
+    with gr.Accordion("Generation parameters", open=False):
+        with gr.Row():
+            temperature = gr.Slider(0, 2, value=0.0, step=0.05, label="temperature")
+            top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="top_p")
+            max_tokens = gr.Slider(1, 1024, value=64, step=1, label="max tokens")
+            seed = gr.Number(value=None, precision=0, label="seed (empty = random)")
+    with gr.Accordion("Copy as curl / openai", open=False):
+        kind = gr.Radio(["curl", "openai"], value="curl", show_label=False)
+        snippet = gr.Code(language="shell", buttons=["copy"], elem_id="snippet", interactive=False)
+
+    params = [temperature, top_p, max_tokens, seed]
+    inputs = [server, key, system, prompt, *params, *dropdowns, *chats]
+    outputs = [*chats, *stats, status]
+    snippet_inputs = [server, system, prompt, kind, *params, *dropdowns, *chats]
+    for trigger in (send.click, prompt.submit):
+        trigger(send_prompt, inputs, outputs).then(render_snippet, snippet_inputs, snippet)
+    clear.click(clear_chats, None, outputs)
+    kind.change(render_snippet, snippet_inputs, snippet)
+    return dropdowns

@@ -18,7 +18,8 @@ import gradio as gr
 import pandas as pd
 
 from tuneserve.errors import UserError
-from ui.client import ServerError, TuneserveClient
+from ui.client import ServerError
+from ui.common import connect, refusal
 
 HISTORY_COLUMNS = ["run", "started", "model", "metric", "value"]
 
@@ -75,8 +76,7 @@ async def run_evaluation(
         overrides = {"dataset": {"limit": int(limit)}} if limit else None
         loaded = load_suite(suite, overrides)
     except UserError as exc:
-        gr.Warning(str(exc))
-        yield f"⚠️ {exc}", skip, skip, skip
+        yield refusal(exc), skip, skip, skip
         return
     opts = RunOptions(server=_server_v1(server), api_key=(api_key or "").strip() or "EMPTY")
     start = time.monotonic()
@@ -88,8 +88,7 @@ async def run_evaluation(
     try:
         result = task.result()
     except UserError as exc:
-        gr.Warning(str(exc))
-        yield f"⚠️ {exc}", skip, skip, skip
+        yield refusal(exc), skip, skip, skip
         return
     except Exception as exc:  # noqa: BLE001 - a readable line, never a traceback
         gr.Warning(f"The evaluation failed: {exc}")
@@ -124,10 +123,9 @@ REPORT_COLUMNS = ["id", "suite", "started", "models", "regressed", "headline"]
 async def list_reports(server: str, api_key: str) -> tuple[Any, Any, str]:
     """(reports table, report picker, status) from the server's ``GET /reports``."""
     try:
-        reports = await TuneserveClient(server, api_key).list_reports()
+        reports = await connect(server, api_key).list_reports()
     except ServerError as exc:
-        gr.Warning(str(exc))
-        return skip_(), skip_(), f"⚠️ {exc}"
+        return skip_(), skip_(), refusal(exc)
     rows = [
         [
             r.get("id"),
@@ -153,10 +151,9 @@ async def open_report(server: str, api_key: str, report_id: str | None) -> tuple
     if not report_id:
         return skip_(), "Pick a report."
     try:
-        text = await TuneserveClient(server, api_key).report_text(report_id)
+        text = await connect(server, api_key).report_text(report_id)
     except ServerError as exc:
-        gr.Warning(str(exc))
-        return skip_(), f"⚠️ {exc}"
+        return skip_(), refusal(exc)
     return text, f"Report `{report_id}` ([HTML page](/reports/{report_id}/report.html))."
 
 

@@ -1,4 +1,5 @@
-"""The Train tab's logic: presets, the job request, and the loss curve from job events.
+"""The Train tab: presets, the job request, the live loss curve and progress from job
+events, and the tab's handlers and layout.
 
 Jobs go through the OpenAI-style fine-tuning API (``/v1/fine_tuning/jobs``); LoRA
 settings ride in ``method.supervised.hyperparameters`` next to OpenAI's own keys (the
@@ -8,9 +9,14 @@ server maps them onto its training config).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import gradio as gr
 import pandas as pd
+
+from ui.client import ServerError
+from ui.common import connect, refusal, seed_value
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -189,3 +195,167 @@ def upload_report(file_object: dict[str, Any]) -> str:
     if rows:
         parts.append(f"· {rows} valid rows")
     return " ".join(parts)
+
+
+# ---- the tab -----------------------------------------------------------------------
+
+
+async def upload_dataset(server: str, api_key: str, path: str | None) -> tuple[str, Any]:
+    """Upload a dataset to ``/v1/files``; returns (report markdown, file id or skip)."""
+    if not path:
+        return "", None
+    try:
+        file_object = await connect(server, api_key).upload_file(Path(path))
+    except ServerError as exc:
+        gr.Warning("The server rejected the dataset: see the report below.")
+        if exc.status is not None and not exc.not_available:
+            # The server's message is the line-numbered validation report: keep its lines.
+            return f"❌ **Rejected** (HTTP {exc.status})\n\n```\n{exc.message}\n```", None
+        return f"⚠️ {exc}", None
+    return upload_report(file_object), file_object.get("id")
+
+
+async def launch_job(
+    server: str,
+    api_key: str,
+    base_model: str | None,
+    file_id: str | None,
+    preset: str,
+    suffix: str,
+    seed: float | None,
+) -> tuple[Any, ...]:
+    """Create a fine-tuning job; returns (job id, progress, timer update, status)."""
+    if not file_id:
+        gr.Warning("Upload a valid dataset first.")
+        return gr.skip(), gr.skip(), gr.skip(), "Upload a valid dataset first."
+    if not base_model:
+        gr.Warning("Pick a base model.")
+        return gr.skip(), gr.skip(), gr.skip(), "Pick a base model."
+    body = job_request(
+        model=base_model, training_file=file_id, preset=preset, suffix=suffix, seed=seed_value(seed)
+    )
+    try:
+        job = await connect(server, api_key).create_job(body)
+    except ServerError as exc:
+        return gr.skip(), gr.skip(), gr.skip(), refusal(exc)
+    return (
+        job["id"],
+        progress_text(job, []),
+        gr.Timer(active=True),
+        f"Job `{job['id']}` created ({job.get('status', '?')}).",
+    )
+
+
+async def poll_job(server: str, api_key: str, job_id: str | None) -> tuple[Any, ...]:
+    """One tick of the live view: (loss plot, progress, timer update, status)."""
+    if not job_id:
+        return gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip()
+    client = connect(server, api_key)
+    try:
+        job = await client.get_job(job_id)
+        events = await client.job_events(job_id)
+    except ServerError as exc:
+        # Keep polling through a transient failure, but say so.
+        return gr.skip(), gr.skip(), gr.skip(), f"⚠️ {exc}"
+    done = job.get("status") in TERMINAL_STATUSES
+    return (
+        loss_frame(events),
+        progress_text(job, events, server),
+        gr.Timer(active=not done or evaluation_running(job)),  # the verdict comes after
+        f"Job {job.get('status')}." if done else gr.skip(),
+    )
+
+
+async def cancel_job(server: str, api_key: str, job_id: str | None) -> str:
+    """Ask the server to cancel the running job."""
+    if not job_id:
+        return "No job to cancel."
+    try:
+        job = await connect(server, api_key).cancel_job(job_id)
+    except ServerError as exc:
+        return refusal(exc)
+    return f"Cancellation requested ({job.get('status', '?')})."
+
+
+async def list_jobs(server: str, api_key: str) -> tuple[Any, str]:
+    """The recent jobs as a table."""
+    try:
+        jobs = await connect(server, api_key).list_jobs()
+    except ServerError as exc:
+        return gr.skip(), refusal(exc)
+    rows = [
+        [
+            j.get("id"),
+            j.get("model"),
+            j.get("status"),
+            j.get("fine_tuned_model") or "",
+            j.get("trained_tokens") or "",
+        ]
+        for j in jobs
+    ]
+    columns = ["id", "base", "status", "fine-tuned model", "trained tokens"]
+    return pd.DataFrame(rows, columns=columns), f"{len(rows)} job(s)."
+
+
+def train_tab(server: gr.Textbox, key: gr.Textbox) -> tuple[gr.Dropdown, gr.Textbox]:
+    gr.Markdown(
+        "Upload a dataset (OpenAI chat JSONL, alpaca JSON/JSONL, prompt/completion JSONL or "
+        "chat CSV). The server validates it on upload and lists every bad row by line."
+    )
+    file_id = gr.State(None)
+    job_id = gr.State(None)
+    with gr.Row():
+        with gr.Column():
+            dataset = gr.File(
+                label="Dataset", file_types=[".jsonl", ".json", ".csv"], elem_id="dataset"
+            )
+            report = gr.Markdown(elem_id="dataset-report")
+        with gr.Column():
+            base_model = gr.Dropdown(label="Base model", choices=[], elem_id="train-base")
+            preset_names = list(PRESETS)
+            preset = gr.Dropdown(
+                preset_names, value=preset_names[0], label="Preset", elem_id="preset"
+            )
+            preset_help = gr.Markdown(PRESETS[preset_names[0]].description)
+            suffix = gr.Textbox(label="Suffix (part of the model name)", elem_id="suffix")
+            seed = gr.Number(value=42, precision=0, label="seed")
+            with gr.Row():
+                launch = gr.Button("Start fine-tuning", variant="primary", elem_id="launch")
+                cancel = gr.Button("Cancel job", variant="stop", elem_id="cancel")
+    status = gr.Markdown(elem_id="train-status")
+    progress = gr.Markdown(elem_id="job-progress")
+    plot = gr.LinePlot(
+        pd.DataFrame(columns=["step", "loss", "series"]),
+        x="step",
+        y="loss",
+        color="series",
+        title="Loss",
+        elem_id="loss-plot",
+    )
+    # Changes when a job reaches a terminal state so the app refreshes the model pickers.
+    finished_model = gr.Textbox(visible=False)
+    with gr.Accordion("Recent jobs", open=False):
+        jobs = gr.Dataframe(interactive=False)
+        jobs_refresh = gr.Button("Refresh jobs")
+    timer = gr.Timer(2.0, active=False)
+
+    dataset.upload(upload_dataset, [server, key, dataset], [report, file_id])
+    dataset.clear(lambda: ("", None), None, [report, file_id])
+    preset.change(lambda name: PRESETS[name].description, preset, preset_help)
+    launch.click(
+        launch_job,
+        [server, key, base_model, file_id, preset, suffix, seed],
+        [job_id, progress, timer, status],
+    )
+    timer.tick(poll_job, [server, key, job_id], [plot, progress, timer, status]).then(
+        _finished_marker, [progress], finished_model
+    )
+    cancel.click(cancel_job, [server, key, job_id], status)
+    jobs_refresh.click(list_jobs, [server, key], [jobs, status])
+    return base_model, finished_model
+
+
+def _finished_marker(progress: str) -> Any:
+    # Only a succeeded job's text names the served model; changing the hidden box then
+    # triggers one refresh of the model pickers.
+    return progress if "✅ Served as" in (progress or "") else gr.skip()

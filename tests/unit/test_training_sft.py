@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 from training.callbacks import CancelCallback
 from training.config import config_from_dict
@@ -83,6 +84,52 @@ def assert_trained_adapter_works(adapter: Path, tiny_model_dir: Path) -> None:
     assert not torch.allclose(base_logits, _logits(tuned, tokenizer), atol=1e-5)
 
 
+class TrainingProbe(TrainerCallback):
+    """What the trainer actually trains with, seen when training begins: every LoRA layer
+    (with the layer it wraps) and the optimiser's parameter groups (name, learning rate)."""
+
+    def on_train_begin(self, args, state, control, *, model, optimizer, **kwargs):
+        from peft.tuners.lora import LoraLayer
+
+        self.lora_layers = {
+            name: (type(module), type(module.get_base_layer()))
+            for name, module in model.named_modules()
+            if isinstance(module, LoraLayer)
+        }
+        names = {id(p): n for n, p in model.named_parameters()}
+        # initial_lr: the group's rate before the scheduler scales it.
+        self.param_groups = [
+            (group["initial_lr"], [names[id(p)] for p in group["params"]])
+            for group in optimizer.param_groups
+            if group["params"]
+        ]
+
+
+def assert_flavour_applied(probe: TrainingProbe, flavour: dict, lr: float) -> None:
+    """The flag reached the model and the optimiser (a run with it ignored fails here)."""
+    import bitsandbytes as bnb
+    from peft.tuners.lora import bnb as peft_bnb
+
+    assert probe.lora_layers, "no LoRA layers"
+    wrapped = {base for _, base in probe.lora_layers.values()}
+    if flavour.get("adapter") == "qlora":
+        # Every LoRA layer sits on a 4-bit NF4 base layer, through PEFT's bnb LoRA layer.
+        assert wrapped == {bnb.nn.Linear4bit}, wrapped
+        assert {kind for kind, _ in probe.lora_layers.values()} == {peft_bnb.Linear4bit}
+    else:
+        assert bnb.nn.Linear4bit not in wrapped
+    lora_params = [n for _, names in probe.param_groups for n in names if "lora_" in n]
+    assert lora_params
+    rates = {n: rate for rate, names in probe.param_groups for n in names}
+    ratio = flavour.get("loraplus_lr_ratio")
+    for name in lora_params:
+        # LoRA+: B matrices learn `ratio` times faster than A; plain LoRA: one rate.
+        expected = lr * ratio if ratio and "lora_B" in name else lr
+        assert rates[name] == pytest.approx(expected), name
+    if ratio:
+        assert any("lora_B" in n for n in lora_params) and any("lora_A" in n for n in lora_params)
+
+
 @pytest.mark.parametrize(
     "flavour",
     [
@@ -98,8 +145,10 @@ def test_each_adapter_flavour_trains_and_loads_with_peft(
     tiny_model_dir, data_file, tmp_path, flavour
 ):
     config = make_config(tiny_model_dir, data_file, tmp_path, **flavour)
-    adapter = train(config)
+    probe = TrainingProbe()
+    adapter = train(config, callbacks=[probe])
     assert adapter == tmp_path / "adapters" / "tiny"
+    assert_flavour_applied(probe, flavour, config.learning_rate)
     assert_trained_adapter_works(adapter, tiny_model_dir)
     adapter_config = json.loads((adapter / "adapter_config.json").read_text())
     assert adapter_config["use_dora"] is bool(flavour.get("use_dora"))
@@ -156,8 +205,6 @@ def test_manifest_log_and_held_out_split(tiny_model_dir, data_file, tmp_path):
 
 
 def test_cancelled_run_leaves_no_adapter(tiny_model_dir, data_file, tmp_path):
-    from transformers import TrainerCallback
-
     cancel = CancelCallback()
 
     class CancelAtStep2(TrainerCallback):

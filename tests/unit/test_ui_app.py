@@ -1,16 +1,21 @@
-"""The UI's handlers against a fake API over real HTTP: what each tab shows, errors included."""
+"""The UI's handlers against the real service app (fake engine) over real HTTP: what each
+tab shows, errors included (tests/unit/ui_service.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 import warnings
 from pathlib import Path
 
 import gradio as gr
 import pytest
-from ui_fake_api import ADMIN_KEY, BASE, running_fake_api
 
+from tests.unit.service_lora import make_lora_adapter
+from tests.unit.ui_service import ADAPTER, ADMIN_KEY, BASE, USER_KEY, running_service
 from tuneserve.cli import main
-from ui import app
+from ui import adapters, app, compare, train
 from ui.adapters import adapter_table
 from ui.compare import MAX_SLOTS
 from ui.train import PRESETS, evaluation_running, job_request, loss_frame, progress_text
@@ -19,8 +24,8 @@ SKIP = gr.skip()
 
 
 @pytest.fixture(scope="module")
-def api():
-    with running_fake_api() as url:
+def api(tiny_model_dir, tmp_path_factory):
+    with running_service(tiny_model_dir, tmp_path_factory.mktemp("ui-home")) as url:
         yield url
 
 
@@ -38,12 +43,15 @@ def test_build_ui_has_the_four_tabs():
 
 
 async def test_refresh_models_fills_pickers(api):
-    out = await app.refresh_models(api, "")
-    assert out[0]["choices"] == [BASE, "docker"]
-    assert out[1]["choices"] == [("(none)", ""), BASE, "docker"]  # columns can be switched off
+    out = await app.refresh_models(api, USER_KEY)
+    assert out[0]["choices"] == [BASE, ADAPTER]
+    assert out[1]["choices"] == [("(none)", ""), BASE, ADAPTER]  # columns can be switched off
     assert out[0]["value"] == BASE
-    assert out[-2]["value"] == [BASE, "docker"]  # Evaluate: base vs the newest adapter
+    assert out[-2]["value"] == [BASE, ADAPTER]  # Evaluate: base vs the newest adapter
     assert "1 adapter(s)" in out[-1]
+    with pytest.warns(UserWarning):
+        refused = await app.refresh_models(api, "wrong-key")
+    assert "HTTP 401" in refused[-1] and "invalid API key" in refused[-1]
 
 
 async def test_refresh_models_unreachable_is_readable():
@@ -53,13 +61,14 @@ async def test_refresh_models_unreachable_is_readable():
 
 
 async def test_send_prompt_streams_and_reports_unknown_adapter(api):
-    slots = [BASE, "docker", "no-such-adapter", "", *([[]] * MAX_SLOTS)]
+    slots = [BASE, ADAPTER, "no-such-adapter", "", *([[]] * MAX_SLOTS)]
     items, warned = await _collect(
-        app.send_prompt(api, "", "", "hello", 0.0, 1.0, 32, None, *slots)
+        compare.send_prompt(api, USER_KEY, "", "hello", 0.0, 1.0, 32, None, *slots)
     )
     chats, stats, status = items[-1][:MAX_SLOTS], items[-1][MAX_SLOTS:-1], items[-1][-1]
-    assert chats[0][-1]["content"].strip() == f"{BASE} answers: hello"
-    assert chats[1][-1]["content"].strip() == "docker answers: hello"
+    # The fake engine answers "docker ps", naming the adapter a request was routed to.
+    assert chats[0][-1]["content"].strip() == "docker ps"
+    assert chats[1][-1]["content"].strip() == f"docker ps ({ADAPTER})"
     assert chats[0][0] == {"role": "user", "content": "hello"}
     assert "TTFT" in stats[0] and "tokens/s" in stats[1]
     assert "no-such-adapter" in stats[2] and "does not exist" in stats[2]
@@ -70,71 +79,101 @@ async def test_send_prompt_streams_and_reports_unknown_adapter(api):
 async def test_send_prompt_keeps_history(api):
     history = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
     slots = [BASE, "", "", "", history, [], [], []]
-    items, _ = await _collect(app.send_prompt(api, "", "sys", "c", 0.0, 1.0, 8, 1, *slots))
+    items, _ = await _collect(compare.send_prompt(api, USER_KEY, "sys", "c", 0.0, 1.0, 8, 1, *slots))
     assert [m["content"] for m in items[-1][0]][:3] == ["a", "b", "c"]
 
 
 async def test_send_prompt_requires_prompt_and_model(api):
-    items, warned = await _collect(app.send_prompt(api, "", "", " ", 0, 1, 8, None, *[""] * 8))
+    items, warned = await _collect(compare.send_prompt(api, "", "", " ", 0, 1, 8, None, *[""] * 8))
     assert items[-1][-1] == "Type a prompt first." and warned
-    items, _ = await _collect(app.send_prompt(api, "", "", "x", 0, 1, 8, None, *[""] * 8))
+    items, _ = await _collect(compare.send_prompt(api, "", "", "x", 0, 1, 8, None, *[""] * 8))
     assert items[-1][-1] == "Pick at least one model."
 
 
 def test_render_snippet_for_selected_models(api):
-    update = app.render_snippet(
+    update = compare.render_snippet(
         api, "", "q", "openai", 0.0, 1.0, 8, None, BASE, "docker", "", "", *([[]] * MAX_SLOTS)
     )
     assert update["language"] == "python" and update["value"].count("OpenAI(") == 2
 
 
-async def test_adapters_table_and_admin_refusals(api):
-    table, names, status = await app.load_adapters(api, "")
-    assert list(table["name"]) == ["docker"] and "1 adapter(s)" in status
+async def test_adapters_table_and_admin_refusals(api, tiny_model_dir, tmp_path: Path):
+    table, names, status = await adapters.load_adapters(api, USER_KEY)
+    assert ADAPTER in list(table["name"]) and "adapter(s) registered" in status
     with pytest.warns(UserWarning):
-        refused = await app.unload_adapter(api, "", "docker")
+        refused = await adapters.unload_adapter(api, "", ADAPTER)
     assert "HTTP 401" in refused and "admin key" in refused
     with pytest.warns(UserWarning):
-        refused = await app.register_adapter(api, ADMIN_KEY, "new", "/elsewhere")
-    assert "adapter_rejected" in refused and "adapter_config.json" in refused
-    assert (await app.register_adapter(api, ADMIN_KEY, "new", "/ok/new")).startswith("✅")
-    assert (await app.unload_adapter(api, ADMIN_KEY, "new")).startswith("✅")
+        refused = await adapters.unload_adapter(api, USER_KEY, ADAPTER)
+    assert "HTTP 403" in refused and "needs the admin key" in refused
     with pytest.warns(UserWarning):
-        missing = await app.unload_adapter(api, ADMIN_KEY, "new")
-    assert "not registered" in missing
+        refused = await adapters.register_adapter(api, ADMIN_KEY, "new", str(tmp_path / "none"))
+    assert "adapter_not_found" in refused and "does not exist" in refused
+    folder = make_lora_adapter(tiny_model_dir, tmp_path / "new-adapter", seed=1)
+    assert (await adapters.register_adapter(api, ADMIN_KEY, "new", str(folder))).startswith("✅")
+    table, _, _ = await adapters.load_adapters(api, USER_KEY)
+    assert "new" in list(table["name"])
+    assert (await adapters.unload_adapter(api, ADMIN_KEY, "new")).startswith("✅")
+    with pytest.warns(UserWarning):
+        missing = await adapters.unload_adapter(api, ADMIN_KEY, "new")
+    assert "HTTP 404" in missing and "no adapter named 'new'" in missing
 
 
 async def test_dataset_upload_shows_line_numbered_report(api, tmp_path: Path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"messages": []}\nnot json\n{"messages": []}\n{"x": 1}\n')
+    bad.write_text('{"messages": []}\nnot json\n{"x": 1}\n')
     with pytest.warns(UserWarning):
-        report, file_id = await app.upload_dataset(api, "", str(bad))
+        report, file_id = await train.upload_dataset(api, USER_KEY, str(bad))
     assert file_id is None and "Rejected" in report
-    assert "line 2: not a chat record" in report and "line 4" in report
-    good = tmp_path / "good.jsonl"
-    good.write_text('{"messages": []}\n{"messages": []}\n')
-    report, file_id = await app.upload_dataset(api, "", str(good))
-    assert file_id == "file-1" and "2 valid rows" in report
+    assert "line 2: invalid JSON" in report and "line 3: missing key 'messages'" in report
+    report, file_id = await train.upload_dataset(api, USER_KEY, str(_chat_rows(tmp_path)))
+    assert file_id.startswith("file-") and f"Accepted as `{file_id}`" in report
 
 
-async def test_job_launch_and_live_loss_until_succeeded(api):
-    preset = next(iter(PRESETS))
-    job_id, progress, timer, status = await app.launch_job(api, "", BASE, "file-1", preset, "x", 1)
-    assert job_id == "ftjob-1" and "created" in status
-    ticks = [await app.poll_job(api, "", job_id) for _ in range(3)]
-    plot, progress, timer, status = ticks[-1]
-    assert list(plot[plot.series == "train"].step) == [1, 2, 3, 4, 5, 6]
-    assert "succeeded" in progress and f"ft:{BASE}:x:ftjob-1" in progress
-    assert timer.active is False
-    assert ticks[0][2].active is True
-    assert app._finished_marker(progress) == progress
+def _chat_rows(tmp_path: Path) -> Path:
+    path = tmp_path / "good.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": f"list containers {i}"},
+                      {"role": "assistant", "content": "docker ps"}]}
+        for i in range(12)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
-async def test_job_on_missing_endpoint_says_not_available():
-    with running_fake_api() as url:
-        with pytest.warns(UserWarning):
-            status = await app.cancel_job(url, "", "ftjob-1")
-    assert status == "⚠️ POST /v1/fine_tuning/jobs/ftjob-1/cancel is not available on this server."
+async def test_job_launch_and_live_loss_until_succeeded(api, tmp_path: Path):
+    """A smoke job (real `tuneserve train` on the tiny base) from the Train tab's handlers:
+    the live loss while it runs, then its served model."""
+    _, file_id = await train.upload_dataset(api, USER_KEY, str(_chat_rows(tmp_path)))
+    smoke = next(name for name in PRESETS if name.startswith("smoke"))
+    job_id, progress, timer, status = await train.launch_job(
+        api, USER_KEY, BASE, file_id, smoke, "x", 1
+    )
+    assert job_id.startswith("ftjob-") and "created" in status
+    assert timer.active is True
+    deadline = time.monotonic() + 240
+    while True:  # the page's timer tick, until the job ends
+        plot, progress, timer, status = await train.poll_job(api, USER_KEY, job_id)
+        if isinstance(timer, gr.Timer) and timer.active is False:
+            break
+        assert time.monotonic() < deadline, progress
+        await asyncio.sleep(0.5)
+    assert "succeeded" in progress, progress
+    assert list(plot[plot.series == "train"].step) == [1, 2, 3, 4, 5]
+    model = f"ft:{BASE}:x:{job_id}"
+    assert model in progress and train._finished_marker(progress) == progress
+    out = await app.refresh_models(api, USER_KEY)
+    assert model in out[0]["choices"]
+    jobs, status = await train.list_jobs(api, USER_KEY)
+    assert job_id in list(jobs["id"]) and "job(s)" in status
+
+
+async def test_job_on_missing_endpoint_says_not_available(api):
+    with pytest.warns(UserWarning):
+        status = await train.cancel_job(api + "/elsewhere", USER_KEY, "ftjob-1")
+    assert status == (
+        "⚠️ POST /elsewhere/v1/fine_tuning/jobs/ftjob-1/cancel is not available on this server."
+    )
 
 
 def test_job_request_puts_lora_settings_in_method():
@@ -239,19 +278,22 @@ def test_eval_column_falls_back_to_the_newest_report_verdict():
     assert list(table["eval score"]) == [verdicts["docker"], ""]
 
 
-async def test_adapter_archive_upload(api, tmp_path: Path):
-    archive = tmp_path / "my-adapter.zip"
-    archive.write_bytes(b"PK\x05\x06" + b"\0" * 18)
-    assert (await app.upload_adapter(api, ADMIN_KEY, "", str(archive))).startswith("✅")
-    table, _, _ = await app.load_adapters(api, "")
+async def test_adapter_archive_upload(api, tiny_model_dir, tmp_path: Path):
+    import shutil
+
+    folder = make_lora_adapter(tiny_model_dir, tmp_path / "my-adapter", seed=2)
+    archive = Path(shutil.make_archive(str(tmp_path / "my-adapter"), "zip", folder))
+    assert (await adapters.upload_adapter(api, ADMIN_KEY, "", str(archive))).startswith("✅")
+    table, _, _ = await adapters.load_adapters(api, USER_KEY)
     assert "my-adapter" in list(table["name"])
+    assert (await adapters.unload_adapter(api, ADMIN_KEY, "my-adapter")).startswith("✅")
     with pytest.warns(UserWarning):
-        refused = await app.upload_adapter(api, "", "x", str(archive))
+        refused = await adapters.upload_adapter(api, "", "x", str(archive))
     assert "HTTP 401" in refused
     wrong = tmp_path / "adapter.rar"
     wrong.write_bytes(b"x")
     with pytest.warns(UserWarning):
-        refused = await app.upload_adapter(api, ADMIN_KEY, "y", str(wrong))
-    assert "not a .zip" in refused
+        refused = await adapters.upload_adapter(api, ADMIN_KEY, "y", str(wrong))
+    assert "not a .zip or .tar(.gz) archive" in refused
     with pytest.warns(UserWarning):
-        assert "Choose an adapter archive" in await app.upload_adapter(api, ADMIN_KEY, "", None)
+        assert "Choose an adapter archive" in await adapters.upload_adapter(api, ADMIN_KEY, "", None)

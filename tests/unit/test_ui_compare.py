@@ -5,8 +5,9 @@ from __future__ import annotations
 import ast
 import shlex
 
-from ui_fake_api import BASE, running_fake_api
+import pytest
 
+from tests.unit.ui_service import ADAPTER, BASE, USER_KEY, running_service
 from ui.client import SamplingParams, StreamEvent, TuneserveClient
 from ui.compare import (
     SnippetRequest,
@@ -37,19 +38,25 @@ def test_format_stats():
     assert format_stats(event) == "TTFT 0.50 s · 10.0 tokens/s · 21 tokens · 2.5 s"
 
 
-async def test_compare_streams_models_side_by_side_and_isolates_errors():
-    with running_fake_api() as url:
-        client = TuneserveClient(url)
-        models = [BASE, "docker", "missing", None]
-        messages = [build_messages("", [], "list containers") if m else None for m in models]
-        snapshots = [
-            [(s.text, s.error, s.running, s.stats) for s in states]
-            async for states in compare_stream(client, models, messages, SamplingParams())
-        ]
+@pytest.fixture(scope="module")
+def api(tiny_model_dir, tmp_path_factory):
+    with running_service(tiny_model_dir, tmp_path_factory.mktemp("ui-home")) as url:
+        yield url
+
+
+async def test_compare_streams_models_side_by_side_and_isolates_errors(api):
+    client = TuneserveClient(api, USER_KEY)
+    models = [BASE, ADAPTER, "missing", None]
+    messages = [build_messages("", [], "list containers") if m else None for m in models]
+    snapshots = [
+        [(s.text, s.error, s.running, s.stats) for s in states]
+        async for states in compare_stream(client, models, messages, SamplingParams())
+    ]
     final = snapshots[-1]
-    assert final[0][0].strip() == f"{BASE} answers: list containers"
-    assert final[1][0].strip() == "docker answers: list containers"
-    assert final[0][3].completion_tokens == 4 and final[1][3].ttft_s is not None
+    # The fake engine answers "docker ps", naming the adapter a request was routed to.
+    assert final[0][0] == "docker ps"
+    assert final[1][0] == f"docker ps ({ADAPTER})"
+    assert final[0][3].completion_tokens > 0 and final[1][3].ttft_s is not None
     assert "model_not_found" in final[2][1] and "`missing` does not exist" in final[2][1]
     assert final[3] == ("", None, False, None)
     assert not any(slot[2] for slot in final)

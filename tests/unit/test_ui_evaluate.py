@@ -1,12 +1,13 @@
-"""The Evaluate tab: reports listed and opened over HTTP, run validation, history plot."""
+"""The Evaluate tab against the real service app (fake engine): a run, its report listed and
+opened over HTTP, run validation, history plot."""
 
 from __future__ import annotations
 
 import warnings
 
 import pytest
-from ui_fake_api import BASE, running_fake_api
 
+from tests.unit.ui_service import ADAPTER, BASE, USER_KEY, running_service
 from ui import evaluate as ev
 
 
@@ -17,22 +18,41 @@ async def _collect(agen):
     return items, [str(w.message) for w in caught]
 
 
-async def test_reports_listed_and_opened():
-    with running_fake_api() as url:
-        table, picker, status = await ev.list_reports(url, "")
-        assert list(table["suite"]) == ["docker-commands"] and "1 report(s)" in status
-        assert picker["value"] == "docker-commands-20260101T000000Z"
-        text, status = await ev.open_report(url, "", picker["value"])
-        assert text.startswith("# docker-commands") and "report.html" in status
-        with pytest.warns(UserWarning):
-            _, status = await ev.open_report(url, "", "gone")
-        assert "HTTP 404" in status and "no report gone" in status
+@pytest.fixture(scope="module")
+def api(tiny_model_dir, tmp_path_factory):
+    with running_service(tiny_model_dir, tmp_path_factory.mktemp("ui-home")) as url:
+        yield url
 
 
-async def test_reports_on_server_without_them_say_not_available():
-    with running_fake_api() as url:
-        with pytest.warns(UserWarning):
-            _, _, status = await ev.list_reports(url + "/nothing-here", "")
+async def test_run_then_its_report_is_listed_and_opened(api):
+    """The Evaluate tab's run: progress updates, then the report and the history plot;
+    the report is then on the server (the UI and the server share $TUNESERVE_HOME, as
+    when mounted at /ui). The real-vLLM version is in tests/integration/test_ui_browser.py."""
+    import os
+    from pathlib import Path
+
+    items, _ = await _collect(ev.run_evaluation(api, USER_KEY, "docker-commands",
+                                                [BASE, ADAPTER], 3))
+    status, report, html, history = items[-1]
+    assert status.startswith("✅ Finished"), status
+    assert items[0][0].startswith("⏳ Running **docker-commands**")
+    assert "docker-commands" in report and ADAPTER in report
+    home = Path(os.environ["TUNESERVE_HOME"])
+    assert html.endswith("report.html") and (home / "reports").is_dir()
+    assert set(history["model"]) == {BASE, ADAPTER}
+
+    table, picker, status = await ev.list_reports(api, USER_KEY)
+    assert list(table["suite"]) == ["docker-commands"] and "1 report(s)" in status
+    text, status = await ev.open_report(api, USER_KEY, picker["value"])
+    assert text.startswith("# ") and "docker-commands" in text and "report.html" in status
+    with pytest.warns(UserWarning):
+        _, status = await ev.open_report(api, USER_KEY, "gone")
+    assert "HTTP 404" in status
+
+
+async def test_reports_on_server_without_them_say_not_available(api):
+    with pytest.warns(UserWarning):
+        _, _, status = await ev.list_reports(api + "/nothing-here", USER_KEY)
     assert "not available on this server" in status
 
 
@@ -74,18 +94,3 @@ def test_history_frame_from_stored_runs(isolated_home):
     assert list(frame[frame.model == "docker"].value) == [0.1, 0.4]
     assert list(frame.run) == sorted(frame.run)
     assert ev.history_frame(None, "exact_match").empty
-
-
-async def test_run_evaluation_end_to_end_against_an_openai_api(isolated_home):
-    """The Evaluate tab's run: progress updates, then the report and the history plot
-    (the real-server version is in tests/integration/test_ui_browser.py)."""
-    with running_fake_api() as url:
-        items, _ = await _collect(
-            ev.run_evaluation(url, "", "docker-commands", [BASE, "docker"], 3)
-        )
-    status, report, html, history = items[-1]
-    assert status.startswith("✅ Finished"), status
-    assert items[0][0].startswith("⏳ Running **docker-commands**")
-    assert "docker-commands" in report and "docker" in report
-    assert html.endswith("report.html") and (isolated_home / "reports").is_dir()
-    assert set(history["model"]) == {BASE, "docker"}
