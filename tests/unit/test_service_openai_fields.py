@@ -9,8 +9,11 @@ import json
 
 import pytest
 
-from tests.unit.test_service_api import _assert_error, _chat, make_client  # noqa: F401
+from tests.unit import test_service_api
+from tests.unit.test_service_api import _assert_error, _chat
 from training.tool_format import render_tool_call
+
+make_client = test_service_api.make_client  # the shared fixture: the app on a fake engine
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "parameters": {
