@@ -69,7 +69,7 @@ class StructuredOutputs(StrictModel):
 
     json_: dict[str, Any] | str | None = Field(None, alias="json")
     regex: str | None = None
-    choice: list[str] | None = None
+    choice: list[str] | None = Field(None, min_length=1)
     grammar: str | None = None
     json_object: bool | None = None
 
@@ -121,6 +121,22 @@ def check_schema(schema: dict[str, Any], param: str) -> None:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise BadRequest(f"invalid JSON schema: {exc.message}", param=param) from None
+    except Exception as exc:  # e.g. an unhashable "$schema"
+        raise BadRequest(f"invalid JSON schema: {exc}", param=param) from None
+
+
+def compiled(params, param: str):
+    """``params`` (StructuredOutputsParams) once xgrammar, the engine's backend, compiles
+    it: a 400 naming ``param`` now, not an error event after a stream has begun."""
+    from types import SimpleNamespace
+
+    from vllm.v1.structured_output.backend_xgrammar import validate_xgrammar_grammar
+
+    try:
+        validate_xgrammar_grammar(SimpleNamespace(structured_outputs=params))
+    except Exception as exc:  # VLLMValidationError, ValueError
+        raise BadRequest(str(exc), param=param) from None
+    return params
 
 
 def structured_outputs_params(response_format: ResponseFormat | None,
@@ -139,14 +155,23 @@ def structured_outputs_params(response_format: ResponseFormat | None,
         if spec is None:
             raise BadRequest("response_format of type json_schema needs json_schema",
                              param="response_format.json_schema")
-        check_schema(spec.schema_, "response_format.json_schema.schema")
-        return StructuredOutputsParams(json=spec.schema_)
+        param = "response_format.json_schema.schema"
+        check_schema(spec.schema_, param)
+        return compiled(StructuredOutputsParams(json=spec.schema_), param)
     if structured is None:
         return None
     fields = structured.model_dump(by_alias=True, exclude_none=True)
     if len(fields) != 1:
         raise BadRequest("structured_outputs needs exactly one of json, regex, choice, "
                          "grammar, json_object", param="structured_outputs")
-    if isinstance(fields.get("json"), dict):
-        check_schema(fields["json"], "structured_outputs.json")
-    return StructuredOutputsParams(**fields)
+    [(kind, value)] = fields.items()
+    param = f"structured_outputs.{kind}"
+    if isinstance(value, str) and not value.strip():
+        raise BadRequest(f"{param} must not be empty", param=param)
+    if kind == "json" and isinstance(value, dict):
+        check_schema(value, param)
+    try:
+        params = StructuredOutputsParams(**fields)
+    except ValueError as exc:  # vLLM's own checks (an empty choice list, ...)
+        raise BadRequest(str(exc), param=param) from None
+    return compiled(params, param)

@@ -13,7 +13,7 @@ from service.chat.protocol import ChatCompletionRequest
 from service.errors import BadRequest
 from service.generation import Generator, new_id
 from service.logprobs import chat_logprobs
-from service.openai_fields import logit_bias_ids, structured_outputs_params
+from service.openai_fields import compiled, logit_bias_ids, structured_outputs_params
 from service.tools import StreamedReply, ToolPlan, plan, reply
 from training.chat_format import encode_prompt
 
@@ -58,7 +58,7 @@ class ChatServing:
                                  "response_format or structured_outputs", param="tool_choice")
             from vllm.sampling_params import StructuredOutputsParams
 
-            structured = StructuredOutputsParams(json=tool_plan.schema)
+            structured = compiled(StructuredOutputsParams(json=tool_plan.schema), "tools")
         max_tokens = request.max_completion_tokens or request.max_tokens
         return self.gen.sampling_params(
             prompt_len,

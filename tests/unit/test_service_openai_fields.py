@@ -91,7 +91,8 @@ SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required"
     ({"response_format": {"type": "json_schema", "json_schema": {
         "name": "s", "schema": SCHEMA, "strict": True}}}, {"json": SCHEMA}),
     ({"structured_outputs": {"regex": "[a-z]+"}}, {"regex": "[a-z]+"}),
-    ({"structured_outputs": {"choice": ["yes", "no"]}}, {"choice": ["yes", "no"]}),
+    # xgrammar validation turns a choice into its grammar, as vLLM's engine does.
+    ({"structured_outputs": {"choice": ["yes", "no"]}}, {"grammar": 'root ::= "yes" | "no"'}),
     ({"structured_outputs": {"grammar": 'root ::= "a"'}}, {"grammar": 'root ::= "a"'}),
     ({"structured_outputs": {"json": SCHEMA}}, {"json": SCHEMA}),
     ({"response_format": {"type": "text"}}, None),
@@ -116,6 +117,12 @@ def test_structured_outputs_reach_sampling_params(make_client, body, expected):
     ({"response_format": {"type": "xml"}}, "response_format.type"),
     ({"structured_outputs": {}}, "structured_outputs"),
     ({"structured_outputs": {"regex": "a", "choice": ["a"]}}, "structured_outputs"),
+    ({"structured_outputs": {"regex": "(("}}, "structured_outputs.regex"),
+    ({"structured_outputs": {"grammar": "root ::= ("}}, "structured_outputs.grammar"),
+    ({"structured_outputs": {"choice": []}}, "structured_outputs.choice"),
+    ({"structured_outputs": {"grammar": " "}}, "structured_outputs.grammar"),
+    ({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "s", "schema": {"$schema": {"x": 1}}}}}, "response_format.json_schema.schema"),
     ({"structured_outputs": {"regex": "a", "disable_any_whitespace": True}},
      "structured_outputs.disable_any_whitespace"),
     ({"structured_outputs": {"regex": "a"}, "response_format": {"type": "json_object"}},
