@@ -88,6 +88,11 @@ def engine_args(settings: Settings, model_path: Path, served_name: str):
         # Online requests (priority 0) go before queued batch requests (service/batches).
         scheduling_policy="priority",
         disable_log_stats=False,  # keeps vLLM's Prometheus engine metrics on /metrics
+        # Structured outputs (response_format, tools): xgrammar (measured on CPU), compact
+        # JSON. vLLM reads this flag per engine, not per request; a small model left free
+        # to add whitespace loops on it, and tool calls render compact in training
+        # (training/tool_format.py).
+        structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
     )
 
 

@@ -175,6 +175,8 @@ def validation_message(exc: RequestValidationError | ValidationError) -> tuple[s
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
     param = ".".join(loc) or None
     msg = first.get("msg", "invalid value")
+    if first.get("type") == "extra_forbidden":
+        msg = "unknown parameter: this server does not support it"
     return (f"{param}: {msg}" if param else msg), param
 
 

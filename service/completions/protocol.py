@@ -1,19 +1,22 @@
-"""Request and response shapes of ``POST /v1/completions`` (OpenAI legacy names)."""
+"""Request and response shapes of ``POST /v1/completions`` (OpenAI legacy names).
+
+Every OpenAI field is honoured, informational or refused by name (docs/api.md); unknown
+fields are refused."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from service.chat.protocol import StreamOptions, Usage
+from service.openai_fields import LogitBiasField, ResponseFormat, StrictModel, StructuredOutputs
 
 
-class CompletionRequest(BaseModel):
+class CompletionRequest(LogitBiasField, StrictModel):
     """OpenAI fields, plus vLLM's ``prompt_logprobs``, ``top_k``, ``min_tokens``,
-    ``ignore_eos`` extras. ``echo`` with ``logprobs`` and ``max_tokens=0`` scores a prompt."""
-
-    model_config = ConfigDict(extra="ignore")
+    ``ignore_eos``, ``response_format``, ``structured_outputs`` and ``return_token_ids``
+    extras. ``echo`` with ``logprobs`` and ``max_tokens=0`` scores a prompt."""
 
     model: str
     prompt: str | list[str] | list[int] | list[list[int]]
@@ -29,13 +32,17 @@ class CompletionRequest(BaseModel):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    suffix: str | None = None
-    best_of: int | None = Field(None, ge=1)
-    user: str | None = None
+    suffix: str | None = Field(None, description="Refused unless empty (no infilling).")
+    best_of: int | None = Field(None, ge=1, description="Only equal to n is accepted.")
+    user: str | None = Field(None, description="Informational.")
     prompt_logprobs: int | None = Field(None, ge=0, le=20)
     top_k: int | None = None
     min_tokens: int | None = Field(None, ge=0)
     ignore_eos: bool | None = None
+    response_format: ResponseFormat | None = Field(
+        None, description="vLLM extra: json_object or json_schema, as in chat.")
+    structured_outputs: StructuredOutputs | None = Field(
+        None, description="vLLM extra: one of json, regex, choice, grammar, json_object.")
     return_token_ids: bool = Field(
         False, description="vLLM extra: add choices[].prompt_token_ids and .token_ids."
     )

@@ -12,6 +12,7 @@ from service.completions.protocol import CompletionRequest
 from service.errors import BadRequest
 from service.generation import Generator, merge_streams, new_id
 from service.logprobs import completion_logprobs
+from service.openai_fields import logit_bias_ids, structured_outputs_params
 
 
 @dataclass
@@ -83,6 +84,9 @@ class CompletionServing:
             presence_penalty=request.presence_penalty, frequency_penalty=request.frequency_penalty,
             min_tokens=request.min_tokens, ignore_eos=request.ignore_eos,
             logprobs=request.logprobs, prompt_logprobs=prompt_logprobs,
+            logit_bias=logit_bias_ids(request.logit_bias, len(self.tokenizer)),
+            structured_outputs=structured_outputs_params(request.response_format,
+                                                         request.structured_outputs),
         )
 
     async def create(
