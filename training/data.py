@@ -17,9 +17,12 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneserve.errors import UserError
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
 
 FORMATS = ("chat", "alpaca", "prompt_completion", "chat_csv", "hf_datasets")
 ROLES = ("system", "user", "assistant")
@@ -387,3 +390,115 @@ def _kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string"}.get(
         type(value), type(value).__name__
     )
+
+
+# --- preparation: every dataset of a config loaded, length-checked and split -----------
+
+
+@dataclass
+class PreparedData:
+    """Validated, split rows plus what the manifest records about them."""
+
+    train: list[dict]
+    held_out: list[dict]
+    datasets: list[dict[str, Any]] = field(default_factory=list)
+    held_out_indices: list[int] = field(default_factory=list)
+    dropped_rows: int = 0
+    # Held-out rows left out of held_out because a training row is an exact copy.
+    held_out_duplicates: int = 0
+
+
+def prepare_data(config: TrainConfig, tokenizer) -> PreparedData:
+    """Load every dataset, validate (format, then length against ``sequence_len``), split.
+
+    The split is taken on the format-validated rows, in dataset order, with
+    ``training.data.split_rows(rows, val_set_size, seed)``, so anyone can reproduce it from
+    the files alone. Raises UserError with a line-numbered report unless drop_invalid_rows.
+    """
+    rows, infos, too_long = _load_specs(config, config.datasets, tokenizer)
+    if not rows:
+        raise UserError("no valid training rows")
+    held = set(held_out_indices(len(rows), config.val_set_size, config.seed))
+    if len(held) >= len(rows):
+        raise UserError(f"val_set_size {config.val_set_size} leaves no training rows")
+    rows = with_system_prompt(rows, config.system_prompt)
+    train = [r for i, r in enumerate(rows) if i not in held and i not in too_long]
+    held_out = [r for i, r in enumerate(rows) if i in held and i not in too_long]
+    if not train:
+        raise UserError("no training rows left after dropping invalid rows")
+    if config.val_datasets:
+        val_rows, val_infos, val_long = _load_specs(config, config.val_datasets, tokenizer)
+        held_out = [
+            r
+            for i, r in enumerate(with_system_prompt(val_rows, config.system_prompt))
+            if i not in val_long
+        ]
+        infos += [{**info, "role": "validation"} for info in val_infos]
+    dropped = sum(info["invalid_rows"] for info in infos)
+    held_out, duplicates = _without_training_rows(held_out, train)
+    return PreparedData(train, held_out, infos, sorted(held), dropped, duplicates)
+
+
+def _without_training_rows(held_out: list[dict], train: list[dict]) -> tuple[list[dict], int]:
+    """Held-out rows minus exact copies of a training row (a dataset's duplicates would
+    otherwise put trained-on rows into the evaluation set); returns them and the count."""
+    from training.manifest import row_fingerprint
+
+    trained = {row_fingerprint(r["messages"]) for r in train}
+    kept = [r for r in held_out if row_fingerprint(r["messages"]) not in trained]
+    return kept, len(held_out) - len(kept)
+
+
+def _load_specs(config, specs, tokenizer) -> tuple[list[dict], list[dict], set[int]]:
+    """Rows of ``specs`` in order, manifest entries, and indices of too-long rows.
+
+    Raises UserError with the line-numbered report unless drop_invalid_rows.
+    """
+    rows: list[dict] = []
+    infos: list[dict[str, Any]] = []
+    too_long: set[int] = set()
+    for spec in specs:
+        report = load_rows(spec.path, spec.type, split=spec.split)
+        offset = len(rows)
+        valid = len(report.rows)
+        rows.extend(report.rows)
+        # Length errors are found after the split is fixed so they never shift it.
+        length_report = _copy_report(report, config.system_prompt)
+        check_lengths(length_report, tokenizer, config.sequence_len)
+        long_lines = {e.line for e in length_report.errors} - {e.line for e in report.errors}
+        too_long |= {offset + i for i, line in enumerate(report.lines) if line in long_lines}
+        if length_report.errors and not config.drop_invalid_rows:
+            raise UserError(
+                f"dataset {spec.path} has invalid rows (set drop_invalid_rows: true to skip "
+                "them):\n" + length_report.format_errors()
+            )
+        infos.append(
+            {
+                "path": str(spec.path),
+                "type": report.format,
+                "split": spec.split,
+                "sha256": file_sha256(spec.path),
+                "rows": valid,
+                "invalid_rows": len(length_report.errors),
+            }
+        )
+    return rows, infos, too_long
+
+
+def _copy_report(report, system_prompt):
+    return ValidationReport(
+        path=report.path,
+        format=report.format,
+        rows=with_system_prompt(list(report.rows), system_prompt),
+        errors=list(report.errors),
+        lines=list(report.lines),
+    )
+
+
+def tokenize_rows(rows: list[dict], tokenizer):
+    """A ``datasets.Dataset`` of ``input_ids`` + ``completion_mask`` (TRL's processed form)."""
+    import datasets
+
+    from training.chat_format import encode_for_training
+
+    return datasets.Dataset.from_list([encode_for_training(tokenizer, r["messages"]) for r in rows])
