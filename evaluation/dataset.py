@@ -66,7 +66,9 @@ def to_example(index: int, row: dict[str, Any]) -> Example:
     messages = row.get("messages") or []
     if not messages or messages[-1].get("role") != "assistant":
         raise UserError(f"row {index}: the last message must be the assistant's reference answer")
-    return Example(index=index, messages=list(messages[:-1]), reference=messages[-1]["content"])
+    # A training row's per-turn "weight" is a loss setting, not part of the prompt.
+    prompt = [{k: v for k, v in m.items() if k != "weight"} for m in messages[:-1]]
+    return Example(index=index, messages=prompt, reference=messages[-1]["content"])
 
 
 def held_out_examples(
@@ -145,9 +147,7 @@ def _held_out(
 def example_fingerprint(example: Example) -> str:
     from training.manifest import row_fingerprint
 
-    return row_fingerprint(
-        [*example.messages, {"role": "assistant", "content": example.reference}]
-    )
+    return row_fingerprint([*example.messages, {"role": "assistant", "content": example.reference}])
 
 
 def check_contamination(
@@ -179,8 +179,9 @@ def check_contamination(
     overlap = {label: rows for label, rows in trained.items() if rows}
     if not overlap:
         return held
-    counts = ", ".join(f"{len(rows)} of {len(held.examples)} for {label}"
-                       for label, rows in overlap.items())
+    counts = ", ".join(
+        f"{len(rows)} of {len(held.examples)} for {label}" for label, rows in overlap.items()
+    )
     if policy == "refuse":
         raise UserError(
             f"contaminated evaluation: rows to score were trained on ({counts}; dataset "
@@ -189,8 +190,10 @@ def check_contamination(
             "score them anyway with --allow-contamination"
         )
     if policy == "allow":
-        held.notes.append(f"contamination allowed by the caller: rows scored were trained on "
-                          f"({counts}); those scores overstate the adapters")
+        held.notes.append(
+            f"contamination allowed by the caller: rows scored were trained on "
+            f"({counts}); those scores overstate the adapters"
+        )
         return held
     dropped = set().union(*overlap.values())
     held.examples = [ex for i, ex in enumerate(held.examples) if i not in dropped]

@@ -60,6 +60,15 @@ def row_fingerprint(messages: list[dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(turns, ensure_ascii=False).encode()).hexdigest()[:32]
 
 
+def row_key(row: dict[str, Any]) -> str:
+    """:func:`row_fingerprint` of any row shape (raw text and segment rows: their JSON)."""
+    if "messages" in row:
+        return row_fingerprint(row["messages"])
+    return hashlib.sha256(json.dumps(row, ensure_ascii=False, sort_keys=True).encode()).hexdigest()[
+        :32
+    ]
+
+
 def read_train_fingerprints(adapter_dir: str | Path) -> set[str] | None:
     """Fingerprints of the rows an adapter trained on (None when it did not record them)."""
     path = Path(adapter_dir) / TRAIN_FINGERPRINTS_FILE
@@ -121,7 +130,7 @@ def write_adapter_files(
     with (tmp / HELD_OUT_FILE).open("w", encoding="utf-8") as fh:
         for row in held_out:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    fingerprints = sorted({row_fingerprint(row["messages"]) for row in train_rows})
+    fingerprints = sorted({row_key(row) for row in train_rows})
     (tmp / TRAIN_FINGERPRINTS_FILE).write_text("".join(f + "\n" for f in fingerprints))
     _write_json(tmp / MANIFEST_FILE, manifest)
 

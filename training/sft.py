@@ -90,7 +90,7 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
     from transformers import AutoTokenizer, EarlyStoppingCallback, PrinterCallback
 
     from training.base_models import resolve_model_path
-    from training.data import prepare_data, tokenize_rows
+    from training.data import configure_tokenizer, estimate, prepare_data, tokenize_rows
     from training.manifest import build_manifest, staging_dir, write_adapter_files
     from training.trainer import AdapterSFTTrainer, build_sft_config, load_model
 
@@ -102,10 +102,20 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
         raise UserError(
             f"adapter {target} already exists (set overwrite: true or pick another name)"
         )
+    resume_path = config.resume_from_checkpoint
+    if isinstance(resume_path, str) and not (Path(resume_path) / "trainer_state.json").is_file():
+        raise UserError(
+            f"resume_from_checkpoint {resume_path} is not a checkpoint folder "
+            "(no trainer_state.json)"
+        )
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    configure_tokenizer(config, tokenizer)
+    for note in config.notes:
+        events.write("status", message=f"warning: {note}")
 
     events.write("status", message="validating data")
     data = prepare_data(config, tokenizer)
+    work = estimate(config, data)
     events.write(
         "status",
         message=f"data: {len(data.train)} train rows, {len(data.held_out)} held-out rows, "
@@ -114,11 +124,27 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
             f", {data.held_out_duplicates} held-out rows left out as copies of training rows"
             if data.held_out_duplicates
             else ""
+        )
+        + (
+            f", {data.duplicate_rows} duplicate training rows "
+            + ("dropped" if data.deduplicated else "kept (dataset_exact_deduplication drops them)")
+            if data.duplicate_rows
+            else ""
         ),
     )
-    train_ds = tokenize_rows(data.train, tokenizer)
+    events.write(
+        "status",
+        message=f"estimate: {work['steps']} steps, {work['tokens']} tokens"
+        + (
+            f", about {work['seconds']} s at the speed of {work['tokens_per_s_from']}"
+            if work["seconds"]
+            else ""
+        ),
+    )
+    eot = tuple(config.eot_tokens)
+    train_ds = tokenize_rows(data.train, tokenizer, eot)
     eval_rows = data.held_out[: config.eval_max_rows] if config.eval_max_rows else data.held_out
-    eval_ds = tokenize_rows(eval_rows, tokenizer) if eval_rows else None
+    eval_ds = tokenize_rows(eval_rows, tokenizer, eot) if eval_rows else None
 
     events.write("status", message=f"loading {config.base_model} ({config.adapter})")
     torch.manual_seed(config.seed)
@@ -131,7 +157,9 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
         all_callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
     trainer = AdapterSFTTrainer(
         model=model,
-        args=build_sft_config(config, has_eval=eval_ds is not None),
+        args=build_sft_config(
+            config, has_eval=eval_ds is not None, steps_per_epoch=work["steps_per_epoch"]
+        ),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
@@ -143,7 +171,9 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; we have our own bar
 
     resume = None
-    if config.resume_from_checkpoint and config.checkpoint_dir.is_dir():
+    if isinstance(config.resume_from_checkpoint, str):
+        resume = config.resume_from_checkpoint  # a checkpoint folder named in the config
+    elif config.resume_from_checkpoint and config.checkpoint_dir.is_dir():
         resume = last_complete_checkpoint(config.checkpoint_dir)
     elif config.checkpoint_dir.exists():
         shutil.rmtree(config.checkpoint_dir)  # stale checkpoints of an earlier run

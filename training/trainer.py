@@ -58,7 +58,8 @@ class AdapterSFTTrainer(SFTTrainer):
 
 
 def load_model(config: TrainConfig, model_path: Path):
-    """The base model (4-bit NF4 for qlora) wrapped in a fresh PEFT LoRA adapter."""
+    """The base model (4-bit NF4 for qlora, LLM.int8 for load_in_8bit) wrapped in a fresh
+    PEFT LoRA adapter."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, set_seed
 
@@ -71,8 +72,10 @@ def load_model(config: TrainConfig, model_path: Path):
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
         )
+    elif config.load_in_8bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
-    if config.adapter == "qlora":
+    if config.adapter == "qlora" or config.load_in_8bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     set_seed(config.seed)  # LoRA A init
     peft_config = LoraConfig(
@@ -88,8 +91,9 @@ def load_model(config: TrainConfig, model_path: Path):
     return get_peft_model(model, peft_config)
 
 
-def build_sft_config(config: TrainConfig, *, has_eval: bool):
-    """Map our config onto TRL's ``SFTConfig``."""
+def build_sft_config(config: TrainConfig, *, has_eval: bool, steps_per_epoch: int = 1):
+    """Map our config onto TRL's ``SFTConfig`` (``steps_per_epoch`` turns Axolotl's
+    saves_per_epoch / evals_per_epoch into step counts)."""
     from trl import SFTConfig
 
     warmup: float = 0
@@ -97,8 +101,15 @@ def build_sft_config(config: TrainConfig, *, has_eval: bool):
         warmup = config.warmup_steps
     elif config.warmup_ratio is not None:
         warmup = config.warmup_ratio
-    periodic_eval = has_eval and config.eval_steps is not None
+    eval_steps = config.eval_steps
+    if config.evals_per_epoch:
+        eval_steps = max(1, steps_per_epoch // config.evals_per_epoch)
+    save_steps = config.save_steps
+    if config.saves_per_epoch:
+        save_steps = max(1, steps_per_epoch // config.saves_per_epoch)
+    periodic_eval = has_eval and eval_steps is not None
     early = config.early_stopping_patience is not None
+    optimizer = {"optim": config.optimizer} if config.optimizer else {}
     return SFTConfig(
         output_dir=str(config.checkpoint_dir),
         per_device_train_batch_size=config.micro_batch_size,
@@ -112,23 +123,27 @@ def build_sft_config(config: TrainConfig, *, has_eval: bool):
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
         gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs=config.gradient_checkpointing_kwargs,
+        **optimizer,
         bf16=config.dtype == "bfloat16",
         use_cpu=not torch.cuda.is_available(),  # else bf16 on a CPU-only machine is refused
         logging_steps=config.logging_steps,
         save_strategy="steps",
-        save_steps=config.eval_steps if early else config.save_steps,
+        save_steps=eval_steps if early else save_steps,
         save_total_limit=2,
         eval_strategy="steps" if periodic_eval else "no",
-        eval_steps=config.eval_steps if periodic_eval else None,
+        eval_steps=eval_steps if periodic_eval else None,
         load_best_model_at_end=early,
         metric_for_best_model="eval_loss" if early else None,
         greater_is_better=False if early else None,
         seed=config.seed,
         data_seed=config.seed,
-        report_to="none",
+        report_to=config.report_to or "none",
+        run_name=config.wandb.get("name") or config.name,
         disable_tqdm=True,  # our ProgressBarCallback replaces the default bar
         max_length=config.sequence_len,
         packing=config.sample_packing,
+        eval_packing=False,  # held-out loss per row, packed training or not
         completion_only_loss=not config.train_on_inputs,
         # Rows of similar length share a batch: less padding, same data.
         train_sampling_strategy="random" if config.sample_packing else "group_by_length",
