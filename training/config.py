@@ -94,6 +94,14 @@ AXOLOTL_MEANINGLESS: dict[str, str] = {
     "eval_max_new_tokens": "use tuneserve eval for generations",
     "gpu_memory_limit": "one device, sized by the runtime",
     "ddp": "one process: no distributed training",
+    "local_rank": "one process: no distributed training",
+    "model_type": "the model class is read from the base model's config",
+    "tokenizer_type": "the tokenizer class is read from the base model's folder",
+    "attn_implementation": "attention kernels are a speed setting; PyTorch SDPA is used",
+    "s2_attention": "attention kernels are a speed setting; PyTorch SDPA is used",
+    "loss_watchdog_threshold": "no loss watchdog: the loss curve is in the JSON-lines log",
+    "loss_watchdog_patience": "no loss watchdog: the loss curve is in the JSON-lines log",
+    "save_first_step": "checkpoints follow save_steps / saves_per_epoch",
 }
 AXOLOTL_MEANINGLESS_PREFIXES = {"ddp_": "one process: no distributed training"}
 # Axolotl keys refused with the reason when set (to anything but empty/false).
@@ -232,12 +240,6 @@ class TrainConfig(BaseModel):
     )
     output_dir: str | None = Field(
         None, description="Where adapters go ($TUNESERVE_HOME/adapters)."
-    )
-    model_type: Literal["AutoModelForCausalLM"] | None = Field(
-        None, description="Axolotl's loader class; only AutoModelForCausalLM."
-    )
-    tokenizer_type: Literal["AutoTokenizer"] | None = Field(
-        None, description="Axolotl's tokenizer class; only AutoTokenizer."
     )
     overwrite: bool = Field(False, description="Replace an existing adapter of the same name.")
 
@@ -500,7 +502,8 @@ def translate_axolotl(raw: dict) -> tuple[dict, list[str], list[str]]:
             AXOLOTL_MEANINGLESS_PREFIXES[prefix] if prefix else None
         )
         if reason:
-            notes.append(f"{key} is ignored: {reason}")
+            if value is not False:  # turning off what is off anyway ignores nothing
+                notes.append(f"{key} is ignored: {reason}")
             continue
         if key in _WANDB_KEYS:
             wandb[key.removeprefix("wandb_")] = str(value)
