@@ -575,3 +575,25 @@ def estimate(config: TrainConfig, data: PreparedData) -> dict[str, Any]:
         "seconds": round(tokens / rate) if rate else None,
         "tokens_per_s_from": runs[-1]["name"] if runs else None,
     }
+
+
+def data_check(config: TrainConfig, model_path: str | Path) -> str:
+    """The checks training runs before any compute, as one summary line: every row valid
+    and within ``sequence_len`` (else UserError with the line-numbered report), duplicate
+    training rows, tokens, steps and (when a run on this base measured a speed) time."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    configure_tokenizer(config, tokenizer)
+    data = prepare_data(config, tokenizer)
+    work = estimate(config, data)
+    too_long = sum(info.get("too_long_rows", 0) for info in data.datasets)
+    parts = [
+        f"{len(data.train)} training rows",
+        f"{len(data.held_out)} held-out rows",
+        f"{too_long} longer than sequence_len {config.sequence_len} (dropped)" if too_long else "",
+        f"{data.duplicate_rows} duplicate rows" if data.duplicate_rows else "",
+        f"about {work['tokens']} tokens in {work['steps']} steps",
+        f"about {work['seconds']} s" if work["seconds"] else "",
+    ]
+    return "Data check: " + ", ".join(p for p in parts if p)
