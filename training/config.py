@@ -505,6 +505,9 @@ def translate_axolotl(raw: dict) -> tuple[dict, list[str], list[str]]:
             if value is not False:  # turning off what is off anyway ignores nothing
                 notes.append(f"{key} is ignored: {reason}")
             continue
+        if key == "auto_resume_from_checkpoints":
+            kept.setdefault("resume_from_checkpoint", bool(value))
+            continue
         if key in _WANDB_KEYS:
             wandb[key.removeprefix("wandb_")] = str(value)
             continue
