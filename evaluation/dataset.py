@@ -147,7 +147,9 @@ def _held_out(
 def example_fingerprint(example: Example) -> str:
     from training.manifest import row_fingerprint
 
-    return row_fingerprint([*example.messages, {"role": "assistant", "content": example.reference}])
+    return row_fingerprint(
+        [*example.messages, {"role": "assistant", "content": example.reference}]
+    )
 
 
 def check_contamination(
@@ -179,9 +181,8 @@ def check_contamination(
     overlap = {label: rows for label, rows in trained.items() if rows}
     if not overlap:
         return held
-    counts = ", ".join(
-        f"{len(rows)} of {len(held.examples)} for {label}" for label, rows in overlap.items()
-    )
+    counts = ", ".join(f"{len(rows)} of {len(held.examples)} for {label}"
+                       for label, rows in overlap.items())
     if policy == "refuse":
         raise UserError(
             f"contaminated evaluation: rows to score were trained on ({counts}; dataset "
@@ -190,10 +191,8 @@ def check_contamination(
             "score them anyway with --allow-contamination"
         )
     if policy == "allow":
-        held.notes.append(
-            f"contamination allowed by the caller: rows scored were trained on "
-            f"({counts}); those scores overstate the adapters"
-        )
+        held.notes.append(f"contamination allowed by the caller: rows scored were trained on "
+                          f"({counts}); those scores overstate the adapters")
         return held
     dropped = set().union(*overlap.values())
     held.examples = [ex for i, ex in enumerate(held.examples) if i not in dropped]

@@ -64,9 +64,8 @@ def row_key(row: dict[str, Any]) -> str:
     """:func:`row_fingerprint` of any row shape (raw text and segment rows: their JSON)."""
     if "messages" in row:
         return row_fingerprint(row["messages"])
-    return hashlib.sha256(json.dumps(row, ensure_ascii=False, sort_keys=True).encode()).hexdigest()[
-        :32
-    ]
+    text = json.dumps(row, ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def read_train_fingerprints(adapter_dir: str | Path) -> set[str] | None:
