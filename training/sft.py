@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import resource
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -116,10 +117,12 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
     events.write("status", message="validating data")
     data = prepare_data(config, tokenizer)
     work = estimate(config, data)
+    too_long = sum(info.get("too_long_rows", 0) for info in data.datasets)
     events.write(
         "status",
         message=f"data: {len(data.train)} train rows, {len(data.held_out)} held-out rows, "
         f"{data.dropped_rows} dropped"
+        + (f" ({too_long} longer than sequence_len {config.sequence_len})" if too_long else "")
         + (
             f", {data.held_out_duplicates} held-out rows left out as copies of training rows"
             if data.held_out_duplicates
@@ -146,6 +149,11 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
     eval_rows = data.held_out[: config.eval_max_rows] if config.eval_max_rows else data.held_out
     eval_ds = tokenize_rows(eval_rows, tokenizer, eot) if eval_rows else None
 
+    if progress_bar is not False:  # the data summary and estimate, before compute is spent
+        from tqdm import tqdm
+
+        for event in events.events[-2:]:
+            tqdm.write(event["message"], file=sys.stderr)  # the progress bar's own channel
     events.write("status", message=f"loading {config.base_model} ({config.adapter})")
     torch.manual_seed(config.seed)
     model = load_model(config, model_path)

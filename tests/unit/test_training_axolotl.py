@@ -191,3 +191,31 @@ def test_special_token_outside_the_vocabulary_is_refused(tiny_model_dir, tmp_pat
     )
     with pytest.raises(UserError, match="not in the base model's vocabulary"):
         train(config, progress_bar=False)
+
+
+@pytest.mark.parametrize("dedupe", [False, True])
+def test_duplicates_are_counted_or_dropped_and_work_estimated(tiny_model_dir, tmp_path, dedupe):
+    _data(tmp_path)
+    alpaca = tmp_path / "alpaca.jsonl"
+    lines = alpaca.read_text().splitlines()
+    alpaca.write_text("\n".join([*lines, lines[0], lines[1]]) + "\n")  # 12 rows + 2 repeats
+    config = config_from_dict(
+        {
+            "name": "d",
+            "base_model": str(tiny_model_dir),
+            "output_dir": str(tmp_path / "o"),
+            "datasets": [{"path": str(alpaca)}],
+            "max_steps": 1,
+            "micro_batch_size": 2,
+            "dataset_exact_deduplication": dedupe,
+        }
+    )
+    adapter = train(config, progress_bar=False)
+    assert read_manifest(adapter)["split"]["train_rows"] == (12 if dedupe else 14)
+    log = [
+        json.loads(line)["message"]
+        for line in (tmp_path / "o" / "d.train.jsonl").read_text().splitlines()
+    ]
+    data_line = next(m for m in log if m.startswith("data: "))
+    assert "2 duplicate training rows " + ("dropped" if dedupe else "kept") in data_line
+    assert any(m.startswith("estimate: 1 steps, ") and "tokens" in m for m in log)
