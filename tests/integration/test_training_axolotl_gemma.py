@@ -33,8 +33,12 @@ def test_axolotl_qlora_sharegpt_trains_serves_and_chats(
                 for m in row["messages"]
             ]
             fh.write(json.dumps({"conversations": turns}) + "\n")
-    # Unchanged but for the local model and a few steps (one step = 4 rows here).
-    config = load_config(tmp_path / EXAMPLE.name, [f"base_model={real_model_dir}", "max_steps=3"])
+    # Unchanged but for the local model, a few steps (one step = 4 rows here) and lora_r:
+    # the shared test server serves ranks up to 16 (its --max-lora-rank), the example's is 32.
+    config = load_config(
+        tmp_path / EXAMPLE.name,
+        [f"base_model={real_model_dir}", "max_steps=3", "lora_r=16"],
+    )
     assert config.adapter == "qlora" and config.datasets[0].type == "chat_template"
     adapter = train(config, progress_bar=False)
     manifest = read_manifest(adapter)
