@@ -71,7 +71,7 @@ def run_plain_trl(steps: int, dtype: str) -> dict:
 
     from training.base_models import resolve_model_path
     from training.config import load_config
-    from training.sft import prepare_data
+    from training.data import prepare_data
 
     config = load_config(CONFIG)
     path = resolve_model_path(config.base_model)

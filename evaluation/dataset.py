@@ -66,7 +66,9 @@ def to_example(index: int, row: dict[str, Any]) -> Example:
     messages = row.get("messages") or []
     if not messages or messages[-1].get("role") != "assistant":
         raise UserError(f"row {index}: the last message must be the assistant's reference answer")
-    return Example(index=index, messages=list(messages[:-1]), reference=messages[-1]["content"])
+    # A training row's per-turn "weight" is a loss setting, not part of the prompt.
+    prompt = [{k: v for k, v in m.items() if k != "weight"} for m in messages[:-1]]
+    return Example(index=index, messages=prompt, reference=messages[-1]["content"])
 
 
 def held_out_examples(

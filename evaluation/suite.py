@@ -35,7 +35,10 @@ METRIC_DIRECTIONS: dict[str, int] = {
 TEXT_METRICS = ("exact_match", "chrf", "bleu", "rouge_l")
 
 
-class DatasetSpec(BaseModel):
+class EvalDatasetSpec(BaseModel):
+    """Which rows a suite scores: a dataset file and its held-out split (not a training
+    source like training.config.DatasetSpec, hence its own name)."""
+
     model_config = ConfigDict(extra="forbid")
     path: str = Field(
         description="Dataset file; relative paths resolve against the suite file's folder; "
@@ -91,7 +94,7 @@ class Suite(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="Suite id; history compares runs with the same name.")
     description: str = ""
-    dataset: DatasetSpec
+    dataset: EvalDatasetSpec
     system_prompt: str | None = Field(None, description="Prepended as a system message.")
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
     metrics: list[str] = Field(

@@ -70,6 +70,8 @@ def _train(args: argparse.Namespace) -> int:
     from training.sft import TrainingCancelled, train
 
     config = load_config(args.config, args.overrides)
+    for note in config.notes:  # keys accepted but meaningless here: one line each
+        print(f"warning: {note}", file=sys.stderr)
     try:
         path = train(config, log_file=Path(args.log_file) if args.log_file else None)
     except TrainingCancelled as exc:

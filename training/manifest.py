@@ -60,6 +60,14 @@ def row_fingerprint(messages: list[dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(turns, ensure_ascii=False).encode()).hexdigest()[:32]
 
 
+def row_key(row: dict[str, Any]) -> str:
+    """:func:`row_fingerprint` of any row shape (raw text and segment rows: their JSON)."""
+    if "messages" in row:
+        return row_fingerprint(row["messages"])
+    text = json.dumps(row, ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 def read_train_fingerprints(adapter_dir: str | Path) -> set[str] | None:
     """Fingerprints of the rows an adapter trained on (None when it did not record them)."""
     path = Path(adapter_dir) / TRAIN_FINGERPRINTS_FILE
@@ -121,7 +129,7 @@ def write_adapter_files(
     with (tmp / HELD_OUT_FILE).open("w", encoding="utf-8") as fh:
         for row in held_out:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    fingerprints = sorted({row_fingerprint(row["messages"]) for row in train_rows})
+    fingerprints = sorted({row_key(row) for row in train_rows})
     (tmp / TRAIN_FINGERPRINTS_FILE).write_text("".join(f + "\n" for f in fingerprints))
     _write_json(tmp / MANIFEST_FILE, manifest)
 
@@ -130,3 +138,76 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
+
+
+def base_checkpoint_hash(model_path: Path) -> str | None:
+    """The prepared model's recorded weights hash, else sha256 of its safetensors."""
+    from training.base_models import PREPARED_MARKER
+    from training.data import file_sha256
+
+    marker = model_path / PREPARED_MARKER
+    if marker.is_file():
+        recorded = json.loads(marker.read_text()).get("weights_sha256")
+        if recorded:
+            return recorded
+    weights = sorted(model_path.glob("*.safetensors"))
+    return file_sha256(weights[0]) if len(weights) == 1 else None
+
+
+def build_manifest(
+    config,
+    *,
+    model_path: Path,
+    data,
+    trainer,
+    jsonl,
+    metrics: dict[str, Any],
+    resume: str | None,
+    train_seconds: float,
+    wall_seconds: float,
+    trained_tokens: int,
+    peak_memory_mb: float,
+    created_at: str,
+) -> dict[str, Any]:
+    """The ``tuneserve.json`` of a finished run: config, data, split, numbers, versions."""
+    import sys
+
+    state = trainer.state
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    return {
+        "name": config.name,
+        "kind": "adapter",
+        "adapter": config.adapter,
+        "servable_by_vllm": not config.use_dora,
+        "base_model": config.base_model,
+        "base_model_path": str(model_path),
+        "base_checkpoint_sha256": base_checkpoint_hash(model_path),
+        "config": config.model_dump(mode="json"),
+        "datasets": data.datasets,
+        "split": {
+            "seed": config.seed,
+            "val_set_size": config.val_set_size,
+            "train_rows": len(data.train),
+            "held_out_rows": len(data.held_out),
+            "held_out_indices": data.held_out_indices,
+            "held_out_duplicates_dropped": data.held_out_duplicates,
+            "held_out_file": "held_out.jsonl (held_out_indices minus copies of training rows)",
+            "how": "training.data.split_rows(rows of all datasets in order, val_set_size, seed)",
+        },
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "steps": state.global_step,
+        "epochs": state.epoch,
+        "trained_tokens": trained_tokens,
+        "train_seconds": round(train_seconds, 1),
+        "wall_seconds": round(wall_seconds, 1),
+        "tokens_per_s": round(trained_tokens / train_seconds, 1) if train_seconds else None,
+        "peak_memory_mb": round(peak_memory_mb, 1),
+        "loss_curve": jsonl.loss_curve,
+        "eval_curve": jsonl.eval_curve,
+        "metrics": metrics,
+        "resumed_from": resume,
+        "libraries": library_versions(),
+        "python": sys.version.split()[0],
+        "created_at": created_at,
+    }

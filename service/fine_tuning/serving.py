@@ -111,6 +111,7 @@ class FineTuningService:
             )
         except UserError as exc:
             raise BadRequest(str(exc), param="method.supervised.hyperparameters") from None
+        data_summary = _check_data(config, self.bases[request.model])
 
         method_out = {"type": "supervised", "supervised": {"hyperparameters": hp}}
         openai_hp = {k: hp[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
@@ -124,7 +125,8 @@ class FineTuningService:
         self.store.add_event(job_id, f"Validating training file: {request.training_file}")
         self.store.add_event(job_id, held_out_event(n_rows, held_out, request.validation_file),
                              level="info" if held_out or validation_path else "warn")
-        # Files were validated row by row at upload; what is left is that they still exist.
+        self.store.add_event(job_id, data_summary)
+        # Files were validated row by row at upload; lengths and duplicates just above.
         self.store.update_job(job_id, only_if_status={"validating_files"}, status="queued")
         self.store.add_event(job_id, "Files validated, moving job to queued state.")
         self.supervisor.wake()
@@ -238,3 +240,17 @@ def to_event(record: dict[str, Any]) -> FineTuningJobEvent:
     return FineTuningJobEvent(id=record["id"], created_at=record["created_at"],
                               level=record["level"], message=record["message"],
                               data=record["data"], type=record["type"])
+
+
+def _check_data(config: dict[str, Any], base_path: Path) -> str:
+    """Lengths against sequence_len, duplicates and the work estimate, before the job is
+    queued (training.data.data_check); 400 naming training_file with the line report."""
+    from training.config import TrainConfig
+    from training.data import data_check
+
+    if not (Path(base_path) / "tokenizer_config.json").is_file():
+        return "Data check skipped: the base model folder has no tokenizer"
+    try:
+        return data_check(TrainConfig.model_validate(config), base_path)
+    except UserError as exc:
+        raise BadRequest(str(exc), param="training_file", code="invalid_file") from None

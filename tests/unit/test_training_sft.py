@@ -315,7 +315,7 @@ def test_held_out_rows_never_copy_a_training_row(tiny_model_dir, tmp_path):
     the held-out set (and counted), so evaluation never scores a trained-on row."""
     from transformers import AutoTokenizer
 
-    from training.sft import prepare_data
+    from training.data import prepare_data
 
     path = tmp_path / "dupes.jsonl"
     rows = [{"instruction": "translate", "input": request, "output": command}
