@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from training.config import config_from_dict
-from training.sft import _trainer_class, build_sft_config, load_model, prepare_data, tokenize_rows
+from training.data import prepare_data, tokenize_rows
+from training.trainer import AdapterSFTTrainer, build_sft_config, load_model
 
 ROWS = [
     ("List all running containers.", "docker ps"),
@@ -47,7 +48,7 @@ def _loss_grads_outputs(tiny_model_dir, data_file, tmp_path, *, compact, softcap
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
     model.get_base_model().config.final_logit_softcapping = softcap  # read when patched
-    trainer = _trainer_class()(
+    trainer = AdapterSFTTrainer(
         model=model,
         args=build_sft_config(config, has_eval=False),
         train_dataset=train_ds,
