@@ -56,10 +56,13 @@ DEFAULT_ROLE_MAP = {
     "function": "tool",
 }
 TOOL_REFUSAL = (
-    "tool-call messages are not supported by training yet (the lead's follow-up: tool "
-    "rendering shared with the server, training/tool_format.py)"
+    "tool calls are trained from OpenAI chat rows only (a row's 'tools', assistant "
+    "'tool_calls', 'tool' messages); convert this format's function messages to that"
 )
 MESSAGE_KEYS = ("role", "content", "weight")
+# Keys of tool-bearing messages in OpenAI chat rows, by role.
+TOOL_MESSAGE_KEYS = {"assistant": ("role", "content", "weight", "tool_calls"),
+                     "tool": ("role", "content", "tool_call_id")}
 
 
 @dataclass(frozen=True)
@@ -118,8 +121,9 @@ def to_row(record: Any, fmt: str, options: FormatOptions | None = None) -> dict:
     if fmt == "input_output":
         return {"segments": _segments(record, options)}
     messages = to_messages(record, fmt, options)
-    check_messages(messages)
-    return {"messages": messages}
+    tools = record.get("tools") if fmt in ("chat", "chat_csv") else None
+    check_messages(messages, tools)
+    return {"messages": messages, **({"tools": tools} if tools else {})}
 
 
 def to_messages(record: dict, fmt: str, options: FormatOptions | None = None) -> list[dict]:
@@ -128,11 +132,12 @@ def to_messages(record: dict, fmt: str, options: FormatOptions | None = None) ->
     if fmt in ("chat", "chat_csv"):
         if "messages" not in record:
             raise ValueError("missing key 'messages'")
-        if "tools" in record or "functions" in record:
-            raise ValueError(TOOL_REFUSAL)
-        _check_keys(record, {"messages", "parallel_tool_calls"}, options)
-        if record.get("parallel_tool_calls") is not None:
-            raise ValueError(TOOL_REFUSAL)
+        if "functions" in record:
+            raise ValueError("'functions' is OpenAI's deprecated form: use 'tools'")
+        _check_keys(record, {"messages", "tools", "parallel_tool_calls"}, options)
+        if record.get("parallel_tool_calls"):
+            raise ValueError("parallel_tool_calls: true is not supported (the server makes at "
+                             "most one call per assistant turn)")
         return _message_list(record, "messages", options, mapped=False)
     if fmt in ("chat_template", "sharegpt"):
         key = options.field_messages or ("conversations" if fmt == "sharegpt" else "messages")
@@ -142,6 +147,8 @@ def to_messages(record: dict, fmt: str, options: FormatOptions | None = None) ->
             raise ValueError(TOOL_REFUSAL)
         _check_keys(record, {key, "system"}, options)
         messages = _message_list(record, key, options, mapped=True)
+        if any(m.get("role") == "tool" for m in messages):
+            raise ValueError(TOOL_REFUSAL)
         return _with_system_field(record, messages)
     if fmt == "alpaca":
         return _alpaca(record, options)
@@ -150,11 +157,18 @@ def to_messages(record: dict, fmt: str, options: FormatOptions | None = None) ->
     raise ValueError(f"unknown format {fmt!r}")
 
 
-def check_messages(messages: list) -> None:
+def check_messages(messages: list, tools: list | None = None) -> None:
     """Raise ValueError with the first problem: bad shape, unknown role or key, empty
-    content, a bad weight, turns out of order, or no trained assistant turn at the end."""
+    content, a bad weight, turns out of order, or no trained assistant turn at the end.
+
+    Tool-bearing conversations (``tools``, assistant ``tool_calls``, ``tool`` results) are
+    checked as :mod:`training.tool_format` renders them, the way the server prompts."""
     if not messages:
         raise ValueError("no messages")
+    if tools is not None or any(isinstance(m, dict) and (
+            m.get("role") == "tool" or "tool_calls" in m) for m in messages):
+        _check_tool_messages(messages, tools)
+        return
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
             raise ValueError(f"message {i} is {kind(msg)}, not an object")
@@ -194,6 +208,37 @@ def check_messages(messages: list) -> None:
         raise ValueError("the last message must be the assistant's answer")
     if all(m.get("weight", 1) == 0 for m in messages if m["role"] == "assistant"):
         raise ValueError("every assistant turn has weight 0: nothing to train on")
+
+
+def _check_tool_messages(messages: list, tools: list | None) -> None:
+    from training.tool_format import render_tool_messages
+
+    if tools is not None and (not isinstance(tools, list)
+                              or not all(isinstance(t, dict) for t in tools)):
+        raise ValueError("'tools' must be a list of tool objects")
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise ValueError(f"message {i} is {kind(msg)}, not an object")
+        role = msg.get("role")
+        known = TOOL_MESSAGE_KEYS.get(role, MESSAGE_KEYS)
+        unknown = sorted(set(msg) - set(known))
+        if unknown:
+            raise ValueError(f"message {i} ({role}) has unknown key(s) "
+                             f"{', '.join(map(repr, unknown))} (known: {', '.join(known)})")
+        if "weight" in msg and (msg["weight"] not in (0, 1) or isinstance(msg["weight"], bool)):
+            raise ValueError(f"message {i}: weight must be 0 or 1, got {msg['weight']!r}")
+    if messages[-1].get("role") != "assistant":
+        raise ValueError("the last message must be the assistant's answer")
+    if all(m.get("weight", 1) == 0 for m in messages if m.get("role") == "assistant"):
+        raise ValueError("every assistant turn has weight 0: nothing to train on")
+    # What the model sees: tool definitions in the system turn, calls as assistant text,
+    # results as user turns. That must be a valid plain conversation.
+    try:
+        rendered = render_tool_messages([{k: v for k, v in m.items() if k != "weight"}
+                                         for m in messages], tools)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"malformed tool call or tool definition (missing {exc})") from None
+    check_messages(rendered)
 
 
 def kind(value: Any) -> str:

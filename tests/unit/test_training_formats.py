@@ -144,18 +144,60 @@ def test_ignore_fields_leaves_named_columns_out():
     assert row == {"messages": EXPECTED}
 
 
-def test_tool_messages_are_refused_with_the_follow_up_named():
-    tool_call = [
-        EXPECTED[1],
-        {"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]},
-        {"role": "tool", "content": "ok", "tool_call_id": "1"},
-        EXPECTED[2],
-    ]
-    for record in ({"messages": tool_call}, {"messages": EXPECTED, "tools": []}):
-        with pytest.raises(ValueError, match="tool_format.py"):
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+TOOL_CONVERSATION = [
+    {"role": "user", "content": "Weather in Oslo?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "4 C, rain"},
+    {"role": "assistant", "content": "4 degrees and rain in Oslo."},
+]
+
+
+def test_openai_tool_rows_are_kept_and_checked():
+    row = to_row({"messages": TOOL_CONVERSATION, "tools": [WEATHER]}, "chat")
+    assert row == {"messages": TOOL_CONVERSATION, "tools": [WEATHER]}
+    orphan = [TOOL_CONVERSATION[0], {"role": "tool", "tool_call_id": "x", "content": "?"},
+              TOOL_CONVERSATION[3]]
+    bad_call = [TOOL_CONVERSATION[0], {"role": "assistant", "tool_calls": [{"id": "1"}]},
+                *TOOL_CONVERSATION[2:]]
+    for record, reason in (({"messages": orphan, "tools": [WEATHER]}, "unknown tool_call_id"),
+                           ({"messages": bad_call, "tools": [WEATHER]}, "malformed tool call"),
+                           ({"messages": TOOL_CONVERSATION, "tools": "x"}, "list of tool"),
+                           ({"messages": TOOL_CONVERSATION, "functions": []}, "deprecated"),
+                           ({"messages": TOOL_CONVERSATION, "parallel_tool_calls": True},
+                            "parallel_tool_calls")):
+        with pytest.raises(ValueError, match=reason):
             to_row(record, "chat")
-    with pytest.raises(ValueError, match="tool_format.py"):
+    with pytest.raises(ValueError, match="OpenAI chat rows only"):
         to_row({"conversations": [{"from": "observation", "value": "x"}]}, "sharegpt")
+
+
+def test_tool_calls_train_in_the_format_the_server_prompts_with(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from training.chat_format import encode_prompt, encode_row
+    from training.tool_format import render_tool_call
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    row = to_row({"messages": TOOL_CONVERSATION, "tools": [WEATHER]}, "chat")
+    encoded = encode_row(tok, row)
+    ids, mask = encoded["input_ids"], encoded["completion_mask"]
+    trained = tok.decode([i for i, m in zip(ids, mask, strict=True) if m])
+    call = render_tool_call("get_weather", {"city": "Oslo"})
+    # Both assistant turns are trained: the call, in the server's tool-call format, and
+    # the answer after the tool's result.
+    assert trained == f"{call}<end_of_turn>4 degrees and rain in Oslo.<end_of_turn>"
+    # The prompt before each answer is exactly what the server sends the engine for the
+    # same conversation and tools (service/chat/serving.py calls encode_prompt the same way).
+    for answer_at in (1, 3):
+        prompt = encode_prompt(tok, TOOL_CONVERSATION[:answer_at], [WEATHER])
+        assert ids[:len(prompt)] == prompt
+        assert not any(mask[:len(prompt)][-3:])
 
 
 def test_raw_text_and_input_output(tmp_path):
