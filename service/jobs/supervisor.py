@@ -180,7 +180,9 @@ class JobSupervisor:
             self._wake.clear()
 
     def _start_ready_jobs(self) -> None:
-        while len(self._runs) < self.settings.max_concurrent and not self._stopping:
+        # Count the tasks, not ``_runs``: a task created here registers its run only once
+        # it first runs, so counting runs would claim every queued job at once.
+        while len(self._tasks) < self.settings.max_concurrent and not self._stopping:
             job = self.store.next_queued()
             if job is None:
                 return
@@ -193,6 +195,24 @@ class JobSupervisor:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, job: dict[str, Any]) -> None:
+        """Run one job to its end. Whatever goes wrong in here (a store error, a bug while
+        reading the worker's log) fails the job with the reason and stops its worker: a job
+        is never left ``running`` with an orphaned worker and an exception nobody saw."""
+        job_id = job["id"]
+        try:
+            await self._run_job(job)
+        except Exception as exc:
+            log.exception("job supervisor: job %s broke while it was being supervised", job_id)
+            run = self._runs.pop(job_id, None)
+            if run is not None:
+                await self._stop_worker(run)
+            self._fail(job, f"the job supervisor failed while running the job: "
+                       f"{exc.__class__.__name__}: {exc}", "supervisor_error",
+                       only_if_status={"running"})
+        finally:
+            self.wake()
+
+    async def _run_job(self, job: dict[str, Any]) -> None:
         job_id = job["id"]
         run_dir = self.store.runs_dir / job_id
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -218,9 +238,9 @@ class JobSupervisor:
             self._fail(job, f"could not start the training process: {exc}", "worker_start")
             return
         run = _Run(process)
-        self._runs[job_id] = run
-        self.store.update_job(job_id, pid=process.pid)
+        self._runs[job_id] = run  # popped by _run if anything below raises
         try:
+            self.store.update_job(job_id, pid=process.pid)
             while True:
                 rc: int | None = None
                 with contextlib.suppress(TimeoutError):
@@ -234,11 +254,22 @@ class JobSupervisor:
                     self._terminate(run)
         finally:
             worker_log.close()
-            self._runs.pop(job_id, None)
             if run.kill_task:
                 run.kill_task.cancel()
+        self._runs.pop(job_id, None)
         await self._finish(self.store.get_job(job_id), rc, run)
-        self.wake()
+
+    async def _stop_worker(self, run: _Run) -> None:
+        """SIGTERM the worker's group, SIGKILL after the grace period, and reap it."""
+        if run.process.returncode is None:
+            _signal_group(run.process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(run.process.wait(), self.settings.cancel_grace_s)
+            except TimeoutError:
+                _signal_group(run.process.pid, signal.SIGKILL)
+                await run.process.wait()
+        if run.kill_task:
+            run.kill_task.cancel()
 
     async def _finish(self, job: dict[str, Any], rc: int, run: _Run) -> None:
         job_id = job["id"]
@@ -298,9 +329,12 @@ class JobSupervisor:
                       f"(max_resume_attempts={self.settings.max_resume_attempts})")
         self._fail(job, f"{reason}; {detail}", "interrupted")
 
-    def _fail(self, job: dict[str, Any], message: str, code: str) -> None:
-        self.store.update_job(job["id"], status="failed", finished_at=now(), pid=None,
-                              error={"code": code, "message": message, "param": None})
+    def _fail(self, job: dict[str, Any], message: str, code: str, *,
+              only_if_status: set[str] | None = None) -> None:
+        if not self.store.update_job(job["id"], only_if_status=only_if_status, status="failed",
+                                     finished_at=now(), pid=None,
+                                     error={"code": code, "message": message, "param": None}):
+            return
         self.store.add_event(job["id"], f"Fine-tuning job failed: {message}", level="error")
 
     def _settle_cancelled(self, job: dict[str, Any]) -> None:
