@@ -63,8 +63,9 @@ class FilesService:
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        record = self.store.add_file(file_id=file_id, filename=filename, purpose=purpose,
-                                     size=size, path=path, rows=rows)
+        record = await asyncio.to_thread(self.store.add_file, file_id=file_id,
+                                         filename=filename, purpose=purpose, size=size,
+                                         path=path, rows=rows)
         return file_object(record)
 
     def add_local(self, source: Path, filename: str) -> FileObject:

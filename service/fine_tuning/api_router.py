@@ -35,12 +35,12 @@ def fine_tuning(request: Request) -> FineTuningService:
 
 
 @router.post("", response_model=FineTuningJob)
-async def create_job(request: Request, _: UserAuth, body: JobCreateRequest) -> FineTuningJob:
+def create_job(request: Request, _: UserAuth, body: JobCreateRequest) -> FineTuningJob:
     return fine_tuning(request).create(body)
 
 
 @router.get("", response_model=JobList)
-async def list_jobs(
+def list_jobs(
     request: Request, _: UserAuth, after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JobList:
@@ -48,7 +48,7 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", response_model=FineTuningJob)
-async def retrieve_job(request: Request, _: UserAuth, job_id: str) -> FineTuningJob:
+def retrieve_job(request: Request, _: UserAuth, job_id: str) -> FineTuningJob:
     return fine_tuning(request).retrieve(job_id)
 
 
@@ -58,7 +58,7 @@ async def cancel_job(request: Request, _: UserAuth, job_id: str) -> FineTuningJo
 
 
 @router.get("/{job_id}/events", response_model=EventList)
-async def list_events(
+def list_events(
     request: Request, _: UserAuth, job_id: str, after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> EventList:
@@ -66,7 +66,7 @@ async def list_events(
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList)
-async def list_checkpoints(
+def list_checkpoints(
     request: Request, _: UserAuth, job_id: str, after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> CheckpointList:

@@ -4,6 +4,7 @@ processes (``service.jobs.supervisor``)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 from pathlib import Path
@@ -173,12 +174,11 @@ class FineTuningService:
 
     # ---- cancel -----------------------------------------------------------------------
     async def cancel(self, job_id: str) -> FineTuningJob:
-        job = self._get(job_id)
+        job = await asyncio.to_thread(self._get, job_id)
         if job["status"] in TERMINAL_STATUSES:
             raise BadRequest(f"job {job_id} has already finished ({job['status']}) and cannot be "
                              "cancelled", param="fine_tuning_job_id", code="job_not_cancellable")
-        await self.supervisor.cancel(job_id)
-        return self.retrieve(job_id)
+        return to_job(await self.supervisor.cancel(job_id))
 
     def _get(self, job_id: str) -> dict[str, Any]:
         job = self.store.get_job(job_id)

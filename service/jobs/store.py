@@ -2,8 +2,15 @@
 
 One database file under ``$TUNESERVE_HOME/jobs/jobs.sqlite`` in WAL mode (readers never block
 the supervisor's writes), four tables: ``files``, ``jobs``, ``events``, ``checkpoints``.
-Every call opens its own short-lived connection, so the store is safe to share between the
-event loop, threads and the CLI; rows come back as plain dicts.
+Every call opens its own short-lived connection, so the store is safe to share between
+threads and the CLI; rows come back as plain dicts.
+
+The store is synchronous and a call may wait up to ``_BUSY_TIMEOUT_S`` for another writer
+(the CLI, a second service): never call it on the event loop. Async code goes through
+``asyncio.to_thread`` at the call site and HTTP handlers that only read or write the store
+are plain ``def`` routes, which FastAPI runs in its thread pool. That was chosen over an
+async facade (a second API per method to keep in step) and over one connection per thread
+(opening a connection costs microseconds; the wait on a lock is what blocked the loop).
 """
 
 from __future__ import annotations
@@ -81,6 +88,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 """
 
+# How long a call waits for another connection's write lock before it fails.
+_BUSY_TIMEOUT_S = 30
+
 _JSON_COLUMNS = ("hyperparameters", "method", "metadata", "train_config", "error", "data", "metrics",
                  "result_files", "evaluation")
 # Columns added after the first release: a database made before them gets them on open.
@@ -116,7 +126,7 @@ class JobStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=30)
+        db = sqlite3.connect(self.db_path, timeout=_BUSY_TIMEOUT_S)
         db.row_factory = sqlite3.Row
         try:
             with db:  # commits on success, rolls back on error

@@ -104,9 +104,9 @@ class JobSupervisor:
     # ---- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
         """Recover jobs a previous service left behind, then start taking jobs."""
-        self.recover()
         self._stopping = False
-        self._event_loop = asyncio.get_running_loop()
+        self._event_loop = asyncio.get_running_loop()  # before recover(): it may wake()
+        await asyncio.to_thread(self.recover)
         self._loop_task = asyncio.create_task(self._loop(), name="job-supervisor")
 
     async def stop(self) -> None:
@@ -154,45 +154,53 @@ class JobSupervisor:
         Returns the job as it is now (``running`` with the cancel pending until the worker
         exits, usually within seconds), None when it does not exist.
         """
-        job = self.store.get_job(job_id)
-        if job is None:
-            return None
-        if self.store.update_job(job_id, only_if_status={"validating_files", "queued"},
-                                 status="cancelled", finished_at=now(), cancel_requested=1):
-            self.store.add_event(job_id, "Job cancelled before it started.")
-            return self.store.get_job(job_id)
-        if self.store.update_job(job_id, only_if_status={"running"}, cancel_requested=1):
-            self.store.add_event(job_id, "Cancellation requested; stopping the training process.")
+        if await asyncio.to_thread(self._request_cancel, job_id):
             run = self._runs.get(job_id)
             if run is not None:
                 self._terminate(run)
-        return self.store.get_job(job_id)
+        return await asyncio.to_thread(self.store.get_job, job_id)
+
+    def _request_cancel(self, job_id: str) -> bool:
+        """Record the cancel; True when a running worker must be stopped."""
+        if self.store.update_job(job_id, only_if_status={"validating_files", "queued"},
+                                 status="cancelled", finished_at=now(), cancel_requested=1):
+            self.store.add_event(job_id, "Job cancelled before it started.")
+            return False
+        if self.store.update_job(job_id, only_if_status={"running"}, cancel_requested=1):
+            self.store.add_event(job_id, "Cancellation requested; stopping the training process.")
+            return True
+        return False
 
     # ---- the queue --------------------------------------------------------------------
     async def _loop(self) -> None:
         while True:
             try:
-                self._start_ready_jobs()
+                await self._start_ready_jobs()
             except Exception:  # keep the supervisor alive whatever one job does
                 log.exception("job supervisor: could not start a job")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
             self._wake.clear()
 
-    def _start_ready_jobs(self) -> None:
+    async def _start_ready_jobs(self) -> None:
         # Count the tasks, not ``_runs``: a task created here registers its run only once
         # it first runs, so counting runs would claim every queued job at once.
         while len(self._tasks) < self.settings.max_concurrent and not self._stopping:
-            job = self.store.next_queued()
+            job = await asyncio.to_thread(self._claim_next)
             if job is None:
                 return
-            if not self.store.update_job(job["id"], only_if_status={"queued"}, status="running",
-                                         attempts=job["attempts"] + 1):
-                continue  # cancelled between the read and the claim
-            job = self.store.get_job(job["id"])
             task = asyncio.create_task(self._run(job), name=f"job-{job['id']}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _claim_next(self) -> dict[str, Any] | None:
+        """Mark the oldest queued job ``running`` and return it; None when none is queued."""
+        while (job := self.store.next_queued()) is not None:
+            if self.store.update_job(job["id"], only_if_status={"queued"}, status="running",
+                                     attempts=job["attempts"] + 1):
+                return self.store.get_job(job["id"])
+            # else cancelled between the read and the claim: look again
+        return None
 
     async def _run(self, job: dict[str, Any]) -> None:
         """Run one job to its end. Whatever goes wrong in here (a store error, a bug while
@@ -206,13 +214,15 @@ class JobSupervisor:
             run = self._runs.pop(job_id, None)
             if run is not None:
                 await self._stop_worker(run)
-            self._fail(job, f"the job supervisor failed while running the job: "
-                       f"{exc.__class__.__name__}: {exc}", "supervisor_error",
-                       only_if_status={"running"})
+            await asyncio.to_thread(
+                self._fail, job, f"the job supervisor failed while running the job: "
+                f"{exc.__class__.__name__}: {exc}", "supervisor_error",
+                only_if_status={"running"})
         finally:
             self.wake()
 
-    async def _run_job(self, job: dict[str, Any]) -> None:
+    def _prepare_run(self, job: dict[str, Any]) -> Path:
+        """Write the worker's config (resuming when a checkpoint exists); returns its path."""
         job_id = job["id"]
         run_dir = self.store.runs_dir / job_id
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -225,6 +235,20 @@ class JobSupervisor:
                                  f"{checkpoints[-1][0]}.", level="warn")
         else:
             self.store.add_event(job_id, "Fine-tuning job started.")
+        return config_path
+
+    def _poll(self, job: dict[str, Any], run: _Run) -> bool:
+        """Ingest the worker's new log lines and checkpoints; True when a cancel is pending
+        (one written by another process, the CLI, is honoured this way too)."""
+        current = self.store.get_job(job["id"])
+        self._ingest_log(current, run)
+        self._record_checkpoints(job, run)
+        return bool(current["cancel_requested"])
+
+    async def _run_job(self, job: dict[str, Any]) -> None:
+        job_id = job["id"]
+        config_path = await asyncio.to_thread(self._prepare_run, job)
+        run_dir = config_path.parent
         worker_log = (run_dir / "worker.log").open("ab")
         try:
             process = await asyncio.create_subprocess_exec(
@@ -235,29 +259,28 @@ class JobSupervisor:
             )
         except OSError as exc:
             worker_log.close()
-            self._fail(job, f"could not start the training process: {exc}", "worker_start")
+            await asyncio.to_thread(self._fail, job, f"could not start the training process: "
+                                    f"{exc}", "worker_start")
             return
         run = _Run(process)
         self._runs[job_id] = run  # popped by _run if anything below raises
         try:
-            self.store.update_job(job_id, pid=process.pid)
+            await asyncio.to_thread(self.store.update_job, job_id, pid=process.pid)
             while True:
                 rc: int | None = None
                 with contextlib.suppress(TimeoutError):
                     rc = await asyncio.wait_for(process.wait(), self.settings.poll_interval_s)
-                self._ingest_log(self.store.get_job(job_id), run)
-                self._record_checkpoints(job, run)
+                cancel_pending = await asyncio.to_thread(self._poll, job, run)
                 if rc is not None:
                     break
-                # A cancel written by another process (the CLI) is honoured here too.
-                if not run.terminating and self.store.get_job(job_id)["cancel_requested"]:
+                if cancel_pending and not run.terminating:
                     self._terminate(run)
         finally:
             worker_log.close()
             if run.kill_task:
                 run.kill_task.cancel()
         self._runs.pop(job_id, None)
-        await self._finish(self.store.get_job(job_id), rc, run)
+        await self._finish(await asyncio.to_thread(self.store.get_job, job_id), rc, run)
 
     async def _stop_worker(self, run: _Run) -> None:
         """SIGTERM the worker's group, SIGKILL after the grace period, and reap it."""
@@ -272,26 +295,30 @@ class JobSupervisor:
             run.kill_task.cancel()
 
     async def _finish(self, job: dict[str, Any], rc: int, run: _Run) -> None:
+        adapter = adapter_dir(job)
+        if (not job["cancel_requested"] and not self._stopping and rc == 0
+                and (adapter / "adapter_config.json").is_file()):
+            await asyncio.to_thread(self.store.update_job, job["id"], pid=None)
+            await self._succeed(job, adapter, run)
+        else:
+            await asyncio.to_thread(self._settle_unsuccessful, job, rc)
+
+    def _settle_unsuccessful(self, job: dict[str, Any], rc: int | None) -> None:
+        """A worker that exited without an adapter: cancelled, stopped with the service,
+        killed (resumable) or failed."""
         job_id = job["id"]
         self.store.update_job(job_id, pid=None)
         if job["cancel_requested"]:
             self._settle_cancelled(job)
-            return
-        if self._stopping:
+        elif self._stopping:
             self.store.update_job(job_id, only_if_status={"running"}, status="queued")
             self.store.add_event(job_id, "The service stopped during training; the job resumes "
                                  "from its last checkpoint when the service starts again.",
                                  level="warn")
-            return
-        adapter = adapter_dir(job)
-        if rc == 0 and (adapter / "adapter_config.json").is_file():
-            await self._succeed(job, adapter, run)
-            return
-        if rc is not None and rc < 0:
-            reason = f"the training process was killed by signal {-rc}"
-            self._resume_or_fail(job, reason)
-            return
-        self._fail(job, self._failure_reason(job, rc), "training_failed")
+        elif rc is not None and rc < 0:
+            self._resume_or_fail(job, f"the training process was killed by signal {-rc}")
+        else:
+            self._fail(job, self._failure_reason(job, rc), "training_failed")
 
     async def _succeed(self, job: dict[str, Any], adapter: Path, run: _Run) -> None:
         job_id = job["id"]
@@ -300,18 +327,22 @@ class JobSupervisor:
             if self.on_success is not None:
                 await self.on_success(dict(job, fine_tuned_model=name), adapter)
         except Exception as exc:  # the registry's checks refused the adapter
-            self._fail(job, f"the trained adapter could not be served: {exc}", "adapter_rejected")
+            await asyncio.to_thread(self._fail, job, f"the trained adapter could not be served: "
+                                    f"{exc}", "adapter_rejected")
             return
         tokens = run.last_metrics.get("trained_tokens", job["trained_tokens"])
+        await asyncio.to_thread(self._record_success, job_id, name, adapter, tokens)
+        if self.after_success is not None:
+            self.after_success(job_id)
+
+    # ---- outcomes ---------------------------------------------------------------------
+    def _record_success(self, job_id: str, name: str, adapter: Path, tokens: int | None) -> None:
         self.store.update_job(job_id, status="succeeded", fine_tuned_model=name,
                               finished_at=now(), adapter_path=str(adapter),
                               trained_tokens=tokens)
         self.store.add_event(job_id, f"New fine-tuned model created: {name}")
         self.store.add_event(job_id, "The job has successfully completed.")
-        if self.after_success is not None:
-            self.after_success(job_id)
 
-    # ---- outcomes ---------------------------------------------------------------------
     def _resume_or_fail(self, job: dict[str, Any], reason: str) -> None:
         job_id = job["id"]
         checkpoints = checkpoint_steps(job)

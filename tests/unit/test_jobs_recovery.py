@@ -3,6 +3,7 @@ failed with a reason, never left ``running``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -154,3 +155,29 @@ def test_max_concurrent_holds_when_jobs_are_queued_together(isolated_home, tmp_p
         assert sdk.fine_tuning.jobs.retrieve(second.id).status == "queued"
         sdk.fine_tuning.jobs.cancel(first.id)
         sdk.fine_tuning.jobs.cancel(second.id)
+
+
+async def test_store_waits_off_the_event_loop(isolated_home, tmp_path, monkeypatch):
+    # Another connection (the CLI, a second service) holds the write lock. A cancel must
+    # wait for it in a worker thread: the event loop keeps running and here releases the
+    # lock. A store call made on the loop would block it until SQLite gives up.
+    import sqlite3
+
+    from service.jobs import store as store_module
+    from service.jobs.settings import JobsSettings
+    from service.jobs.store import JobStore, now
+    from service.jobs.supervisor import JobSupervisor
+
+    monkeypatch.setattr(store_module, "_BUSY_TIMEOUT_S", 2)  # fail fast without the fix
+    store = JobStore(tmp_path / "jobs")
+    store.add_job({"id": "ftjob-1", "created_at": now(), "model": BASE_ID,
+                   "training_file": "file-1", "seed": 1, "status": "queued",
+                   "hyperparameters": {}, "method": {}, "train_config": {}})
+    supervisor = JobSupervisor(store, JobsSettings(enabled=False))
+    writer = sqlite3.connect(store.db_path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    cancel = asyncio.create_task(supervisor.cancel("ftjob-1"))
+    await asyncio.sleep(0)  # the cancel starts and meets the lock
+    writer.execute("ROLLBACK")  # runs only if the loop was not blocked
+    writer.close()
+    assert (await cancel)["status"] == "cancelled"
