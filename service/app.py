@@ -32,6 +32,7 @@ from service.errors import (
     register_error_handlers,
 )
 from service.generation import Generator
+from service.jobs.runtime import jobs_runtime
 from service.models.serving import ModelsServing
 from service.reports.schedule import scheduler_for_app
 from service.routers import ROUTERS
@@ -56,7 +57,10 @@ def _default_engine_factory(settings: Settings, model_path: Path, base_id: str) 
     return VllmEngine.start(settings, model_path, base_id)
 
 
-async def _start_serving(app: FastAPI, factory: EngineFactory) -> None:
+async def _start_serving(app: FastAPI, factory: EngineFactory,
+                         registry_ready: asyncio.Future[AdapterRegistry]) -> None:
+    """Start the engine and the registry; ``registry_ready`` gets the registry (or the
+    engine's failure) for the jobs runtime."""
     state = app.state
     settings: Settings = state.settings
     try:
@@ -65,6 +69,8 @@ async def _start_serving(app: FastAPI, factory: EngineFactory) -> None:
     except Exception as exc:
         logger.exception("engine failed to start")
         state.engine_error = f"{exc.__class__.__name__}: {exc}"
+        registry_ready.set_exception(RuntimeError(f"the engine failed to start: "
+                                                  f"{state.engine_error}"))
         if state.exit_on_engine_failure:
             os.kill(os.getpid(), signal.SIGINT)  # let uvicorn shut down; the CLI exits 1
         return
@@ -90,6 +96,7 @@ async def _start_serving(app: FastAPI, factory: EngineFactory) -> None:
         await state.watcher.scan()
         state.watcher.start()
     state.ready = True
+    registry_ready.set_result(registry)
     logger.info("ready: serving %s with %d adapter(s)", state.base_id, len(registry.list()))
 
 
@@ -109,15 +116,22 @@ def build_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        starting["task"] = asyncio.create_task(_start_serving(app, factory))
+        registry_ready: asyncio.Future[AdapterRegistry] = asyncio.get_running_loop().create_future()
+        # Retrieved here so an engine failure nobody awaited is not logged a second time.
+        registry_ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        starting["task"] = asyncio.create_task(_start_serving(app, factory, registry_ready))
         # Scheduled evaluations run as subprocesses calling this server over HTTP; a fire
         # before the engine is ready is skipped.
         app.state.eval_scheduler.start()
         try:
-            yield
+            # Jobs train in subprocesses and start at once; a finished adapter awaits the
+            # registry (shielded: a cancelled waiter must not cancel the future for others).
+            async with jobs_runtime(app.state, registry=lambda: asyncio.shield(registry_ready)):
+                yield
         finally:
             starting["task"].cancel()
             await asyncio.gather(starting["task"], return_exceptions=True)
+            registry_ready.cancel()
             await app.state.eval_scheduler.stop()  # kills a running evaluation
             if getattr(app.state, "watcher", None) is not None:
                 await app.state.watcher.stop()

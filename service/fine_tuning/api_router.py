@@ -1,7 +1,7 @@
 """Routes of ``/v1/fine_tuning/jobs`` (thin: parse, call FineTuningService, return).
 
-The router carries the jobs runtime's lifespan (``service.jobs.runtime``), so including it
-in an app is all it takes to get the store, the Files service and the supervisor.
+The service behind them is the jobs runtime's (``service.jobs.runtime.jobs_runtime``), which
+``build_app`` runs in its lifespan.
 """
 
 from __future__ import annotations
@@ -20,13 +20,11 @@ from service.fine_tuning.protocol import (
     JobList,
 )
 from service.fine_tuning.serving import FineTuningService
-from service.jobs.runtime import jobs_lifespan
 
 router = APIRouter(
     prefix="/v1/fine_tuning/jobs",
     tags=["fine-tuning"],
     responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
-    lifespan=jobs_lifespan,
 )
 
 
