@@ -59,7 +59,7 @@ class FilesService:
         path = self.store.files_dir / f"{file_id}{suffix}"
         size = await self._save(upload, path)
         try:
-            rows = await asyncio.to_thread(_validate, path, filename)
+            rows = await asyncio.to_thread(validate_dataset, path, filename)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -74,7 +74,7 @@ class FilesService:
         path = self.store.files_dir / f"{file_id}{Path(filename).suffix.lower() or '.jsonl'}"
         path.write_bytes(Path(source).read_bytes())
         try:
-            rows = _validate(path, filename)
+            rows = validate_dataset(path, filename)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -160,7 +160,7 @@ class FilesService:
         return record
 
 
-def _validate(path: Path, filename: str) -> int:
+def validate_dataset(path: Path, filename: str) -> int:
     """Row count of a valid dataset; BadRequest with the line-numbered report otherwise."""
     from training.data import load_rows
 
