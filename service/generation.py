@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,10 +26,6 @@ def _client_error(exc: BaseException) -> Exception:
         return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
     message = exc.args[0] if exc.args else str(exc)
     return BadRequest(str(message), param=getattr(exc, "parameter", None))
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 class Generator:

@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from tuneserve.job_status import TERMINAL_STATUSES
 from ui import evaluate as ev
 from ui.adapters import COLUMNS as ADAPTER_COLUMNS
 from ui.adapters import adapter_table, latest_verdicts
@@ -22,7 +23,6 @@ from ui.client import SamplingParams, ServerError, TuneserveClient
 from ui.compare import MAX_SLOTS, SnippetRequest, build_messages, compare_stream
 from ui.train import (
     PRESETS,
-    TERMINAL_STATUSES,
     evaluation_running,
     job_request,
     loss_frame,

@@ -12,8 +12,6 @@ from typing import Any
 
 import pandas as pd
 
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-
 
 @dataclass(frozen=True)
 class Preset:

@@ -9,7 +9,8 @@ from typing import Any
 
 from service.chat.protocol import ChatCompletionRequest
 from service.errors import BadRequest
-from service.generation import Generator, new_id
+from service.generation import Generator
+from service.ids import new_id
 from service.logprobs import chat_logprobs
 from training.chat_format import encode_prompt
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from service.completions.protocol import CompletionRequest
 from service.errors import BadRequest
-from service.generation import Generator, new_id
+from service.generation import Generator
+from service.ids import new_id
 from service.logprobs import completion_logprobs
 
 

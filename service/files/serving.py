@@ -14,7 +14,8 @@ from fastapi import UploadFile
 
 from service.errors import BadRequest, NotFound, ServiceError
 from service.files.protocol import FileDeleted, FileList, FileObject
-from service.jobs.store import JobStore, new_id
+from service.ids import new_id
+from service.jobs.store import JobStore
 from tuneserve.errors import UserError
 
 # Extensions the dataset loaders read from a single uploaded file.

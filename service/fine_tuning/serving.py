@@ -23,11 +23,13 @@ from service.fine_tuning.protocol import (
     JobList,
     Method,
 )
-from service.jobs.store import TERMINAL_STATUSES, JobStore, new_id, now
+from service.ids import new_id
+from service.jobs.store import JobStore, now
 from service.jobs.supervisor import JobSupervisor, fine_tuned_model_name
 from service.jobs.train_config import build_train_config, resolve_hyperparameters
 from training.auto import MIN_ROWS_TO_HOLD_OUT, held_out_rows
 from tuneserve.errors import UserError
+from tuneserve.job_status import TERMINAL_STATUSES
 
 # Suffixes become part of a served model id: no ':' (the id's separator), '/' or spaces.
 _SUFFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")

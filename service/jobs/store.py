@@ -16,7 +16,6 @@ async facade (a second API per method to keep in step) and over one connection p
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -24,9 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-# Statuses a job never leaves.
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-ACTIVE_STATUSES = frozenset({"validating_files", "queued", "running"})
+from service.ids import new_id
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -95,11 +92,6 @@ _JSON_COLUMNS = ("hyperparameters", "method", "metadata", "train_config", "error
                  "result_files", "evaluation")
 # Columns added after the first release: a database made before them gets them on open.
 _ADDED_JOB_COLUMNS = {"result_files": "TEXT", "evaluation": "TEXT"}
-
-
-def new_id(prefix: str) -> str:
-    """A random OpenAI-style id such as ``ftjob-3f9a…`` (24 hex chars after the prefix)."""
-    return f"{prefix}-{secrets.token_hex(12)}"
 
 
 def now() -> int:

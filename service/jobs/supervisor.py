@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
 import shutil
 import signal
@@ -34,6 +33,7 @@ import yaml
 
 from service.jobs.settings import JobsSettings
 from service.jobs.store import JobStore, now
+from service.process_group import signal_group, stop_group
 from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -284,13 +284,7 @@ class JobSupervisor:
 
     async def _stop_worker(self, run: _Run) -> None:
         """SIGTERM the worker's group, SIGKILL after the grace period, and reap it."""
-        if run.process.returncode is None:
-            _signal_group(run.process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(run.process.wait(), self.settings.cancel_grace_s)
-            except TimeoutError:
-                _signal_group(run.process.pid, signal.SIGKILL)
-                await run.process.wait()
+        await stop_group(run.process, self.settings.cancel_grace_s)
         if run.kill_task:
             run.kill_task.cancel()
 
@@ -392,14 +386,14 @@ class JobSupervisor:
         if run.terminating or run.process.returncode is not None:
             return
         run.terminating = True
-        _signal_group(run.process.pid, signal.SIGTERM)
+        signal_group(run.process.pid, signal.SIGTERM)
         run.kill_task = asyncio.create_task(self._kill_after_grace(run))
 
     async def _kill_after_grace(self, run: _Run) -> None:
         await asyncio.sleep(self.settings.cancel_grace_s)
         if run.process.returncode is None:
             log.warning("worker %s ignored SIGTERM; killing it", run.process.pid)
-            _signal_group(run.process.pid, signal.SIGKILL)
+            signal_group(run.process.pid, signal.SIGKILL)
 
     def _kill_leftover_worker(self, job: dict[str, Any]) -> None:
         """Kill the worker a dead service left running (checked by its command line, so a
@@ -413,7 +407,7 @@ class JobSupervisor:
         except OSError:
             return
         if marker in cmdline:
-            _signal_group(pid, signal.SIGKILL)
+            signal_group(pid, signal.SIGKILL)
 
     # ---- log and checkpoints ----------------------------------------------------------
     def _ingest_log(self, job: dict[str, Any], run: _Run | None) -> None:
@@ -499,11 +493,6 @@ def _read_events(path: Path) -> list[dict[str, Any]]:
             if isinstance(record, dict):
                 out.append(record)
     return out
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
 
 
 def _metrics_message(metrics: dict[str, Any]) -> str:

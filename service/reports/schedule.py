@@ -20,12 +20,10 @@ cancels the tasks and kills a running evaluation's process group.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import re
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from evaluation.scheduler import seconds_until_next, validate_cron
+from service.process_group import stop_group
 from service.reports.protocol import ScheduleInfo, ScheduleList
 from tuneserve.errors import UserError
 
@@ -207,18 +206,8 @@ async def run_subprocess(
     try:
         return await process.wait()
     except asyncio.CancelledError:
-        _signal_group(process.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), kill_grace_s)
-        except TimeoutError:
-            _signal_group(process.pid, signal.SIGKILL)
-            await process.wait()
+        await stop_group(process, kill_grace_s)
         raise
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
 
 
 # ---- the loop ----------------------------------------------------------------------------
