@@ -24,7 +24,7 @@ from service.jobs.settings import JobsSettings
 from service.jobs.store import JobStore
 from service.jobs.supervisor import JobSupervisor, OnSuccess
 from service.jobs.verdict import JobEvaluator
-from service.reports.schedule import app_reports_root, eval_api_key, local_server_url
+from service.reports.eval_subprocess import app_reports_root, eval_api_key, local_server_url
 from tuneserve.home import tuneserve_home
 
 log = logging.getLogger(__name__)

@@ -330,12 +330,14 @@ class JobSupervisor:
             self.after_success(job_id)
 
     # ---- outcomes ---------------------------------------------------------------------
+    # The events go in before the status: a client that sees the final status (it reads
+    # from another thread) then finds the events that go with it.
     def _record_success(self, job_id: str, name: str, adapter: Path, tokens: int | None) -> None:
+        self.store.add_event(job_id, f"New fine-tuned model created: {name}")
+        self.store.add_event(job_id, "The job has successfully completed.")
         self.store.update_job(job_id, status="succeeded", fine_tuned_model=name,
                               finished_at=now(), adapter_path=str(adapter),
                               trained_tokens=tokens)
-        self.store.add_event(job_id, f"New fine-tuned model created: {name}")
-        self.store.add_event(job_id, "The job has successfully completed.")
 
     def _resume_or_fail(self, job: dict[str, Any], reason: str) -> None:
         job_id = job["id"]
@@ -356,18 +358,19 @@ class JobSupervisor:
 
     def _fail(self, job: dict[str, Any], message: str, code: str, *,
               only_if_status: set[str] | None = None) -> None:
-        if not self.store.update_job(job["id"], only_if_status=only_if_status, status="failed",
-                                     finished_at=now(), pid=None,
-                                     error={"code": code, "message": message, "param": None}):
+        if only_if_status and self.store.get_job(job["id"])["status"] not in only_if_status:
             return
         self.store.add_event(job["id"], f"Fine-tuning job failed: {message}", level="error")
+        self.store.update_job(job["id"], only_if_status=only_if_status, status="failed",
+                              finished_at=now(), pid=None,
+                              error={"code": code, "message": message, "param": None})
 
     def _settle_cancelled(self, job: dict[str, Any]) -> None:
         # Cancel leaves nothing servable behind: no adapter, no checkpoints.
         shutil.rmtree(adapter_dir(job), ignore_errors=True)
         shutil.rmtree(checkpoints_dir(job), ignore_errors=True)
-        self.store.update_job(job["id"], status="cancelled", finished_at=now(), pid=None)
         self.store.add_event(job["id"], "Job cancelled.")
+        self.store.update_job(job["id"], status="cancelled", finished_at=now(), pid=None)
 
     def _failure_reason(self, job: dict[str, Any], rc: int | None) -> str:
         """The worker's own error event if it wrote one, else the tail of its output."""
