@@ -6,11 +6,12 @@ Every call opens its own short-lived connection, so the store is safe to share b
 threads and the CLI; rows come back as plain dicts.
 
 The store is synchronous and a call may wait up to ``_BUSY_TIMEOUT_S`` for another writer
-(the CLI, a second service): never call it on the event loop. Async code goes through
+(the CLI, a second service): keep it off the event loop. Async code goes through
 ``asyncio.to_thread`` at the call site and HTTP handlers that only read or write the store
 are plain ``def`` routes, which FastAPI runs in its thread pool. That was chosen over an
 async facade (a second API per method to keep in step) and over one connection per thread
 (opening a connection costs microseconds; the wait on a lock is what blocked the loop).
+Still on the loop: the post-training evaluator's few calls per job (``verdict.py``).
 """
 
 from __future__ import annotations
