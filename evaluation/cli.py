@@ -197,9 +197,17 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _schedule(args: argparse.Namespace) -> int:
-    from evaluation.scheduler import run_schedule, validate_cron
+    import asyncio
+    from types import SimpleNamespace
+
+    from evaluation.scheduler import EvalScheduler, validate_cron
 
     validate_cron(args.cron)
     _suite_from_args(args)  # fail now on a bad suite, not at 3 am
-    codes = run_schedule(args.cron, lambda: _run_once(args), max_runs=args.max_runs)
+    entry = SimpleNamespace(cron=args.cron, label=f"[{args.cron}]")
+
+    async def runner(_: object) -> int:
+        return await asyncio.to_thread(_run_once, args)
+
+    codes = asyncio.run(EvalScheduler([entry], runner, max_runs=args.max_runs).run())
     return max(codes, default=0)

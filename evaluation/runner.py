@@ -10,7 +10,6 @@ and reports are done afterwards from the collected record.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import math
@@ -26,11 +25,11 @@ from evaluation.dataset import Contamination, Example, HeldOut, held_out_example
 from evaluation.judge import candidate_score, judge_messages, parse_verdict
 from evaluation.scoring import score_texts
 from evaluation.suite import METRIC_DIRECTIONS, Suite
+from training.manifest import MANIFEST_FILE, manifest_sha256
 from tuneserve.errors import UserError
 
 log = logging.getLogger(__name__)
 DEFAULT_SERVER = "http://127.0.0.1:8000/v1"
-MANIFEST_FILE = "tuneserve.json"
 
 
 @dataclass
@@ -85,11 +84,11 @@ def read_manifest(adapter_dir: Path) -> tuple[dict[str, Any] | None, str | None]
     path = adapter_dir / MANIFEST_FILE
     if not path.is_file():
         return None, None
-    raw = path.read_bytes()
     try:
-        return json.loads(raw), hashlib.sha256(raw).hexdigest()
+        manifest = json.loads(path.read_bytes())
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
+    return manifest, manifest_sha256(manifest)
 
 
 async def resolve_models(client, pairs: list[tuple[str, str]], opts: RunOptions) -> list[ModelSpec]:
@@ -125,7 +124,7 @@ async def resolve_models(client, pairs: list[tuple[str, str]], opts: RunOptions)
         manifest, digest = read_manifest(adapter_dir) if adapter_dir else (None, None)
         if manifest is None and registered and registered.get("manifest"):
             manifest = registered["manifest"]  # a remote server: its manifest, not its files
-            digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+            digest = manifest_sha256(manifest)
         specs.append(ModelSpec(label, model_id, adapter_dir, manifest, digest))
     return specs
 

@@ -1,18 +1,19 @@
-"""Run suites on a cron expression (standalone ``tuneserve eval schedule``).
+"""Run evaluations on cron expressions: ``EvalScheduler`` is the one loop of both
+``tuneserve eval schedule`` and the service's schedules (``service/reports/schedule.py``).
 
-``seconds_until_next`` is shared with the in-service schedules (``service/reports/schedule.py``).
-
-The loop sleeps until the next cron time (croniter), runs the suite, logs the outcome and
-goes on; a failing run is logged and does not stop the schedule. ``clock``/``sleep`` are
-injectable so the loop is testable without waiting for wall-clock minutes.
+The loop sleeps until the next cron time (croniter), runs the evaluation, logs the outcome
+and goes on; a failing run is logged and does not stop the schedule. ``clock``/``sleep``
+are injectable so the loop is testable without waiting for wall-clock minutes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from croniter import croniter
 
@@ -47,36 +48,146 @@ def seconds_until_next(
     return when, max(0.0, (when - start).total_seconds())
 
 
-def run_schedule(
-    expression: str,
-    job: Callable[[], int],
-    *,
-    max_runs: int | None = None,
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    sleep: Callable[[float], None] = time.sleep,
-) -> list[int]:
-    """Call ``job`` at each cron time; returns the exit codes of the runs made.
+class ScheduledEntry(Protocol):
+    """What the loop needs of an entry: its cron expression and a name for the log."""
 
-    Stops after ``max_runs`` runs (forever when None). ``job`` returns an exit code (0 ok,
-    non-zero regression/failure); exceptions are logged as failed runs (code 1).
+    @property
+    def cron(self) -> str: ...
+
+    @property
+    def label(self) -> str: ...
+
+
+Runner = Callable[[Any], Awaitable[int]]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class ScheduleState:
+    """One entry's progress (``GET /reports/schedules`` shows it)."""
+
+    entry: Any
+    next_run_at: datetime | None = None
+    running: bool = False
+    runs: int = 0
+    skipped: int = 0
+    last_started_at: datetime | None = None
+    last_finished_at: datetime | None = None
+    last_exit_code: int | None = None
+    exit_codes: list[int] = field(default_factory=list)
+
+
+class EvalScheduler:
+    """The schedule loop of both the service and ``tuneserve eval schedule``: one task per
+    entry sleeps until the cron time, starts ``runner(entry)`` in the background (so the
+    next fire is on time even during a long run; a fire while the run is still going is a
+    logged skip), repeat. A failing run is logged and the schedule goes on.
+
+    ``max_runs`` stops an entry after that many runs (the CLI's ``--max-runs``);
+    ``clock``/``sleep`` are injectable so tests run without waiting for the wall clock;
+    ``ready`` says whether the server can answer (a fire before that is skipped).
     """
-    validate_cron(expression)
-    codes: list[int] = []
-    last: datetime | None = None
-    while max_runs is None or len(codes) < max_runs:
-        when, wait = seconds_until_next(expression, clock(), last)
-        last = when
-        log.info("next evaluation at %s (in %.0f s)", when.isoformat(timespec="seconds"), wait)
-        if wait > 0:
-            sleep(wait)
+
+    def __init__(
+        self,
+        entries: Sequence[ScheduledEntry],
+        runner: Runner,
+        *,
+        ready: Callable[[], bool] = lambda: True,
+        max_runs: int | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self.states = [ScheduleState(entry) for entry in entries]
+        self._runner = runner
+        self._ready = ready
+        self._max_runs = max_runs
+        self._clock = clock
+        self._sleep = sleep
+        self.tasks: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        for i, state in enumerate(self.states):
+            self.tasks.append(asyncio.create_task(self._loop(state), name=f"eval-schedule-{i}"))
+        if self.states:
+            log.info("%d evaluation schedule(s) started", len(self.states))
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks = []
+
+    async def run(self) -> list[int]:
+        """Run until every entry made ``max_runs`` runs; their exit codes (the CLI)."""
+        self.start()
         try:
-            code = job()
+            await asyncio.gather(*self.tasks)
+        finally:
+            await self.stop()
+        return [code for state in self.states for code in state.exit_codes]
+
+    async def _loop(self, state: ScheduleState) -> None:
+        entry = state.entry
+        run: asyncio.Task | None = None
+        last: datetime | None = None
+        started = 0  # counted here: a run task counts itself only once it first runs
+        try:
+            while self._max_runs is None or started < self._max_runs:
+                when, wait = seconds_until_next(entry.cron, self._clock(), last)
+                state.next_run_at = last = when
+                log.info(
+                    "evaluation %s: next run at %s (in %.0f s)",
+                    entry.label,
+                    when.isoformat(timespec="seconds"),
+                    wait,
+                )
+                await self._sleep(wait)
+                if run is not None and not run.done():
+                    state.skipped += 1
+                    log.warning(
+                        "evaluation %s: skipped, the previous run is still going", entry.label
+                    )
+                elif not self._ready():
+                    state.skipped += 1
+                    log.warning("evaluation %s: skipped, the server is not ready", entry.label)
+                else:
+                    run = asyncio.create_task(self._run(state))
+                    started += 1
+            if run is not None:
+                await run  # the last of max_runs
+        finally:
+            if run is not None and not run.done():
+                run.cancel()  # the runner kills its subprocess
+                await asyncio.gather(run, return_exceptions=True)
+
+    async def _run(self, state: ScheduleState) -> None:
+        entry = state.entry
+        state.running = True
+        state.runs += 1
+        state.last_started_at = self._clock()
+        log.info("evaluation %s: started", entry.label)
+        try:
+            code = await self._runner(entry)
         except UserError as exc:
-            log.error("scheduled evaluation failed: %s", exc)
+            log.error("evaluation %s: failed: %s", entry.label, exc)
             code = 2
         except Exception:  # keep the schedule alive; the log has the details
-            log.exception("scheduled evaluation crashed")
+            log.exception("evaluation %s: crashed", entry.label)
             code = 1
-        codes.append(code)
-        log.info("scheduled evaluation finished with exit code %d", code)
-    return codes
+        finally:
+            state.running = False
+            state.last_finished_at = self._clock()
+        state.last_exit_code = code
+        state.exit_codes.append(code)
+        level = logging.INFO if code == 0 else logging.WARNING
+        log.log(
+            level,
+            "evaluation %s: finished with exit code %d%s",
+            entry.label,
+            code,
+            " (1 = regression)" if code == 1 else "",
+        )

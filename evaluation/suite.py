@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tuneserve.errors import UserError
+from tuneserve.yaml_file import load_yaml_mapping
 
 SUITES_DIR = Path(__file__).with_name("suites")
 
@@ -151,12 +151,7 @@ def load_suite(name_or_path: str, overrides: dict | None = None) -> Suite:
                 f"unknown suite {name_or_path!r}: not a file and not one of {sorted(suites)}"
             )
         path = suites[name_or_path]
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: a suite must be a YAML mapping")
+    raw = load_yaml_mapping(path, "suite")
     for key, value in (overrides or {}).items():
         if isinstance(value, dict):
             raw.setdefault(key, {}).update(value)

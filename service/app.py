@@ -37,6 +37,7 @@ from service.errors import (
     register_error_handlers,
 )
 from service.generation import Generator
+from service.jobs.runtime import jobs_runtime
 from service.models.serving import ModelsServing
 from service.rate_limits import RateLimiter, RateLimitHeaders
 from service.reports.schedule import scheduler_for_app
@@ -62,7 +63,10 @@ def _default_engine_factory(settings: Settings, model_path: Path, base_id: str) 
     return VllmEngine.start(settings, model_path, base_id)
 
 
-async def _start_serving(app: FastAPI, factory: EngineFactory) -> None:
+async def _start_serving(app: FastAPI, factory: EngineFactory,
+                         registry_ready: asyncio.Future[AdapterRegistry]) -> None:
+    """Start the engine and the registry; ``registry_ready`` gets the registry (or the
+    engine's failure) for the jobs runtime."""
     state = app.state
     settings: Settings = state.settings
     try:
@@ -71,6 +75,8 @@ async def _start_serving(app: FastAPI, factory: EngineFactory) -> None:
     except Exception as exc:
         logger.exception("engine failed to start")
         state.engine_error = f"{exc.__class__.__name__}: {exc}"
+        registry_ready.set_exception(RuntimeError(f"the engine failed to start: "
+                                                  f"{state.engine_error}"))
         if state.exit_on_engine_failure:
             os.kill(os.getpid(), signal.SIGINT)  # let uvicorn shut down; the CLI exits 1
         return
@@ -99,6 +105,7 @@ async def _start_serving(app: FastAPI, factory: EngineFactory) -> None:
     state.ready = True
     state.batch_runner.execute = online_executor(state)
     state.batch_runner.start()  # resumes a batch a previous run left unfinished
+    registry_ready.set_result(registry)
     logger.info("ready: serving %s with %d adapter(s)", state.base_id, len(registry.list()))
 
 
@@ -128,15 +135,22 @@ def build_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        starting["task"] = asyncio.create_task(_start_serving(app, factory))
+        registry_ready: asyncio.Future[AdapterRegistry] = asyncio.get_running_loop().create_future()
+        # Retrieved here so an engine failure nobody awaited is not logged a second time.
+        registry_ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        starting["task"] = asyncio.create_task(_start_serving(app, factory, registry_ready))
         # Scheduled evaluations run as subprocesses calling this server over HTTP; a fire
         # before the engine is ready is skipped.
         app.state.eval_scheduler.start()
         try:
-            yield
+            # Jobs train in subprocesses and start at once; a finished adapter awaits the
+            # registry (shielded: a cancelled waiter must not cancel the future for others).
+            async with jobs_runtime(app.state, registry=lambda: asyncio.shield(registry_ready)):
+                yield
         finally:
             starting["task"].cancel()
             await asyncio.gather(starting["task"], return_exceptions=True)
+            registry_ready.cancel()
             await app.state.eval_scheduler.stop()  # kills a running evaluation
             await app.state.batch_runner.stop()
             if getattr(app.state, "watcher", None) is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,10 +26,6 @@ def _client_error(exc: BaseException) -> Exception:
         return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
     message = exc.args[0] if exc.args else str(exc)
     return BadRequest(str(message), param=getattr(exc, "parameter", None))
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 class Generator:
@@ -144,43 +139,3 @@ class Generator:
             rate_limits.charge_tokens(len(prompt_ids) + completion_tokens)
             metrics.COMPLETION_TOKENS.labels(model).inc(completion_tokens)
             metrics.E2E.labels(model).observe(time.perf_counter() - started)
-
-
-async def merge_streams(streams: list[AsyncIterator[Any]]) -> AsyncIterator[tuple[int, Any]]:
-    """Interleave several async iterators, yielding ``(stream_index, item)`` as items come.
-
-    Cancelling the consumer cancels (and so aborts) every producer.
-    """
-    if len(streams) == 1:
-        try:
-            async for item in streams[0]:
-                yield 0, item
-        finally:
-            await streams[0].aclose()
-        return
-    queue: asyncio.Queue = asyncio.Queue()
-    done = object()
-
-    async def pump(index: int, stream: AsyncIterator[Any]) -> None:
-        try:
-            async for item in stream:
-                await queue.put((index, item))
-            await queue.put((index, done))
-        except BaseException as exc:  # hand errors to the consumer
-            await queue.put((index, exc))
-
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
-    remaining = len(tasks)
-    try:
-        while remaining:
-            index, item = await queue.get()
-            if item is done:
-                remaining -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield index, item
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

@@ -19,7 +19,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.reports.schedule import COMPACT_FORM, EvalSchedule, parse_schedules
+from service.reports.schedule_config import COMPACT_FORM, EvalSchedule, parse_schedules
 
 # vLLM accepts only these LoRA ranks for its pre-allocated LoRA buffers.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)

@@ -37,6 +37,7 @@ from pydantic import (
 
 from tuneserve.errors import UserError
 from tuneserve.home import adapters_dir
+from tuneserve.yaml_file import load_yaml_mapping
 
 DatasetType = Literal[
     "chat",
@@ -582,12 +583,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"config file {path} must be a mapping of keys to values")
+    raw = load_yaml_mapping(path, "config file")
     config = config_from_dict(raw, base_dir=path.resolve().parent)
     if overrides:
         merged = config.model_dump(mode="json")

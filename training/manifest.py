@@ -33,6 +33,12 @@ def read_manifest(adapter_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def manifest_sha256(manifest: dict[str, Any]) -> str:
+    """The manifest's identity in reports: sha256 of its canonical JSON, so an adapter read
+    from its folder and one described by a remote server's API get the same digest."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
 def update_manifest(adapter_dir: str | Path, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into an adapter's manifest (atomic file replace); return it."""
     manifest = read_manifest(adapter_dir)

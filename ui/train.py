@@ -15,10 +15,9 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from tuneserve.job_status import TERMINAL_STATUSES
 from ui.client import ServerError
 from ui.common import connect, refusal, seed_value
-
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import AdapterRejected
+from training.manifest import MANIFEST_FILE
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-MANIFEST = "tuneserve.json"
 # Pickle-based formats: loading them can run arbitrary code, so they are never read.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 # ':' is allowed for fine-tuning job models (``ft:<base>:<suffix>:<job-id>``); '/' never is.
@@ -212,7 +212,7 @@ def check_adapter(folder: Path, base: BaseModelShape, max_rank: int) -> AdapterI
     folder = Path(folder)
     _check_files(folder)
     config = _read_json(folder / ADAPTER_CONFIG, "adapter config")
-    manifest = _read_json(folder / MANIFEST, "manifest") if (folder / MANIFEST).is_file() else None
+    manifest = _read_json(folder / MANIFEST_FILE, "manifest") if (folder / MANIFEST_FILE).is_file() else None
     rank, targets = _check_config(config, max_rank)
     _check_base(config, manifest, base)
     _check_shapes(folder / ADAPTER_WEIGHTS, rank, base)

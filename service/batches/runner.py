@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from service.batches.input import read_lines
 from service.batches.store import BatchStore, now
 from service.errors import BadRequest, ServiceError, error_body, validation_message
-from service.jobs.store import new_id
+from service.ids import new_id
 
 log = logging.getLogger(__name__)
 BATCH_PRIORITY = 1  # vLLM: lower runs first; online requests use 0

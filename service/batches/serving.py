@@ -14,7 +14,7 @@ from service.batches.protocol import (
 from service.batches.runner import BATCH_PRIORITY, BatchRunner, Execute
 from service.batches.store import BatchStore, now
 from service.errors import BadRequest, NotFound, Overloaded
-from service.jobs.store import new_id
+from service.ids import new_id
 
 COMPLETION_WINDOW_S = {"24h": 24 * 3600}
 

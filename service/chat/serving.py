@@ -11,7 +11,8 @@ from typing import Any
 
 from service.chat.protocol import ChatCompletionRequest
 from service.errors import BadRequest
-from service.generation import Generator, new_id
+from service.generation import Generator
+from service.ids import new_id
 from service.logprobs import chat_logprobs
 from service.openai_fields import compiled, logit_bias_ids, structured_outputs_params
 from service.tools import StreamedReply, ToolPlan, plan, reply

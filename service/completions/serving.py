@@ -10,7 +10,8 @@ from typing import Any
 
 from service.completions.protocol import CompletionRequest
 from service.errors import BadRequest
-from service.generation import Generator, merge_streams, new_id
+from service.generation import Generator
+from service.ids import new_id
 from service.logprobs import completion_logprobs
 from service.openai_fields import logit_bias_ids, structured_outputs_params
 
@@ -107,7 +108,12 @@ class CompletionServing:
             self.gen.stream(request.model, ids, p, adapter, f"{request_id}-{i}", priority)
             for i, ((_, ids), p) in enumerate(zip(prompts, params, strict=True))
         ]
-        merged = merge_streams(streams)
+        from vllm.utils.async_utils import merge_async_iterators  # lazy: vLLM imports slowly
+
+        # vLLM's merge: (prompt index, output) as each prompt's stream produces, one pending
+        # read per stream (backpressure); closing it cancels and closes every stream, which
+        # aborts their requests in the engine.
+        merged = merge_async_iterators(*streams)
         if request.stream:
             return self._chunks(request, request_id, prompts, merged, admission)
         try:

@@ -35,7 +35,7 @@ async def create_file(
 
 
 @router.get("", response_model=FileList)
-async def list_files(
+def list_files(
     request: Request,
     _: UserAuth,
     purpose: str | None = None,
@@ -47,16 +47,16 @@ async def list_files(
 
 
 @router.get("/{file_id}", response_model=FileObject)
-async def retrieve_file(request: Request, _: UserAuth, file_id: str) -> FileObject:
+def retrieve_file(request: Request, _: UserAuth, file_id: str) -> FileObject:
     return files_service(request).retrieve(file_id)
 
 
 @router.get("/{file_id}/content")
-async def file_content(request: Request, _: UserAuth, file_id: str) -> FileResponse:
+def file_content(request: Request, _: UserAuth, file_id: str) -> FileResponse:
     path, filename = files_service(request).content_path(file_id)
     return FileResponse(path, media_type="application/octet-stream", filename=filename)
 
 
 @router.delete("/{file_id}", response_model=FileDeleted)
-async def delete_file(request: Request, _: UserAuth, file_id: str) -> FileDeleted:
+def delete_file(request: Request, _: UserAuth, file_id: str) -> FileDeleted:
     return files_service(request).delete(file_id)

@@ -15,7 +15,8 @@ from fastapi import UploadFile
 from service.batches.input import check_upload
 from service.errors import BadRequest, NotFound, ServiceError
 from service.files.protocol import FileDeleted, FileList, FileObject
-from service.jobs.store import JobStore, new_id
+from service.ids import new_id
+from service.jobs.store import JobStore
 from tuneserve.errors import UserError
 
 # Purposes a client may upload (the others are files the server makes).
@@ -66,13 +67,14 @@ class FilesService:
         path = self.store.files_dir / f"{file_id}{suffix}"
         size = await self._save(upload, path)
         try:
-            check = check_upload if purpose == "batch" else _validate
+            check = check_upload if purpose == "batch" else validate_dataset
             rows = await asyncio.to_thread(check, path, filename)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        record = self.store.add_file(file_id=file_id, filename=filename, purpose=purpose,
-                                     size=size, path=path, rows=rows)
+        record = await asyncio.to_thread(self.store.add_file, file_id=file_id,
+                                         filename=filename, purpose=purpose, size=size,
+                                         path=path, rows=rows)
         return file_object(record)
 
     def add_local(self, source: Path, filename: str) -> FileObject:
@@ -81,7 +83,7 @@ class FilesService:
         path = self.store.files_dir / f"{file_id}{Path(filename).suffix.lower() or '.jsonl'}"
         path.write_bytes(Path(source).read_bytes())
         try:
-            rows = _validate(path, filename)
+            rows = validate_dataset(path, filename)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -168,7 +170,7 @@ class FilesService:
         return record
 
 
-def _validate(path: Path, filename: str) -> int:
+def validate_dataset(path: Path, filename: str) -> int:
     """Row count of a valid dataset; BadRequest with the line-numbered report otherwise."""
     from training.data import load_rows
 

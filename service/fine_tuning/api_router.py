@@ -1,7 +1,7 @@
 """Routes of ``/v1/fine_tuning/jobs`` (thin: parse, call FineTuningService, return).
 
-The router carries the jobs runtime's lifespan (``service.jobs.runtime``), so including it
-in an app is all it takes to get the store, the Files service and the supervisor.
+The service behind them is the jobs runtime's (``service.jobs.runtime.jobs_runtime``), which
+``build_app`` runs in its lifespan.
 """
 
 from __future__ import annotations
@@ -20,13 +20,11 @@ from service.fine_tuning.protocol import (
     JobList,
 )
 from service.fine_tuning.serving import FineTuningService
-from service.jobs.runtime import jobs_lifespan
 
 router = APIRouter(
     prefix="/v1/fine_tuning/jobs",
     tags=["fine-tuning"],
     responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
-    lifespan=jobs_lifespan,
 )
 
 
@@ -35,12 +33,12 @@ def fine_tuning(request: Request) -> FineTuningService:
 
 
 @router.post("", response_model=FineTuningJob)
-async def create_job(request: Request, _: UserAuth, body: JobCreateRequest) -> FineTuningJob:
+def create_job(request: Request, _: UserAuth, body: JobCreateRequest) -> FineTuningJob:
     return fine_tuning(request).create(body)
 
 
 @router.get("", response_model=JobList)
-async def list_jobs(
+def list_jobs(
     request: Request, _: UserAuth, after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JobList:
@@ -48,7 +46,7 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", response_model=FineTuningJob)
-async def retrieve_job(request: Request, _: UserAuth, job_id: str) -> FineTuningJob:
+def retrieve_job(request: Request, _: UserAuth, job_id: str) -> FineTuningJob:
     return fine_tuning(request).retrieve(job_id)
 
 
@@ -58,7 +56,7 @@ async def cancel_job(request: Request, _: UserAuth, job_id: str) -> FineTuningJo
 
 
 @router.get("/{job_id}/events", response_model=EventList)
-async def list_events(
+def list_events(
     request: Request, _: UserAuth, job_id: str, after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> EventList:
@@ -66,7 +64,7 @@ async def list_events(
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList)
-async def list_checkpoints(
+def list_checkpoints(
     request: Request, _: UserAuth, job_id: str, after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> CheckpointList:

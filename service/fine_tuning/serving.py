@@ -4,13 +4,15 @@ processes (``service.jobs.supervisor``)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 from pathlib import Path
 from typing import Any
 
 from service.adapters.checks import check_name
-from service.errors import AdapterRejected, BadRequest, ModelNotFound, NotFound
+from service.errors import AdapterRejected, BadRequest, ModelNotFound, NotFound, ServiceError
+from service.files.serving import validate_dataset
 from service.fine_tuning.protocol import (
     CheckpointList,
     EventList,
@@ -21,11 +23,13 @@ from service.fine_tuning.protocol import (
     JobList,
     Method,
 )
-from service.jobs.store import TERMINAL_STATUSES, JobStore, new_id, now
+from service.ids import new_id
+from service.jobs.store import JobStore, now
 from service.jobs.supervisor import JobSupervisor, fine_tuned_model_name
 from service.jobs.train_config import build_train_config, resolve_hyperparameters
 from training.auto import MIN_ROWS_TO_HOLD_OUT, held_out_rows
 from tuneserve.errors import UserError
+from tuneserve.job_status import TERMINAL_STATUSES
 
 # Suffixes become part of a served model id: no ':' (the id's separator), '/' or spaces.
 _SUFFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
@@ -70,8 +74,9 @@ class FineTuningService:
             )
         _check_promotion_metadata(request.metadata or {})
         training = self._dataset(request.training_file, "training_file")
-        validation_path = (Path(self._dataset(request.validation_file, "validation_file")["path"])
-                           if request.validation_file else None)
+        validation = (self._dataset(request.validation_file, "validation_file")
+                      if request.validation_file else None)
+        validation_path = Path(validation["path"]) if validation else None
         n_rows = int(training["rows"])
         held_out = 0 if validation_path is not None else held_out_rows(n_rows)
 
@@ -122,11 +127,20 @@ class FineTuningService:
             "hyperparameters": openai_hp, "method": method_out, "metadata": request.metadata,
             "train_config": config,
         })
-        self.store.add_event(job_id, f"Validating training file: {request.training_file}")
+        self.store.add_event(job_id, f"Validating training file: {request.training_file}"
+                             + (f" and validation file: {request.validation_file}"
+                                if validation else ""))
+        error = _file_error("training_file", training) or (
+            _file_error("validation_file", validation) if validation else None)
+        if error is not None:
+            self.store.update_job(job_id, only_if_status={"validating_files"}, status="failed",
+                                  finished_at=now(), error=error)
+            self.store.add_event(job_id, f"Fine-tuning job failed: {error['message']}",
+                                 level="error")
+            return self.retrieve(job_id)
         self.store.add_event(job_id, held_out_event(n_rows, held_out, request.validation_file),
                              level="info" if held_out or validation_path else "warn")
         self.store.add_event(job_id, data_summary)
-        # Files were validated row by row at upload; lengths and duplicates just above.
         self.store.update_job(job_id, only_if_status={"validating_files"}, status="queued")
         self.store.add_event(job_id, "Files validated, moving job to queued state.")
         self.supervisor.wake()
@@ -175,18 +189,35 @@ class FineTuningService:
 
     # ---- cancel -----------------------------------------------------------------------
     async def cancel(self, job_id: str) -> FineTuningJob:
-        job = self._get(job_id)
+        job = await asyncio.to_thread(self._get, job_id)
         if job["status"] in TERMINAL_STATUSES:
             raise BadRequest(f"job {job_id} has already finished ({job['status']}) and cannot be "
                              "cancelled", param="fine_tuning_job_id", code="job_not_cancellable")
-        await self.supervisor.cancel(job_id)
-        return self.retrieve(job_id)
+        return to_job(await self.supervisor.cancel(job_id))
 
     def _get(self, job_id: str) -> dict[str, Any]:
         job = self.store.get_job(job_id)
         if job is None:
             raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
         return job
+
+
+def _file_error(param: str, record: dict[str, Any]) -> dict[str, Any] | None:
+    """The job's error when a stored file no longer reads as the trainer needs it, else None.
+
+    Files were checked at upload; they are read again with the same loader here (the
+    files may have been changed or lost on disk since) so a bad file fails the job now, at
+    validation, not minutes into training.
+    """
+    path = Path(record["path"])
+    try:
+        if not path.is_file():  # said without the server's storage path
+            raise ServiceError(f"{record['filename']}: the stored file is missing")
+        validate_dataset(path, record["filename"])
+    except ServiceError as exc:
+        return {"code": "invalid_file", "param": param,
+                "message": f"invalid {param} {record['id']}: {exc}"}
+    return None
 
 
 def _check_promotion_metadata(metadata: dict[str, str]) -> None:

@@ -1,35 +1,30 @@
-"""Wire the jobs runtime into an app: store, Files service, Fine-tuning service, supervisor.
+"""The jobs runtime: store, Files service, Fine-tuning service, supervisor and evaluator.
 
-``jobs_lifespan`` is the lifespan of the fine-tuning router, so FastAPI runs it inside the
-app's own lifespan (after the engine and adapter registry exist). It reads from
-``app.state``:
-
-- ``base_id`` / ``model_path``: the served base, the one fine-tunable model;
-- ``registry`` (``AdapterRegistry``, created once the engine is up): finished adapters go
-  through ``registry.add(name, path, source="fine_tuning")`` and are hot-loaded;
-- optional overrides for tests and embedding: ``jobs_settings`` (JobsSettings),
-  ``jobs_bases`` ({base id: checkpoint folder}), ``jobs_on_success`` (async callback).
+``build_app`` enters ``jobs_runtime`` in its own lifespan and hands it ``registry``: an
+awaitable factory that gives the adapter registry once the engine is up (it fails if the
+engine cannot start). Finished adapters go through
+``registry.add(name, path, source="fine_tuning")`` and are hot-loaded. The runtime puts
+``jobs_store``, ``jobs_supervisor``, ``files_service`` and ``fine_tuning`` on the app state
+for the routers. Tests and embedders pass ``on_success`` instead of a registry.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-
-from fastapi import FastAPI
 
 from service.files.serving import FilesService
 from service.fine_tuning.serving import FineTuningService
 from service.jobs.demo import queue_demo_job
 from service.jobs.settings import JobsSettings
 from service.jobs.store import JobStore
-from service.jobs.supervisor import JobSupervisor
+from service.jobs.supervisor import JobSupervisor, OnSuccess
 from service.jobs.verdict import JobEvaluator
-from service.reports.schedule import app_reports_root, eval_api_key, local_server_url
+from service.reports.eval_subprocess import app_reports_root, eval_api_key, local_server_url
 from tuneserve.home import tuneserve_home
 
 log = logging.getLogger(__name__)
@@ -40,38 +35,38 @@ def jobs_root() -> Path:
     return tuneserve_home() / "jobs"
 
 
-async def _registry(state: Any, timeout_s: float = 600.0) -> Any:
-    """The adapter registry once the engine is up (``build_app`` starts it in the background)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while getattr(state, "registry", None) is None or not getattr(state, "ready", True):
-        if getattr(state, "engine_error", None):
-            raise RuntimeError(f"the engine failed to start: {state.engine_error}")
-        if loop.time() > deadline:
-            raise RuntimeError("the engine did not become ready")
-        await asyncio.sleep(0.5)
-    return state.registry
+RegistryGetter = Callable[[], Awaitable[Any]]
 
 
 @asynccontextmanager
-async def jobs_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    state = app.state
-    settings: JobsSettings = getattr(state, "jobs_settings", None) or JobsSettings()
-    bases: dict[str, Path] = getattr(state, "jobs_bases", None) or {}
-    if not bases and getattr(state, "base_id", None):
+async def jobs_runtime(state: Any, *, registry: RegistryGetter | None = None,
+                       settings: JobsSettings | None = None,
+                       bases: dict[str, Path] | None = None,
+                       on_success: OnSuccess | None = None) -> AsyncIterator[None]:
+    """Run the jobs runtime for the app whose ``state`` is given, for the ``with`` block.
+
+    ``bases`` defaults to the served base (``state.base_id`` at ``state.model_path``);
+    ``on_success`` defaults to adding the adapter to the awaited ``registry``, and the
+    automatic evaluation runs only then (it needs the served adapter).
+    """
+    settings = settings or JobsSettings()
+    if bases is None:
         bases = {state.base_id: Path(state.model_path)}
-    on_success = getattr(state, "jobs_on_success", None)
-    serving_app = on_success is None  # the real server: adapters go to its registry
+    serving = on_success is None  # adapters go to the served registry (not a test's callback)
     if on_success is None:
+        if registry is None:
+            raise ValueError("jobs_runtime needs a registry or an on_success callback")
+        get_registry = registry
+
         async def on_success(job: dict[str, Any], adapter: Path) -> None:
-            registry = await _registry(state)
-            await registry.add(job["fine_tuned_model"], adapter, source="fine_tuning")
+            await (await get_registry()).add(job["fine_tuned_model"], adapter,
+                                             source="fine_tuning")
 
     store = JobStore(jobs_root())
     files = FilesService(store, max_upload_bytes=int(settings.max_upload_mb * 1e6))
     evaluator: JobEvaluator | None = None
-    if serving_app and settings.evaluate_on_success:
-        evaluator = JobEvaluator(store, files, lambda: _registry(state),
+    if serving and settings.evaluate_on_success:
+        evaluator = JobEvaluator(store, files, registry,
                                  server_url=local_server_url(state.settings.host,
                                                              state.settings.port),
                                  api_key=eval_api_key(state.settings),
@@ -91,8 +86,8 @@ async def jobs_lifespan(app: FastAPI) -> AsyncIterator[None]:
         if evaluator is not None:
             evaluator.start()
         await supervisor.start()
-        if settings.demo_job_if_no_adapters:
-            demo = asyncio.create_task(_demo_when_ready(state, settings))
+        if settings.demo_job_if_no_adapters and registry is not None:
+            demo = asyncio.create_task(_demo_when_ready(state, settings, registry))
     try:
         yield
     finally:
@@ -104,16 +99,16 @@ async def jobs_lifespan(app: FastAPI) -> AsyncIterator[None]:
             await evaluator.stop()
 
 
-async def _demo_when_ready(state: Any, settings: JobsSettings) -> None:
+async def _demo_when_ready(state: Any, settings: JobsSettings, registry: RegistryGetter) -> None:
     """Queue the demo job once the registry has restored its adapters (so 'no adapter yet'
     is known), off the event loop since it reads and validates the dataset."""
     try:
-        registry = await _registry(state)
+        adapters = len((await registry()).list())
     except RuntimeError as exc:
         log.warning("demo job skipped: %s", exc)
         return
     job_id = await asyncio.to_thread(queue_demo_job, state.files_service, state.fine_tuning,
-                                     settings, adapters=len(registry.list()))
+                                     settings, adapters=adapters)
     if job_id:
         log.info("queued the demo fine-tuning job %s (no adapter was registered yet); follow it "
                  "with GET /v1/fine_tuning/jobs/%s/events", job_id, job_id)

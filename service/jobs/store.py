@@ -2,14 +2,21 @@
 
 One database file under ``$TUNESERVE_HOME/jobs/jobs.sqlite`` in WAL mode (readers never block
 the supervisor's writes), four tables: ``files``, ``jobs``, ``events``, ``checkpoints``.
-Every call opens its own short-lived connection, so the store is safe to share between the
-event loop, threads and the CLI; rows come back as plain dicts.
+Every call opens its own short-lived connection, so the store is safe to share between
+threads and the CLI; rows come back as plain dicts.
+
+The store is synchronous and a call may wait up to ``_BUSY_TIMEOUT_S`` for another writer
+(the CLI, a second service): keep it off the event loop. Async code goes through
+``asyncio.to_thread`` at the call site and HTTP handlers that only read or write the store
+are plain ``def`` routes, which FastAPI runs in its thread pool. That was chosen over an
+async facade (a second API per method to keep in step) and over one connection per thread
+(opening a connection costs microseconds; the wait on a lock is what blocked the loop).
+Still on the loop: the post-training evaluator's few calls per job (``verdict.py``).
 """
 
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -17,9 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-# Statuses a job never leaves.
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-ACTIVE_STATUSES = frozenset({"validating_files", "queued", "running"})
+from service.ids import new_id
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -81,15 +86,13 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 """
 
+# How long a call waits for another connection's write lock before it fails.
+_BUSY_TIMEOUT_S = 30
+
 _JSON_COLUMNS = ("hyperparameters", "method", "metadata", "train_config", "error", "data", "metrics",
                  "result_files", "evaluation")
 # Columns added after the first release: a database made before them gets them on open.
 _ADDED_JOB_COLUMNS = {"result_files": "TEXT", "evaluation": "TEXT"}
-
-
-def new_id(prefix: str) -> str:
-    """A random OpenAI-style id such as ``ftjob-3f9a…`` (24 hex chars after the prefix)."""
-    return f"{prefix}-{secrets.token_hex(12)}"
 
 
 def now() -> int:
@@ -116,7 +119,7 @@ class JobStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=30)
+        db = sqlite3.connect(self.db_path, timeout=_BUSY_TIMEOUT_S)
         db.row_factory = sqlite3.Row
         try:
             with db:  # commits on success, rolls back on error

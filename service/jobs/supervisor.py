@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
 import shutil
 import signal
@@ -34,6 +33,7 @@ import yaml
 
 from service.jobs.settings import JobsSettings
 from service.jobs.store import JobStore, now
+from service.process_group import signal_group, stop_group
 from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,9 @@ class JobSupervisor:
     # ---- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
         """Recover jobs a previous service left behind, then start taking jobs."""
-        self.recover()
         self._stopping = False
-        self._event_loop = asyncio.get_running_loop()
+        self._event_loop = asyncio.get_running_loop()  # before recover(): it may wake()
+        await asyncio.to_thread(self.recover)
         self._loop_task = asyncio.create_task(self._loop(), name="job-supervisor")
 
     async def stop(self) -> None:
@@ -154,45 +154,75 @@ class JobSupervisor:
         Returns the job as it is now (``running`` with the cancel pending until the worker
         exits, usually within seconds), None when it does not exist.
         """
-        job = self.store.get_job(job_id)
-        if job is None:
-            return None
-        if self.store.update_job(job_id, only_if_status={"validating_files", "queued"},
-                                 status="cancelled", finished_at=now(), cancel_requested=1):
-            self.store.add_event(job_id, "Job cancelled before it started.")
-            return self.store.get_job(job_id)
-        if self.store.update_job(job_id, only_if_status={"running"}, cancel_requested=1):
-            self.store.add_event(job_id, "Cancellation requested; stopping the training process.")
+        if await asyncio.to_thread(self._request_cancel, job_id):
             run = self._runs.get(job_id)
             if run is not None:
                 self._terminate(run)
-        return self.store.get_job(job_id)
+        return await asyncio.to_thread(self.store.get_job, job_id)
+
+    def _request_cancel(self, job_id: str) -> bool:
+        """Record the cancel; True when a running worker must be stopped."""
+        if self.store.update_job(job_id, only_if_status={"validating_files", "queued"},
+                                 status="cancelled", finished_at=now(), cancel_requested=1):
+            self.store.add_event(job_id, "Job cancelled before it started.")
+            return False
+        if self.store.update_job(job_id, only_if_status={"running"}, cancel_requested=1):
+            self.store.add_event(job_id, "Cancellation requested; stopping the training process.")
+            return True
+        return False
 
     # ---- the queue --------------------------------------------------------------------
     async def _loop(self) -> None:
         while True:
             try:
-                self._start_ready_jobs()
+                await self._start_ready_jobs()
             except Exception:  # keep the supervisor alive whatever one job does
                 log.exception("job supervisor: could not start a job")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
             self._wake.clear()
 
-    def _start_ready_jobs(self) -> None:
-        while len(self._runs) < self.settings.max_concurrent and not self._stopping:
-            job = self.store.next_queued()
+    async def _start_ready_jobs(self) -> None:
+        # Count the tasks, not ``_runs``: a task created here registers its run only once
+        # it first runs, so counting runs would claim every queued job at once.
+        while len(self._tasks) < self.settings.max_concurrent and not self._stopping:
+            job = await asyncio.to_thread(self._claim_next)
             if job is None:
                 return
-            if not self.store.update_job(job["id"], only_if_status={"queued"}, status="running",
-                                         attempts=job["attempts"] + 1):
-                continue  # cancelled between the read and the claim
-            job = self.store.get_job(job["id"])
             task = asyncio.create_task(self._run(job), name=f"job-{job['id']}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def _claim_next(self) -> dict[str, Any] | None:
+        """Mark the oldest queued job ``running`` and return it; None when none is queued."""
+        while (job := self.store.next_queued()) is not None:
+            if self.store.update_job(job["id"], only_if_status={"queued"}, status="running",
+                                     attempts=job["attempts"] + 1):
+                return self.store.get_job(job["id"])
+            # else cancelled between the read and the claim: look again
+        return None
+
     async def _run(self, job: dict[str, Any]) -> None:
+        """Run one job to its end. Whatever goes wrong in here (a store error, a bug while
+        reading the worker's log) fails the job with the reason and stops its worker: a job
+        is never left ``running`` with an orphaned worker and an exception nobody saw."""
+        job_id = job["id"]
+        try:
+            await self._run_job(job)
+        except Exception as exc:
+            log.exception("job supervisor: job %s broke while it was being supervised", job_id)
+            run = self._runs.pop(job_id, None)
+            if run is not None:
+                await self._stop_worker(run)
+            await asyncio.to_thread(
+                self._fail, job, f"the job supervisor failed while running the job: "
+                f"{exc.__class__.__name__}: {exc}", "supervisor_error",
+                only_if_status={"running"})
+        finally:
+            self.wake()
+
+    def _prepare_run(self, job: dict[str, Any]) -> Path:
+        """Write the worker's config (resuming when a checkpoint exists); returns its path."""
         job_id = job["id"]
         run_dir = self.store.runs_dir / job_id
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -205,6 +235,20 @@ class JobSupervisor:
                                  f"{checkpoints[-1][0]}.", level="warn")
         else:
             self.store.add_event(job_id, "Fine-tuning job started.")
+        return config_path
+
+    def _poll(self, job: dict[str, Any], run: _Run) -> bool:
+        """Ingest the worker's new log lines and checkpoints; True when a cancel is pending
+        (one written by another process, the CLI, is honoured this way too)."""
+        current = self.store.get_job(job["id"])
+        self._ingest_log(current, run)
+        self._record_checkpoints(job, run)
+        return bool(current["cancel_requested"])
+
+    async def _run_job(self, job: dict[str, Any]) -> None:
+        job_id = job["id"]
+        config_path = await asyncio.to_thread(self._prepare_run, job)
+        run_dir = config_path.parent
         worker_log = (run_dir / "worker.log").open("ab")
         try:
             process = await asyncio.create_subprocess_exec(
@@ -215,52 +259,60 @@ class JobSupervisor:
             )
         except OSError as exc:
             worker_log.close()
-            self._fail(job, f"could not start the training process: {exc}", "worker_start")
+            await asyncio.to_thread(self._fail, job, f"could not start the training process: "
+                                    f"{exc}", "worker_start")
             return
         run = _Run(process)
-        self._runs[job_id] = run
-        self.store.update_job(job_id, pid=process.pid)
+        self._runs[job_id] = run  # popped by _run if anything below raises
         try:
+            await asyncio.to_thread(self.store.update_job, job_id, pid=process.pid)
             while True:
                 rc: int | None = None
                 with contextlib.suppress(TimeoutError):
                     rc = await asyncio.wait_for(process.wait(), self.settings.poll_interval_s)
-                self._ingest_log(self.store.get_job(job_id), run)
-                self._record_checkpoints(job, run)
+                cancel_pending = await asyncio.to_thread(self._poll, job, run)
                 if rc is not None:
                     break
-                # A cancel written by another process (the CLI) is honoured here too.
-                if not run.terminating and self.store.get_job(job_id)["cancel_requested"]:
+                if cancel_pending and not run.terminating:
                     self._terminate(run)
         finally:
             worker_log.close()
-            self._runs.pop(job_id, None)
             if run.kill_task:
                 run.kill_task.cancel()
-        await self._finish(self.store.get_job(job_id), rc, run)
-        self.wake()
+        self._runs.pop(job_id, None)
+        await self._finish(await asyncio.to_thread(self.store.get_job, job_id), rc, run)
+
+    async def _stop_worker(self, run: _Run) -> None:
+        """SIGTERM the worker's group, SIGKILL after the grace period, and reap it."""
+        await stop_group(run.process, self.settings.cancel_grace_s)
+        if run.kill_task:
+            run.kill_task.cancel()
 
     async def _finish(self, job: dict[str, Any], rc: int, run: _Run) -> None:
+        adapter = adapter_dir(job)
+        if (not job["cancel_requested"] and not self._stopping and rc == 0
+                and (adapter / "adapter_config.json").is_file()):
+            await asyncio.to_thread(self.store.update_job, job["id"], pid=None)
+            await self._succeed(job, adapter, run)
+        else:
+            await asyncio.to_thread(self._settle_unsuccessful, job, rc)
+
+    def _settle_unsuccessful(self, job: dict[str, Any], rc: int | None) -> None:
+        """A worker that exited without an adapter: cancelled, stopped with the service,
+        killed (resumable) or failed."""
         job_id = job["id"]
         self.store.update_job(job_id, pid=None)
         if job["cancel_requested"]:
             self._settle_cancelled(job)
-            return
-        if self._stopping:
+        elif self._stopping:
             self.store.update_job(job_id, only_if_status={"running"}, status="queued")
             self.store.add_event(job_id, "The service stopped during training; the job resumes "
                                  "from its last checkpoint when the service starts again.",
                                  level="warn")
-            return
-        adapter = adapter_dir(job)
-        if rc == 0 and (adapter / "adapter_config.json").is_file():
-            await self._succeed(job, adapter, run)
-            return
-        if rc is not None and rc < 0:
-            reason = f"the training process was killed by signal {-rc}"
-            self._resume_or_fail(job, reason)
-            return
-        self._fail(job, self._failure_reason(job, rc), "training_failed")
+        elif rc is not None and rc < 0:
+            self._resume_or_fail(job, f"the training process was killed by signal {-rc}")
+        else:
+            self._fail(job, self._failure_reason(job, rc), "training_failed")
 
     async def _succeed(self, job: dict[str, Any], adapter: Path, run: _Run) -> None:
         job_id = job["id"]
@@ -269,18 +321,24 @@ class JobSupervisor:
             if self.on_success is not None:
                 await self.on_success(dict(job, fine_tuned_model=name), adapter)
         except Exception as exc:  # the registry's checks refused the adapter
-            self._fail(job, f"the trained adapter could not be served: {exc}", "adapter_rejected")
+            await asyncio.to_thread(self._fail, job, f"the trained adapter could not be served: "
+                                    f"{exc}", "adapter_rejected")
             return
         tokens = run.last_metrics.get("trained_tokens", job["trained_tokens"])
-        self.store.update_job(job_id, status="succeeded", fine_tuned_model=name,
-                              finished_at=now(), adapter_path=str(adapter),
-                              trained_tokens=tokens)
-        self.store.add_event(job_id, f"New fine-tuned model created: {name}")
-        self.store.add_event(job_id, "The job has successfully completed.")
+        await asyncio.to_thread(self._record_success, job_id, name, adapter, tokens)
         if self.after_success is not None:
             self.after_success(job_id)
 
     # ---- outcomes ---------------------------------------------------------------------
+    # The events go in before the status: a client that sees the final status (it reads
+    # from another thread) then finds the events that go with it.
+    def _record_success(self, job_id: str, name: str, adapter: Path, tokens: int | None) -> None:
+        self.store.add_event(job_id, f"New fine-tuned model created: {name}")
+        self.store.add_event(job_id, "The job has successfully completed.")
+        self.store.update_job(job_id, status="succeeded", fine_tuned_model=name,
+                              finished_at=now(), adapter_path=str(adapter),
+                              trained_tokens=tokens)
+
     def _resume_or_fail(self, job: dict[str, Any], reason: str) -> None:
         job_id = job["id"]
         checkpoints = checkpoint_steps(job)
@@ -298,17 +356,21 @@ class JobSupervisor:
                       f"(max_resume_attempts={self.settings.max_resume_attempts})")
         self._fail(job, f"{reason}; {detail}", "interrupted")
 
-    def _fail(self, job: dict[str, Any], message: str, code: str) -> None:
-        self.store.update_job(job["id"], status="failed", finished_at=now(), pid=None,
-                              error={"code": code, "message": message, "param": None})
+    def _fail(self, job: dict[str, Any], message: str, code: str, *,
+              only_if_status: set[str] | None = None) -> None:
+        if only_if_status and self.store.get_job(job["id"])["status"] not in only_if_status:
+            return
         self.store.add_event(job["id"], f"Fine-tuning job failed: {message}", level="error")
+        self.store.update_job(job["id"], only_if_status=only_if_status, status="failed",
+                              finished_at=now(), pid=None,
+                              error={"code": code, "message": message, "param": None})
 
     def _settle_cancelled(self, job: dict[str, Any]) -> None:
         # Cancel leaves nothing servable behind: no adapter, no checkpoints.
         shutil.rmtree(adapter_dir(job), ignore_errors=True)
         shutil.rmtree(checkpoints_dir(job), ignore_errors=True)
-        self.store.update_job(job["id"], status="cancelled", finished_at=now(), pid=None)
         self.store.add_event(job["id"], "Job cancelled.")
+        self.store.update_job(job["id"], status="cancelled", finished_at=now(), pid=None)
 
     def _failure_reason(self, job: dict[str, Any], rc: int | None) -> str:
         """The worker's own error event if it wrote one, else the tail of its output."""
@@ -327,14 +389,14 @@ class JobSupervisor:
         if run.terminating or run.process.returncode is not None:
             return
         run.terminating = True
-        _signal_group(run.process.pid, signal.SIGTERM)
+        signal_group(run.process.pid, signal.SIGTERM)
         run.kill_task = asyncio.create_task(self._kill_after_grace(run))
 
     async def _kill_after_grace(self, run: _Run) -> None:
         await asyncio.sleep(self.settings.cancel_grace_s)
         if run.process.returncode is None:
             log.warning("worker %s ignored SIGTERM; killing it", run.process.pid)
-            _signal_group(run.process.pid, signal.SIGKILL)
+            signal_group(run.process.pid, signal.SIGKILL)
 
     def _kill_leftover_worker(self, job: dict[str, Any]) -> None:
         """Kill the worker a dead service left running (checked by its command line, so a
@@ -348,7 +410,7 @@ class JobSupervisor:
         except OSError:
             return
         if marker in cmdline:
-            _signal_group(pid, signal.SIGKILL)
+            signal_group(pid, signal.SIGKILL)
 
     # ---- log and checkpoints ----------------------------------------------------------
     def _ingest_log(self, job: dict[str, Any], run: _Run | None) -> None:
@@ -434,11 +496,6 @@ def _read_events(path: Path) -> list[dict[str, Any]]:
             if isinstance(record, dict):
                 out.append(record)
     return out
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
 
 
 def _metrics_message(metrics: dict[str, Any]) -> str:

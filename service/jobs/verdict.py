@@ -36,7 +36,7 @@ import yaml
 from evaluation.gate import EvalPlan, decide, plan_for_references
 from service.files.serving import FilesService
 from service.jobs.store import JobStore
-from service.reports.schedule import eval_env, run_subprocess
+from service.reports.eval_subprocess import eval_env, run_subprocess
 from training.manifest import read_held_out
 
 log = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 from service.deps import UserAuth
 from service.errors import ErrorResponse
 from service.reports.protocol import ReportList, ScheduleList
+from service.reports.schedule import describe
 from service.reports.serving import ReportsServing
 
 router = APIRouter(tags=["reports"])
@@ -32,7 +33,7 @@ async def list_reports(request: Request, _: UserAuth, limit: int = 100) -> Repor
 @router.get("/reports/schedules", response_model=ScheduleList)
 async def list_schedules(request: Request, _: UserAuth) -> ScheduleList:
     scheduler = getattr(request.app.state, "eval_scheduler", None)
-    return scheduler.describe() if scheduler is not None else ScheduleList(data=[])
+    return describe(scheduler) if scheduler is not None else ScheduleList(data=[])
 
 
 @router.get("/reports/{report_id}", include_in_schema=False)

@@ -14,7 +14,7 @@ from typing import Any
 
 from service.chat.protocol import ChatCompletionRequest
 from service.chat.serving import ChatServing
-from service.generation import new_id
+from service.ids import new_id
 from service.responses.protocol import ResponseCreateRequest
 
 

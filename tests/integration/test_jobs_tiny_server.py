@@ -139,7 +139,7 @@ def _wait_evaluation(sdk, job_id, timeout):
     raise AssertionError(f"job {job_id} evaluation still {job.evaluation} after {timeout}s")
 
 
-def test_second_job_is_cancelled_within_seconds(sdk, training_file, tiny_server):
+def test_second_job_is_cancelled_mid_training(sdk, training_file, tiny_server):
     base = sdk.models.list().data[0].id
     job = sdk.fine_tuning.jobs.create(model=base, training_file=training_file.id,
                                       method=_hp(max_steps=500))
@@ -149,12 +149,18 @@ def test_second_job_is_cancelled_within_seconds(sdk, training_file, tiny_server)
     while not any(e.type == "metrics" for e in sdk.fine_tuning.jobs.list_events(job.id)):
         assert time.monotonic() < deadline, tiny_server.log_tail()
         time.sleep(1)
-    started = time.monotonic()
     sdk.fine_tuning.jobs.cancel(job.id)
-    done = _wait(sdk, job.id, TERMINAL, timeout=30)
+    done = _wait(sdk, job.id, TERMINAL, timeout=120)
     assert done.status == "cancelled"
-    assert time.monotonic() - started < 30
-    out = tiny_server.home / "jobs" / "runs" / job.id / "output"
+    # Stopped by the SIGTERM (its own last words), not by the SIGKILL after the grace
+    # period (a killed worker writes nothing), and long before its last step.
+    run_dir = tiny_server.home / "jobs" / "runs" / job.id
+    last = json.loads((run_dir / "train.jsonl").read_text().splitlines()[-1])
+    assert last["type"] == "error" and "SIGTERM" in last["message"], last
+    steps = [e.data["step"] for e in sdk.fine_tuning.jobs.list_events(job.id, limit=1000)
+             if e.type == "metrics"]
+    assert steps and max(steps) < 500
+    out = run_dir / "output"
     assert not (out / job.id).exists(), "a cancelled job must leave no adapter"
     assert done.fine_tuned_model is None
     assert done.fine_tuned_model not in {m.id for m in sdk.models.list().data}

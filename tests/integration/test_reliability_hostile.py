@@ -293,13 +293,15 @@ def _lying_safetensors(path: Path, shape: list[int], data_bytes: int) -> None:
 def test_safetensors_header_that_lies(server, tiny_adapter, tmp_path, shape, data_bytes):
     folder = _copy_adapter(tiny_adapter, tmp_path / "liar")
     _lying_safetensors(folder / "adapter_model.safetensors", shape, data_bytes)
-    assert_error(_register(server, "liar", folder), 400)
+    error = assert_error(_register(server, "liar", folder), 400)
+    assert "is not a readable safetensors file" in error["message"]
 
 
 def test_safetensors_header_length_bomb(server, tiny_adapter, tmp_path):
     folder = _copy_adapter(tiny_adapter, tmp_path / "bomb")
     (folder / "adapter_model.safetensors").write_bytes(struct.pack("<Q", 2**62) + b"{}")
-    assert_error(_register(server, "hdrbomb", folder), 400)
+    error = assert_error(_register(server, "hdrbomb", folder), 400)
+    assert "is not a readable safetensors file" in error["message"]
 
 
 def _upload(server, name: str, data: bytes, filename: str = "a.zip") -> httpx.Response:

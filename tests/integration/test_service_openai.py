@@ -177,12 +177,9 @@ def test_adapter_greedy_matches_peft_reference(client, live_server, served_test_
     assert base["ids"][:16] == base_reference[:16]
 
 
-def test_trained_adapter_matches_peft_reference(request, client, live_server, hf_reference):
-    try:
-        adapter_dir = request.getfixturevalue("docker_adapter_dir")
-    except pytest.FixtureLookupError:
-        pytest.skip("training's docker_adapter_dir fixture is not available; "
-                    "test_adapter_greedy_matches_peft_reference covers a real LoRA")
+def test_trained_adapter_matches_peft_reference(client, live_server, hf_reference,
+                                                docker_adapter_dir):
+    adapter_dir = docker_adapter_dir
     live_server.register_adapter(adapter_dir, "docker-trained")
     try:
         adapted = _chat_ids(client, "docker-trained")

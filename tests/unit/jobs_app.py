@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -14,29 +16,40 @@ from fastapi import FastAPI
 from service.errors import register_error_handlers
 from service.files.api_router import router as files_router
 from service.fine_tuning.api_router import router as fine_tuning_router
+from service.jobs.runtime import jobs_runtime
 from service.jobs.settings import JobsSettings
 
 FAKE_TRAINER = Path(__file__).with_name("jobs_fake_trainer.py")
 BASE_ID = "tiny-base"
 
 
-def build_jobs_app(base_path: Path, *, on_success=None, **settings: Any) -> FastAPI:
-    app = FastAPI()
-    register_error_handlers(app)
-    app.include_router(files_router)
-    app.include_router(fine_tuning_router)
-    app.state.settings = SimpleNamespace(auth_enabled=False, max_lora_rank=16)
-    app.state.jobs_settings = JobsSettings(
+def build_jobs_app(base_path: Path, *, on_success=None, registry=None,
+                   **settings: Any) -> FastAPI:
+    """``registry``: what the runtime's registry getter gives (the demo job reads it)."""
+    jobs_settings = JobsSettings(
         train_command=[sys.executable, str(FAKE_TRAINER)],
         poll_interval_s=0.05, cancel_grace_s=3.0, **settings,
     )
-    app.state.jobs_bases = {BASE_ID: base_path}
-    app.state.loaded = []
 
     async def record(job: dict, adapter: Path) -> None:
         app.state.loaded.append((job["fine_tuned_model"], adapter))
 
-    app.state.jobs_on_success = on_success or record
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def get_registry():
+            return registry
+
+        async with jobs_runtime(app.state, settings=jobs_settings, bases={BASE_ID: base_path},
+                                on_success=on_success or record,
+                                registry=get_registry if registry is not None else None):
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+    register_error_handlers(app)
+    app.include_router(files_router)
+    app.include_router(fine_tuning_router)
+    app.state.settings = SimpleNamespace(auth_enabled=False, max_lora_rank=16)
+    app.state.loaded = []
     return app
 
 

@@ -407,3 +407,19 @@ def test_validation_file_rows_are_scored_and_not_counted_as_trained(suite_file, 
     (adapter / "train_rows.sha256").unlink()  # no fingerprints: the manifest rule decides
     assert len(held_out_examples(load_suite(str(suite_file)), {"job": (manifest, adapter)})
                .examples) == 30
+
+
+def test_schedule_cli_runs_max_runs_through_the_shared_loop(suite_file, monkeypatch):
+    # `eval schedule` drives EvalScheduler (the service's loop); each fire is one
+    # `eval run` in a worker thread; the exit code is the worst run's.
+    from datetime import timedelta
+
+    from evaluation import cli, scheduler
+
+    codes = iter([0, 1])
+    monkeypatch.setattr(cli, "_run_once", lambda args: next(codes))
+    monkeypatch.setattr(scheduler, "seconds_until_next",
+                        lambda expr, now, last=None: (now + timedelta(seconds=1), 0.0))
+    assert main(["eval", "schedule", str(suite_file), "--models", "base,good",
+                 "--cron", "* * * * *", "--max-runs", "2"]) == 1
+    assert next(codes, None) is None  # both runs made, no third

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 
-from evaluation.scheduler import next_times, run_schedule, validate_cron
+from evaluation.scheduler import EvalScheduler, next_times, validate_cron
 from tuneserve.errors import UserError
 
 
@@ -21,22 +23,26 @@ def test_invalid_cron_is_a_user_error():
         validate_cron("every day")
 
 
-def test_loop_sleeps_until_each_fire_time_and_survives_failures():
+async def test_cli_loop_stops_after_max_runs_and_survives_failures():
+    # The loop `tuneserve eval schedule` runs (the service's loop too), as the CLI drives it.
     now = [datetime(2026, 1, 1, 0, 0, 30, tzinfo=UTC)]
     slept: list[float] = []
 
-    def sleep(seconds: float) -> None:
+    async def sleep(seconds: float) -> None:
         slept.append(seconds)
         now[0] += timedelta(seconds=seconds)
+        await asyncio.sleep(0)  # as a real sleep does, let the started run go
 
-    outcomes = iter([0, RuntimeError("server down"), 1])
+    outcomes = iter([0, RuntimeError("server down"), UserError("suite gone"), 1])
 
-    def job() -> int:
+    async def runner(entry) -> int:
         outcome = next(outcomes)
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
 
-    codes = run_schedule("*/5 * * * *", job, max_runs=3, clock=lambda: now[0], sleep=sleep)
-    assert codes == [0, 1, 1]
-    assert slept == [270.0, 300.0, 300.0]
+    entry = SimpleNamespace(cron="*/5 * * * *", label="test")
+    scheduler = EvalScheduler([entry], runner, max_runs=4, clock=lambda: now[0], sleep=sleep)
+    codes = await scheduler.run()
+    assert codes == [0, 1, 2, 1]
+    assert slept == [270.0, 300.0, 300.0, 300.0]

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from service.reports.schedule import (
-    EvalSchedule,
-    EvalScheduler,
+from evaluation.scheduler import EvalScheduler
+from service.reports.eval_subprocess import (
     eval_command,
     eval_env,
     local_server_url,
     run_subprocess,
 )
+from service.reports.schedule import describe
+from service.reports.schedule_config import EvalSchedule
 from service.settings import Settings
 from tuneserve.errors import UserError
 
@@ -229,7 +230,7 @@ async def test_fires_at_cron_times():
     ]
     assert fake.slept == [270.0, 300.0, 300.0]
     assert (state.runs, state.skipped, state.last_exit_code, state.running) == (2, 0, 0, False)
-    listed = scheduler.describe().data[0]
+    listed = describe(scheduler).data[0]
     assert listed.next_run_at == "2026-01-01T00:15:00+00:00" and listed.runs == 2
     await scheduler.stop()
 
@@ -250,7 +251,7 @@ async def test_overlapping_fire_is_skipped_with_a_log_line(caplog):
     await _settle()
     await fake.advance()  # 00:05 starts a run that outlasts the interval
     assert calls == 1 and state.running
-    with caplog.at_level(logging.WARNING, logger="service.reports.schedule"):
+    with caplog.at_level(logging.WARNING, logger="evaluation.scheduler"):
         await fake.advance()  # 00:10: still running -> skipped
     assert calls == 1 and state.skipped == 1
     assert "skipped, the previous run is still going" in caplog.text

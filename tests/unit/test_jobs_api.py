@@ -4,6 +4,7 @@ contract-#1 fake trainer: status flow, events and checkpoints, cancel, failures,
 from __future__ import annotations
 
 import json
+import os
 
 import openai
 import pytest
@@ -121,6 +122,31 @@ def test_training_error_fails_job_with_reason(make_client, monkeypatch):
     assert done.status == "failed" and done.error.message == "boom at step 2"
     assert done.fine_tuned_model is None
     assert any(e.level == "error" for e in sdk.fine_tuning.jobs.list_events(job.id))
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "missing"])
+def test_file_bad_since_upload_fails_the_job_at_validation(make_client, damage):
+    # "Validating training file" really validates: the stored file is read again with the
+    # trainer's loader, and a job on a file damaged since upload fails there, never queued.
+    app, sdk, file_id = make_client()
+    stored = app.state.jobs_store.get_file(file_id)["path"]
+    if damage == "corrupt":
+        with open(stored, "a") as fh:
+            fh.write('{"messages": [{"role": "user", "content": "no answer"}]}\n')
+    else:
+        os.unlink(stored)
+    job = sdk.fine_tuning.jobs.create(model=BASE_ID, training_file=file_id,
+                                      method=_hp(max_steps=1))
+    assert job.status == "failed"
+    assert job.error.code == "invalid_file" and job.error.param == "training_file"
+    assert file_id in job.error.message
+    assert ("line 3" in job.error.message if damage == "corrupt"
+            else "stored file is missing" in job.error.message)
+    assert stored not in job.error.message  # no server paths in errors
+    events = [e.message for e in sdk.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert events[0].startswith("Fine-tuning job failed: invalid training_file")
+    assert not any("queued" in m for m in events)
+    assert app.state.loaded == []
 
 
 def test_adapter_rejected_by_registry_fails_job(make_client):

@@ -22,10 +22,9 @@ def demo_data(tmp_path):
 
 
 def _app(tmp_path, demo_data, adapters):
-    app = build_jobs_app(tmp_path, demo_job_if_no_adapters=True, demo_data=str(demo_data),
-                         demo_rows=8, demo_max_steps=3)
-    app.state.registry = SimpleNamespace(list=lambda: adapters)
-    return app
+    return build_jobs_app(tmp_path, demo_job_if_no_adapters=True, demo_data=str(demo_data),
+                          demo_rows=8, demo_max_steps=3,
+                          registry=SimpleNamespace(list=lambda: adapters))
 
 
 def test_demo_job_is_queued_and_served_when_nothing_exists(isolated_home, tmp_path, demo_data):

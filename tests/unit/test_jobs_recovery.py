@@ -3,6 +3,7 @@ failed with a reason, never left ``running``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -110,3 +111,73 @@ def test_crashed_service_leftover_job_is_settled_on_start(isolated_home, tmp_pat
     finally:
         if leftover.poll() is None:
             leftover.kill()
+
+
+def test_supervisor_error_while_watching_fails_the_job_and_stops_its_worker(
+        isolated_home, tmp_path, monkeypatch):
+    # A bug or store error inside the poll loop must not leave the job `running` with an
+    # orphaned worker: the job fails with the reason and the worker's group is stopped.
+    from service.jobs.supervisor import JobSupervisor
+
+    monkeypatch.setenv("FAKE_TRAIN_STEP_S", "0.5")  # the worker would run for ~30 s
+    pids: list[int] = []
+
+    def broken_record_checkpoints(self, job, run):
+        pids.append(run.process.pid)
+        raise RuntimeError("checkpoint folder unreadable")
+
+    monkeypatch.setattr(JobSupervisor, "_record_checkpoints", broken_record_checkpoints)
+    app = build_jobs_app(tmp_path)
+    with TestClient(app) as http:
+        sdk = _sdk(http)
+        job = _create(sdk, max_steps=60)
+        done = _finished(sdk, job.id)
+        assert done.status == "failed"
+        assert done.error.code == "supervisor_error"
+        assert "checkpoint folder unreadable" in done.error.message
+        with pytest.raises(ProcessLookupError):  # the worker's group is gone (and reaped)
+            os.killpg(pids[0], 0)
+        events = [e.message for e in sdk.fine_tuning.jobs.list_events(job.id, limit=100)]
+        assert any("checkpoint folder unreadable" in m for m in events)
+
+
+def test_max_concurrent_holds_when_jobs_are_queued_together(isolated_home, tmp_path,
+                                                            monkeypatch):
+    # Both jobs are queued before the supervisor looks: it must claim one, not both.
+    monkeypatch.setenv("FAKE_TRAIN_STEP_S", "0.2")
+    app = build_jobs_app(tmp_path, enabled=False)
+    with TestClient(app) as http:
+        sdk = _sdk(http)
+        first, second = _create(sdk, max_steps=30), _create(sdk, max_steps=30)
+    with TestClient(build_jobs_app(tmp_path, max_concurrent=1)) as http:
+        sdk = _sdk(http)
+        wait_for(lambda: sdk.fine_tuning.jobs.retrieve(first.id).status == "running")
+        assert sdk.fine_tuning.jobs.retrieve(second.id).status == "queued"
+        sdk.fine_tuning.jobs.cancel(first.id)
+        sdk.fine_tuning.jobs.cancel(second.id)
+
+
+async def test_store_waits_off_the_event_loop(isolated_home, tmp_path, monkeypatch):
+    # Another connection (the CLI, a second service) holds the write lock. A cancel must
+    # wait for it in a worker thread: the event loop keeps running and here releases the
+    # lock. A store call made on the loop would block it until SQLite gives up.
+    import sqlite3
+
+    from service.jobs import store as store_module
+    from service.jobs.settings import JobsSettings
+    from service.jobs.store import JobStore, now
+    from service.jobs.supervisor import JobSupervisor
+
+    monkeypatch.setattr(store_module, "_BUSY_TIMEOUT_S", 2)  # fail fast without the fix
+    store = JobStore(tmp_path / "jobs")
+    store.add_job({"id": "ftjob-1", "created_at": now(), "model": BASE_ID,
+                   "training_file": "file-1", "seed": 1, "status": "queued",
+                   "hyperparameters": {}, "method": {}, "train_config": {}})
+    supervisor = JobSupervisor(store, JobsSettings(enabled=False))
+    writer = sqlite3.connect(store.db_path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    cancel = asyncio.create_task(supervisor.cancel("ftjob-1"))
+    await asyncio.sleep(0)  # the cancel starts and meets the lock
+    writer.execute("ROLLBACK")  # runs only if the loop was not blocked
+    writer.close()
+    assert (await cancel)["status"] == "cancelled"

@@ -373,3 +373,24 @@ def test_vllm_validation_errors_are_400(make_client):
     error = _assert_error(client.post("/v1/chat/completions", json=_chat(n=2, temperature=0)),
                           400)
     assert "greedy" in error["message"]
+
+
+async def test_closing_a_multi_prompt_stream_aborts_every_engine_request(tiny_model_dir):
+    # The prompts' streams are merged (vLLM's merge_async_iterators): items come as
+    # (prompt index, output), and closing the response aborts every prompt's request.
+    from transformers import AutoTokenizer
+
+    from service.completions.protocol import CompletionRequest
+    from service.completions.serving import CompletionServing
+    from service.generation import Generator
+
+    engine = FakeEngine(model_path=tiny_model_dir,
+                        tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir), delay_s=0.01)
+    generator = Generator(engine, registry=None, base_id="tiny", max_in_flight=4)
+    serving = CompletionServing(generator, engine.tokenizer)
+    chunks = await serving.create(CompletionRequest(model="tiny", prompt=["a", "b"],
+                                                    max_tokens=5, stream=True))
+    first = await chunks.__anext__()
+    assert first  # a token of one of the prompts
+    await chunks.aclose()  # what Starlette does when the client goes away
+    assert len(set(engine.aborted)) == 2 and generator.in_flight == 0
