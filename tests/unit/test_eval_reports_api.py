@@ -34,7 +34,8 @@ def _client(root, auth: bool = False) -> TestClient:
     register_error_handlers(app)
     app.include_router(router)
     app.state.settings = SimpleNamespace(
-        auth_enabled=auth, admin_api_keys=["admin-key"], user_api_keys=["user-key"]
+        auth_enabled=auth, admin_api_keys=["admin-key"], user_api_keys=["user-key"],
+        key_projects={},
     )
     app.state.reports_serving = ReportsServing(root)
     return TestClient(app)
