@@ -67,5 +67,14 @@ def require_admin(request: Request) -> Role:
     return role
 
 
+def require_job_creator(request: Request) -> Role:
+    role = role_of(request)
+    if role == "user" and request.app.state.settings.job_creators == "admin":
+        raise Forbidden("creating fine-tuning jobs needs an admin API key on this server "
+                        "(TUNESERVE_JOB_CREATORS=admin)")
+    return role
+
+
 UserAuth = Annotated[Role, Depends(require_user)]
+JobCreatorAuth = Annotated[Role, Depends(require_job_creator)]
 AdminAuth = Annotated[Role, Depends(require_admin)]

@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     # lists and of the environment belong to "default"), and per-project limits.
     key_projects: dict[str, str] = Field(default_factory=dict, repr=False, exclude=True)
     project_limits: dict[str, ProjectLimits] = Field(default_factory=dict)
+    job_creators: Literal["user", "admin"] = Field(
+        "user", description="Who may create fine-tuning jobs: any key ('user') or admin keys "
+        "only ('admin'). A succeeded job's adapter is served at once, so 'admin' keeps what "
+        "is served an admin decision.")
     rate_limit_requests_per_minute: int | None = Field(
         None, ge=1, description="Inference requests per minute per project (those without "
         "their own limit in the keys file); default: no limit.")

@@ -10,7 +10,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from service.deps import UserAuth
+from service import audit
+from service.deps import JobCreatorAuth, UserAuth
 from service.errors import ErrorResponse
 from service.fine_tuning.protocol import (
     CheckpointList,
@@ -33,8 +34,11 @@ def fine_tuning(request: Request) -> FineTuningService:
 
 
 @router.post("", response_model=FineTuningJob)
-def create_job(request: Request, _: UserAuth, body: JobCreateRequest) -> FineTuningJob:
-    return fine_tuning(request).create(body)
+def create_job(request: Request, _: JobCreatorAuth, body: JobCreateRequest) -> FineTuningJob:
+    job = fine_tuning(request).create(body)
+    audit.record(request, "job.create", job.id, model=body.model,
+                 training_file=body.training_file)
+    return job
 
 
 @router.get("", response_model=JobList)
@@ -52,7 +56,9 @@ def retrieve_job(request: Request, _: UserAuth, job_id: str) -> FineTuningJob:
 
 @router.post("/{job_id}/cancel", response_model=FineTuningJob)
 async def cancel_job(request: Request, _: UserAuth, job_id: str) -> FineTuningJob:
-    return await fine_tuning(request).cancel(job_id)
+    job = await fine_tuning(request).cancel(job_id)
+    audit.record(request, "job.cancel", job_id)
+    return job
 
 
 @router.get("/{job_id}/events", response_model=EventList)

@@ -61,3 +61,31 @@ def test_server_without_keys_audits_anonymous_actions(server_factory):
     entries = server.http.get("/v1/audit").json()["data"]
     assert entries[0]["action"] == "batch.create" and entries[0]["target"] == batch.id
     assert entries[0]["key_id"] is None and entries[0]["project"] == "default"
+
+
+def test_job_creators_admin_keeps_jobs_an_admin_decision(server_factory, tmp_path,
+                                                          monkeypatch):
+    monkeypatch.setenv("TUNESERVE_JOBS_ENABLED", "0")  # jobs stay queued: nothing trains
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(json.dumps({"keys": [{"key": ADMIN, "project": "ops", "role": "admin"},
+                                              {"key": USER, "project": "team-a"}]}))
+    server = server_factory(api_keys_file=keys_file, job_creators="admin")
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    user = {"Authorization": f"Bearer {USER}"}
+    rows = "".join(json.dumps({"messages": [
+        {"role": "user", "content": f"question {i}"},
+        {"role": "assistant", "content": f"answer {i}"}]}) + "\n" for i in range(12))
+    upload = server.http.post("/v1/files", headers=user, data={"purpose": "fine-tune"},
+                              files={"file": ("train.jsonl", rows.encode())}).json()
+    body = {"model": "tiny", "training_file": upload["id"]}
+    refused = server.http.post("/v1/fine_tuning/jobs", headers=user, json=body)
+    assert refused.status_code == 403 and "TUNESERVE_JOB_CREATORS" in refused.text
+    job = server.http.post("/v1/fine_tuning/jobs", headers=admin, json=body)
+    assert job.status_code == 200, job.text
+    job_id = job.json()["id"]
+    assert server.http.post(f"/v1/fine_tuning/jobs/{job_id}/cancel",
+                            headers=admin).status_code == 200
+    entries = server.http.get("/v1/audit", headers=admin).json()["data"]
+    assert [(e["action"], e["target"], e["key_id"]) for e in entries[:2]] == [
+        ("job.cancel", job_id, key_id(ADMIN)), ("job.create", job_id, key_id(ADMIN))]
+    assert entries[1]["training_file"] == upload["id"]
