@@ -13,11 +13,13 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from service.audit import AuditLog
 from service.errors import register_error_handlers
 from service.files.api_router import router as files_router
 from service.fine_tuning.api_router import router as fine_tuning_router
 from service.jobs.runtime import jobs_runtime
 from service.jobs.settings import JobsSettings
+from tuneserve.home import tuneserve_home
 
 FAKE_TRAINER = Path(__file__).with_name("jobs_fake_trainer.py")
 BASE_ID = "tiny-base"
@@ -48,7 +50,9 @@ def build_jobs_app(base_path: Path, *, on_success=None, registry=None,
     register_error_handlers(app)
     app.include_router(files_router)
     app.include_router(fine_tuning_router)
-    app.state.settings = SimpleNamespace(auth_enabled=False, max_lora_rank=16)
+    app.state.settings = SimpleNamespace(auth_enabled=False, max_lora_rank=16,
+                                         job_creators="user", key_projects={})
+    app.state.audit = AuditLog(tuneserve_home() / "audit" / "audit.jsonl")
     app.state.loaded = []
     return app
 
