@@ -35,21 +35,11 @@ from pydantic import (
     model_validator,
 )
 
+from training.formats import DatasetType
 from tuneserve.errors import UserError
 from tuneserve.home import adapters_dir
 from tuneserve.yaml_file import load_yaml_mapping
 
-DatasetType = Literal[
-    "chat",
-    "chat_template",
-    "sharegpt",
-    "alpaca",
-    "prompt_completion",
-    "completion",
-    "input_output",
-    "chat_csv",
-    "hf_datasets",
-]
 Optimizer = Literal[
     "adamw_torch",
     "adamw_torch_fused",

@@ -28,9 +28,10 @@ dataset spec lists columns to leave out on purpose); nothing is dropped silently
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
-FORMATS = (
+# The dataset types a config may name (training.config.DatasetSpec.type).
+DatasetType = Literal[
     "chat",
     "chat_template",
     "sharegpt",
@@ -40,7 +41,8 @@ FORMATS = (
     "input_output",
     "chat_csv",
     "hf_datasets",
-)
+]
+FORMATS: tuple[str, ...] = get_args(DatasetType)
 ROLES = ("system", "user", "assistant")
 # ShareGPT/Axolotl/LLaMA-Factory role names -> ours (Axolotl's chat_template defaults).
 DEFAULT_ROLE_MAP = {
