@@ -60,6 +60,8 @@ def served_adapter(live_server, gemma_test_adapter) -> Iterator[str]:
 @pytest.fixture
 def page(browser, live_server, served_adapter):
     """The mounted UI, connected with the user key (as a person would type it)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
     page = browser.new_page(viewport={"width": 1500, "height": 1100})
     page.goto(f"{live_server.base_url}/ui/")
     page.wait_for_selector("#model-0", timeout=CONNECT_TIMEOUT_MS)
@@ -67,9 +69,20 @@ def page(browser, live_server, served_adapter):
     _wait_text(page, "#connection-status", r"HTTP 401|Connected", CONNECT_TIMEOUT_MS)
     assert "Traceback" not in page.locator("#connection-status").inner_text()
     page.get_by_text("Server connection").click()
-    page.locator("#api-key input").fill(live_server.user_key)
-    page.locator("#refresh").click()
-    _wait_text(page, "#connection-status", r"Connected: base", CONNECT_TIMEOUT_MS)
+    key_box = page.locator("#api-key input")
+    key_box.fill(live_server.user_key)
+    key_box.press("Tab")  # commit the typed value before the click reads it
+    # On a loaded machine the first click once sent its refresh without the key (the
+    # server logged a second 401 and nothing after; seen once in CI, not reproduced
+    # alone): a person clicks again, and so does this fixture, within the same budget.
+    for attempt in range(3):
+        page.locator("#refresh").click()
+        try:
+            _wait_text(page, "#connection-status", r"Connected: base", CONNECT_TIMEOUT_MS // 3)
+            break
+        except PlaywrightTimeoutError:
+            if attempt == 2:
+                raise
     yield page
     page.close()
 
