@@ -173,7 +173,10 @@ class JobSupervisor:
 
     # ---- the queue --------------------------------------------------------------------
     async def _loop(self) -> None:
-        while True:
+        # ``_stopping`` ends the loop even when the cancel from stop() is lost: Python 3.11's
+        # wait_for can swallow a cancellation that arrives as the wake event fires (a job
+        # cancel wakes the loop), which left stop() awaiting this task forever.
+        while not self._stopping:
             try:
                 await self._start_ready_jobs()
             except Exception:  # keep the supervisor alive whatever one job does
