@@ -126,7 +126,7 @@ async def require_user_within_limits(request: Request) -> Role:
     role = require_user(request)
     limiter: RateLimiter = request.app.state.rate_limiter
     project = getattr(request.state, "project", "default")
-    request.state.ratelimit_headers = limiter.admit(project)
+    setattr(request.state, _STATE_KEY, limiter.admit(project))
     _CHARGE.set(lambda tokens: limiter.charge(project, tokens))
     return role
 

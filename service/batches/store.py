@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from service.batches.input import BatchLine
+from service.sqlite import transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -56,6 +57,7 @@ CREATE TABLE IF NOT EXISTS batch_requests (
 """
 _JSON_COLUMNS = ("metadata", "errors", "body", "response")
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
+_BUSY_TIMEOUT_S = 30.0  # as the jobs store: wait for another writer, never fail at once
 
 
 def now() -> int:
@@ -72,13 +74,8 @@ class BatchStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
-        db.row_factory = sqlite3.Row
-        try:
-            with db:  # one transaction per call
-                yield db
-        finally:
-            db.close()
+        with transaction(self.path, _BUSY_TIMEOUT_S) as db:
+            yield db
 
     @staticmethod
     def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from service.ids import new_id
+from service.sqlite import transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -119,13 +120,8 @@ class JobStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=_BUSY_TIMEOUT_S)
-        db.row_factory = sqlite3.Row
-        try:
-            with db:  # commits on success, rolls back on error
-                yield db
-        finally:
-            db.close()
+        with transaction(self.db_path, _BUSY_TIMEOUT_S) as db:
+            yield db
 
     @staticmethod
     def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
