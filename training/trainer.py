@@ -40,7 +40,13 @@ class AdapterSFTTrainer(SFTTrainer):
         if self.args.train_sampling_strategy != "group_by_length" or dataset is None:
             return super()._get_train_sampler(train_dataset)
         lengths = [len(ids) for ids in dataset["input_ids"]]
-        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        # One optimizer step's rows across all processes: every rank draws the same seeded
+        # order and accelerate deals its batches out, so N processes see the rows one
+        # process with N times the accumulation would.
+        batch = (
+            self.args.train_batch_size * self.args.gradient_accumulation_steps
+            * self.args.world_size
+        )
         return ShuffledLengthGroupedSampler(lengths, batch)
 
     def create_optimizer(self, model=None):
