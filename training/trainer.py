@@ -6,6 +6,7 @@ length-grouped sampling); importing this module imports torch, TRL and PEFT.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ from peft import PeftModel
 from trl import SFTTrainer
 
 from training.config import TrainConfig
-from training.lm_head import add_compact_lm_head
+from training.lm_head import add_compact_lm_head, compact_head_unsupported
 from training.sampling import ShuffledLengthGroupedSampler
+
+log = logging.getLogger(__name__)
 
 
 class AdapterSFTTrainer(SFTTrainer):
@@ -30,7 +33,10 @@ class AdapterSFTTrainer(SFTTrainer):
     ):
         self._loraplus_lr_ratio = loraplus_lr_ratio
         super().__init__(*args, **kwargs)
-        if compact_lm_head:
+        reason = compact_head_unsupported() if compact_lm_head else None
+        if reason:
+            log.warning(reason)
+        elif compact_lm_head:
             model = self.model
             add_compact_lm_head(model.get_base_model() if isinstance(model, PeftModel) else model)
 
