@@ -21,17 +21,25 @@ def _now() -> str:
 
 
 class EventLog:
-    """Appends one JSON object per event to a ``.jsonl`` file (for the UI's loss plot)."""
+    """Appends one JSON object per event to a ``.jsonl`` file (for the UI's loss plot).
 
-    def __init__(self, path: Path):
+    With ``write_file=False`` (the non-main ranks of a multi-process run) events are only
+    kept in memory: one process owns the file.
+    """
+
+    def __init__(self, path: Path, *, write_file: bool = True):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.write_file = write_file
+        if write_file:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self.events: list[dict[str, Any]] = []
 
     def write(self, type: str, **fields: Any) -> dict[str, Any]:
         event = {"time": _now(), "type": type}
         event.update({k: v for k, v in fields.items() if v is not None})
         self.events.append(event)
+        if not self.write_file:
+            return event
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(event) + "\n")
         return event

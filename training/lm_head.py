@@ -10,6 +10,13 @@ result. With Gemma's 262k-token vocabulary the head is most of the compute, and 
 runs the backbone, gathers the hidden states whose next-token label is not ``-100`` and
 projects only those, returning the same ``FusedCausalLMOutput`` TRL's ``compute_loss``
 reads. Every other call (generation, eval logits) goes to the wrapped forward unchanged.
+
+Under sharding the head's weight is read outside the head's own forward, so:
+FSDP2 hands it over as a DTensor, gathered here (as TRL's head does); FSDP1 keeps the root
+unit's parameters (the tied embedding/head among them) whole through the root forward, in
+which this runs; DeepSpeed ZeRO-3 leaves it an empty partition that only the module's own
+hooks fill, and autograd would keep that partition for the backward, so there the compact
+head is switched off (:func:`compact_head_unsupported`) and TRL's gathering head is used.
 """
 
 from __future__ import annotations
@@ -19,7 +26,20 @@ import types
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
 from trl.trainer.utils import FusedCausalLMOutput
+
+
+def compact_head_unsupported() -> str | None:
+    """Why the compact head cannot run in this process's configuration, or None."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        return (
+            "compact_lm_head is off: DeepSpeed ZeRO-3 partitions lm_head.weight outside the "
+            "head's own forward; TRL's fused LM head, which gathers it, is used instead"
+        )
+    return None
 
 
 def add_compact_lm_head(model) -> None:
@@ -46,6 +66,8 @@ def add_compact_lm_head(model) -> None:
         targets = labels[:, 1:]
         mask = targets != -100
         weight = self.get_output_embeddings().weight
+        if isinstance(weight, DTensor):  # FSDP2 shard: a gathered, plain copy (frozen weight)
+            weight = weight.full_tensor()
         logits = F.linear(hidden[mask], weight)  # (n_supervised, vocab) instead of (B*T, vocab)
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap

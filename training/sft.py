@@ -10,6 +10,7 @@ progress bar and cancellation. The adapter is written atomically with its manife
 
 from __future__ import annotations
 
+import functools
 import logging
 import resource
 import shutil
@@ -29,6 +30,7 @@ from training.callbacks import (
     ThroughputTracker,
 )
 from training.config import TrainConfig
+from training.distributed import is_main_process, wait_for_everyone
 from tuneserve.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -69,8 +71,11 @@ def train(
     Progress goes to the JSON-lines ``log_file`` (default ``<output_dir>/<name>.train.jsonl``).
     Raises UserError for bad input, TrainingCancelled when ``cancel`` fired (nothing is
     written then; checkpoints stay for ``resume_from_checkpoint``).
+
+    Under a multi-process launcher every rank calls this; only the main process writes
+    the log, the adapter and the manifest (training/distributed.py).
     """
-    events = EventLog(log_file or default_log_file(config))
+    events = EventLog(log_file or default_log_file(config), write_file=is_main_process())
     events.write("status", message=f"starting {config.name}")
     try:
         return _train(config, events, list(callbacks), cancel or CancelCallback(), progress_bar)
@@ -149,7 +154,8 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
     eval_rows = data.held_out[: config.eval_max_rows] if config.eval_max_rows else data.held_out
     eval_ds = tokenize_rows(eval_rows, tokenizer, eot) if eval_rows else None
 
-    if progress_bar is not False:  # the data summary and estimate, before compute is spent
+    main = is_main_process()
+    if progress_bar is not False and main:  # the data summary and estimate, before compute is spent
         from tqdm import tqdm
 
         for event in events.events[-2:]:
@@ -160,7 +166,8 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
 
     throughput = ThroughputTracker()
     jsonl = JsonlLogCallback(events, throughput)
-    all_callbacks = [cancel, jsonl, ProgressBarCallback(throughput, progress_bar), *callbacks]
+    bar = ProgressBarCallback(throughput, progress_bar if main else False)
+    all_callbacks = [cancel, jsonl, bar, *callbacks]
     if config.early_stopping_patience:
         all_callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
     trainer = AdapterSFTTrainer(
@@ -183,8 +190,9 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
         resume = config.resume_from_checkpoint  # a checkpoint folder named in the config
     elif config.resume_from_checkpoint and config.checkpoint_dir.is_dir():
         resume = last_complete_checkpoint(config.checkpoint_dir)
-    elif config.checkpoint_dir.exists():
+    elif config.checkpoint_dir.exists() and main:
         shutil.rmtree(config.checkpoint_dir)  # stale checkpoints of an earlier run
+    wait_for_everyone()  # no rank saves a checkpoint into a folder being removed
     events.write("status", message=f"resuming from {resume}" if resume else "training")
 
     cancel.install_signal_handlers()
@@ -204,6 +212,13 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
     finally:
         cancel.restore_signal_handlers()
 
+    # FSDP / ZeRO-3 shard the adapter too: gathering it is a collective every rank joins
+    # (the full dict lands on the main process). DDP and one process save it as it is.
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if sharded else None
+    if not main:
+        wait_for_everyone()  # until the main process has published the adapter
+        return target
     state = trainer.state
     trained_tokens = int(trainer._total_train_tokens) or throughput.trained_tokens
     manifest = build_manifest(
@@ -221,8 +236,12 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
         created_at=events.events[0]["time"],
     )
     with staging_dir(target, overwrite=config.overwrite) as tmp:
-        write_adapter_files(tmp, trainer.model.save_pretrained, manifest, data.held_out, data.train)
+        save = trainer.model.save_pretrained
+        if state_dict is not None:
+            save = functools.partial(save, state_dict=state_dict)
+        write_adapter_files(tmp, save, manifest, data.held_out, data.train)
     shutil.rmtree(config.checkpoint_dir, ignore_errors=True)
+    wait_for_everyone()
     events.write(
         "done",
         step=state.global_step,

@@ -6,6 +6,7 @@ length-grouped sampling); importing this module imports torch, TRL and PEFT.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ from peft import PeftModel
 from trl import SFTTrainer
 
 from training.config import TrainConfig
-from training.lm_head import add_compact_lm_head
+from training.lm_head import add_compact_lm_head, compact_head_unsupported
 from training.sampling import ShuffledLengthGroupedSampler
+
+log = logging.getLogger(__name__)
 
 
 class AdapterSFTTrainer(SFTTrainer):
@@ -30,7 +33,10 @@ class AdapterSFTTrainer(SFTTrainer):
     ):
         self._loraplus_lr_ratio = loraplus_lr_ratio
         super().__init__(*args, **kwargs)
-        if compact_lm_head:
+        reason = compact_head_unsupported() if compact_lm_head else None
+        if reason:
+            log.warning(reason)
+        elif compact_lm_head:
             model = self.model
             add_compact_lm_head(model.get_base_model() if isinstance(model, PeftModel) else model)
 
@@ -40,7 +46,13 @@ class AdapterSFTTrainer(SFTTrainer):
         if self.args.train_sampling_strategy != "group_by_length" or dataset is None:
             return super()._get_train_sampler(train_dataset)
         lengths = [len(ids) for ids in dataset["input_ids"]]
-        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        # One optimizer step's rows across all processes: every rank draws the same seeded
+        # order and accelerate deals its batches out, so N processes see the rows one
+        # process with N times the accumulation would.
+        batch = (
+            self.args.train_batch_size * self.args.gradient_accumulation_steps
+            * self.args.world_size
+        )
         return ShuffledLengthGroupedSampler(lengths, batch)
 
     def create_optimizer(self, model=None):

@@ -26,7 +26,11 @@ from service.fine_tuning.protocol import (
 from service.ids import new_id
 from service.jobs.store import JobStore, now
 from service.jobs.supervisor import JobSupervisor, fine_tuned_model_name
-from service.jobs.train_config import build_train_config, resolve_hyperparameters
+from service.jobs.train_config import (
+    PROCESSES_KEY,
+    build_train_config,
+    resolve_hyperparameters,
+)
 from training.auto import MIN_ROWS_TO_HOLD_OUT, held_out_rows
 from tuneserve.errors import UserError
 from tuneserve.job_status import TERMINAL_STATUSES
@@ -39,15 +43,17 @@ class FineTuningService:
     """Create, list, retrieve and cancel jobs; list their events and checkpoints.
 
     ``bases`` maps each base model id that can be fine-tuned here (the served base) to its
-    checkpoint folder; ``max_lora_rank`` is the largest rank the engine serves.
+    checkpoint folder; ``max_lora_rank`` is the largest rank the engine serves;
+    ``max_processes`` the most training processes a job may ask for (``num_processes``).
     """
 
     def __init__(self, store: JobStore, supervisor: JobSupervisor, *, bases: dict[str, Path],
-                 max_lora_rank: int | None = None) -> None:
+                 max_lora_rank: int | None = None, max_processes: int = 1) -> None:
         self.store = store
         self.supervisor = supervisor
         self.bases = bases
         self.max_lora_rank = max_lora_rank
+        self.max_processes = max_processes
 
     # ---- create -----------------------------------------------------------------------
     def create(self, request: JobCreateRequest) -> FineTuningJob:
@@ -93,6 +99,7 @@ class FineTuningService:
                 "the adapter could not be served",
                 param="method.supervised.hyperparameters.lora_rank",
             )
+        self._check_processes(hp.get(PROCESSES_KEY))
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
         job_id = new_id("ftjob")
         try:  # the served id must pass the registry's name rule, checked now, not after training
@@ -145,6 +152,21 @@ class FineTuningService:
         self.store.add_event(job_id, "Files validated, moving job to queued state.")
         self.supervisor.wake()
         return self.retrieve(job_id)
+
+    def _check_processes(self, n: Any) -> None:
+        """``num_processes``: a whole number from 1 to this worker's ``max_processes``."""
+        if n is None:
+            return
+        param = f"method.supervised.hyperparameters.{PROCESSES_KEY}"
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise BadRequest(f"{PROCESSES_KEY} must be a whole number of at least 1, got {n!r}",
+                             param=param)
+        if n > self.max_processes:
+            raise BadRequest(
+                f"{PROCESSES_KEY} {n} is above this worker's max_processes "
+                f"({self.max_processes}; TUNESERVE_JOBS_MAX_PROCESSES, at most its GPU count)",
+                param=param,
+            )
 
     def _dataset(self, file_id: str, param: str) -> dict[str, Any]:
         """The stored fine-tune file's record (``path``, ``rows``); 400 naming ``param``."""

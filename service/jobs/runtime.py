@@ -80,6 +80,7 @@ async def jobs_runtime(state: Any, *, registry: RegistryGetter | None = None,
     state.fine_tuning = FineTuningService(
         store, supervisor, bases=bases,
         max_lora_rank=getattr(server_settings, "max_lora_rank", None),
+        max_processes=settings.max_processes,
     )
     demo: asyncio.Task | None = None
     if settings.enabled:

@@ -13,6 +13,15 @@ def _default_train_command() -> list[str]:
     return [sys.executable, "-m", "tuneserve.cli", "train"]
 
 
+def _default_multi_process_command() -> list[str]:
+    # accelerate's torchrun launcher: one process per GPU (gloo DDP on a CPU-only machine).
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+        "--num_processes", "{n}", "--main_process_port", "{port}",
+        "-m", "tuneserve.cli", "train",
+    ]
+
+
 class JobsSettings(BaseSettings):
     """How jobs are queued, run, stopped and resumed; every field has a default."""
 
@@ -34,6 +43,15 @@ class JobsSettings(BaseSettings):
         default_factory=_default_train_command,
         description="Command that trains one config (contract: `tuneserve train CONFIG "
         "--log-file LOG`); a JSON list in the environment.",
+    )
+    max_processes: int = Field(
+        1, ge=1, description="Most training processes one job may ask for with the "
+        "`num_processes` hyperparameter (DDP, one per GPU): set it to the worker's GPU count.",
+    )
+    multi_process_command: list[str] = Field(
+        default_factory=_default_multi_process_command,
+        description="Command for a job with num_processes N > 1 (`{n}`: N, `{port}`: a free "
+        "rendezvous port); the config and `--log-file LOG` follow, as for train_command.",
     )
     evaluate_on_success: bool = Field(
         True, description="Evaluate every succeeded job's adapter against the base on its "

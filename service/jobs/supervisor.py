@@ -24,6 +24,7 @@ import logging
 import re
 import shutil
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ import yaml
 
 from service.jobs.settings import JobsSettings
 from service.jobs.store import JobStore, now
+from service.jobs.train_config import job_processes
 from service.process_group import signal_group, stop_group
 from training.config import TrainConfig
 
@@ -237,7 +239,9 @@ class JobSupervisor:
             self.store.add_event(job_id, f"Resuming training from checkpoint at step "
                                  f"{checkpoints[-1][0]}.", level="warn")
         else:
-            self.store.add_event(job_id, "Fine-tuning job started.")
+            processes = job_processes(job)
+            self.store.add_event(job_id, "Fine-tuning job started."
+                                 + (f" ({processes} processes)" if processes > 1 else ""))
         return config_path
 
     def _poll(self, job: dict[str, Any], run: _Run) -> bool:
@@ -255,7 +259,7 @@ class JobSupervisor:
         worker_log = (run_dir / "worker.log").open("ab")
         try:
             process = await asyncio.create_subprocess_exec(
-                *self.settings.train_command, str(config_path),
+                *self._train_command(job), str(config_path),
                 "--log-file", str(run_dir / "train.jsonl"),
                 stdin=asyncio.subprocess.DEVNULL, stdout=worker_log, stderr=worker_log,
                 start_new_session=True,  # own process group: cancel signals all of it
@@ -284,6 +288,15 @@ class JobSupervisor:
                 run.kill_task.cancel()
         self._runs.pop(job_id, None)
         await self._finish(await asyncio.to_thread(self.store.get_job, job_id), rc, run)
+
+    def _train_command(self, job: dict[str, Any]) -> list[str]:
+        """``train_command``, or for ``num_processes`` N > 1 the multi-process launcher."""
+        n = job_processes(job)
+        if n == 1:
+            return list(self.settings.train_command)
+        port = str(_free_port())
+        return [a.replace("{n}", str(n)).replace("{port}", port)
+                for a in self.settings.multi_process_command]
 
     async def _stop_worker(self, run: _Run) -> None:
         """SIGTERM the worker's group, SIGKILL after the grace period, and reap it."""
@@ -487,6 +500,13 @@ class JobSupervisor:
     def _jobs_with_status(self, status: str) -> list[dict[str, Any]]:
         jobs, _ = self.store.list_jobs(limit=10_000, statuses=frozenset({status}))
         return jobs
+
+
+def _free_port() -> int:
+    """A free local port for the processes' rendezvous (two jobs may run at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _read_events(path: Path) -> list[dict[str, Any]]:

@@ -33,6 +33,9 @@ EXTENSION_KEYS: dict[str, str] = {
 }
 # `qlora: true` selects the 4-bit base (adapter: qlora).
 QLORA_KEY = "qlora"
+# How many training processes (DDP) the supervisor launches: not a TrainConfig key; checked
+# against JobsSettings.max_processes when the job is created, read back by the supervisor.
+PROCESSES_KEY = "num_processes"
 OPENAI_KEYS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 DEFAULT_LEARNING_RATE = TrainConfig.model_fields["learning_rate"].default
 
@@ -93,12 +96,19 @@ def build_train_config(
         raw["val_datasets"] = [{"path": str(validation_path)}]
     elif held_out_rows:
         raw["val_set_size"] = held_out_rows
-    unknown = sorted(set(hp) - set(OPENAI_KEYS) - set(EXTENSION_KEYS) - {QLORA_KEY})
+    known = {*OPENAI_KEYS, *EXTENSION_KEYS, QLORA_KEY, PROCESSES_KEY}
+    unknown = sorted(set(hp) - known)
     if unknown:
         from tuneserve.errors import UserError
 
         raise UserError(
             f"unknown hyperparameter(s) {', '.join(unknown)}; supported: "
-            f"{', '.join([*OPENAI_KEYS, *EXTENSION_KEYS, QLORA_KEY])}"
+            f"{', '.join([*OPENAI_KEYS, *EXTENSION_KEYS, QLORA_KEY, PROCESSES_KEY])}"
         )
     return config_from_dict(raw).model_dump(mode="json")
+
+
+def job_processes(job: dict[str, Any]) -> int:
+    """The training processes a stored job asked for (1 unless ``num_processes`` was set)."""
+    supervised = (job.get("method") or {}).get("supervised") or {}
+    return int((supervised.get("hyperparameters") or {}).get(PROCESSES_KEY) or 1)

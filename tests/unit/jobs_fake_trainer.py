@@ -1,7 +1,9 @@
 """A stand-in for ``tuneserve train`` that speaks contract #1 (config, --log-file, JSON-lines
 events, checkpoints, SIGTERM = stop with no adapter) without a model, so the supervisor's
 queue/cancel/resume logic is unit-tested in milliseconds. Behaviour via env:
-FAKE_TRAIN_STEP_S (seconds per step), FAKE_TRAIN_FAIL_AT (step that errors out)."""
+FAKE_TRAIN_STEP_S (seconds per step), FAKE_TRAIN_FAIL_AT (step that errors out),
+FAKE_TRAIN_ARGV_FILE (where to write its argv as JSON). Launcher flags written as
+``--flag=value`` may come before the config."""
 
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ import yaml
 
 
 def main() -> int:
-    config_path = Path(sys.argv[1])
+    if os.environ.get("FAKE_TRAIN_ARGV_FILE"):
+        Path(os.environ["FAKE_TRAIN_ARGV_FILE"]).write_text(json.dumps(sys.argv[1:]))
+    config_path = Path(next(a for a in sys.argv[1:] if not a.startswith("--")))
     log_file = Path(sys.argv[sys.argv.index("--log-file") + 1])
     config = yaml.safe_load(config_path.read_text())
     out = Path(config["output_dir"])

@@ -37,6 +37,9 @@ MIN_K8S = "1.30"
 IMAGE_UID = 10001
 SERVER_OVERLAYS = ("cpu", "gpu", "gpu-autoscale")
 TRAINING_OVERLAYS = ("cpu", "gpu-fsdp", "gpu-deepspeed")
+MULTINODE_OVERLAY = "training/overlays/multinode-fsdp"
+# The Kubeflow Training Operator's PyTorchJob CRD schema (excerpt; its header says how).
+PYTORCHJOB_CRD = Path(__file__).parent / "crds" / "kubeflow.org_pytorchjobs.v1.excerpt.yaml"
 MIN_STARTUP_BUDGET_S = 600  # engine start + a first-start model preparation
 
 
@@ -109,6 +112,47 @@ def validate_service_monitor(obj: dict) -> None:
     )
 
 
+def _closed(schema):
+    """A CRD schema as the API server applies it: an object with ``properties`` keeps only
+    those (it prunes the rest silently, so a typo would do nothing); here they are errors."""
+    if isinstance(schema, list):
+        return [_closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _closed(v) for k, v in schema.items()}
+    if "properties" in schema and "additionalProperties" not in schema:
+        if not schema.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+    return out
+
+
+def _pytorchjob_schema() -> dict:
+    crd = yaml.safe_load(PYTORCHJOB_CRD.read_text())
+    assert crd["spec"]["names"]["kind"] == "PyTorchJob"
+    (version,) = [v for v in crd["spec"]["versions"] if v["storage"]]
+    return _closed(version["schema"]["openAPIV3Schema"])
+
+
+def validate_pytorchjob(obj: dict, k8s_version: str) -> None:
+    """The CRD's own schema, then each replica's pod template as a core/v1 PodTemplate (the
+    Kubernetes schema the CRD embeds) and the replica types the operator knows."""
+    import jsonschema
+
+    assert obj["apiVersion"] == "kubeflow.org/v1" and obj["kind"] == "PyTorchJob"
+    jsonschema.Draft7Validator(_pytorchjob_schema()).validate(obj)
+    replicas = obj["spec"]["pytorchReplicaSpecs"]
+    assert set(replicas) <= {"Master", "Worker"}, f"unknown replica types {set(replicas)}"
+    for spec in replicas.values():
+        assert spec["restartPolicy"] in ("Always", "OnFailure", "Never", "ExitCode")
+        template = {
+            "apiVersion": "v1",
+            "kind": "PodTemplate",
+            "metadata": {"name": obj["metadata"]["name"]},
+            "template": spec["template"],
+        }
+        validate_k8s(template, k8s_version)
+
+
 def _strip_empty(value):
     if isinstance(value, dict):
         return {k: _strip_empty(v) for k, v in value.items() if v not in (None, {}, [])}
@@ -124,6 +168,7 @@ def test_all_expected_kustomizations_exist() -> None:
     names = {str(p.relative_to(DEPLOY)) for p in _kustomization_roots()}
     expected = {"base"} | {f"overlays/{o}" for o in SERVER_OVERLAYS}
     expected |= {"training/base"} | {f"training/overlays/{o}" for o in TRAINING_OVERLAYS}
+    expected.add(MULTINODE_OVERLAY)
     assert expected <= names, f"missing kustomizations: {expected - names}"
 
 
@@ -138,7 +183,10 @@ def test_every_rendered_object_matches_its_schema(rendered, root: str) -> None:
             validate_service_monitor(obj)
             continue
         for version in (MIN_K8S, _newest_k8s()):
-            validate_k8s(obj, version)
+            if obj["apiVersion"].startswith("kubeflow.org/"):
+                validate_pytorchjob(obj, version)
+            else:
+                validate_k8s(obj, version)
 
 
 def test_validators_reject_broken_objects(rendered) -> None:
@@ -164,6 +212,29 @@ def test_validators_reject_broken_objects(rendered) -> None:
     unknown_field["spec"]["endpoints"][0]["pathh"] = "/metrics"
     with pytest.raises(AssertionError):
         validate_service_monitor(unknown_field)
+
+    import jsonschema
+
+    job = one(rendered[MULTINODE_OVERLAY], "PyTorchJob")
+    validate_pytorchjob(job, _newest_k8s())
+    typo = copy.deepcopy(job)
+    typo["spec"]["runPolicy"]["schedulingPolicy"]["minAvailble"] = 2
+    with pytest.raises(jsonschema.ValidationError):
+        validate_pytorchjob(typo, _newest_k8s())
+    wrong_type = copy.deepcopy(job)
+    wrong_type["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] = "one"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_pytorchjob(wrong_type, _newest_k8s())
+    missing = copy.deepcopy(job)
+    del missing["spec"]["pytorchReplicaSpecs"]
+    with pytest.raises(jsonschema.ValidationError):
+        validate_pytorchjob(missing, _newest_k8s())
+    bad_template = copy.deepcopy(job)
+    bad_template["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
+        "imagePulPolicy"
+    ] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_pytorchjob(bad_template, _newest_k8s())
 
 
 @pytest.mark.parametrize("overlay", SERVER_OVERLAYS)
@@ -277,7 +348,57 @@ def _pod_objects(rendered) -> list[tuple[str, dict]]:
         for obj in objects:
             if obj["kind"] in ("Deployment", "CronJob", "Job"):
                 out.append((f"{root}:{obj['kind']}", obj))
+            elif obj["kind"] == "PyTorchJob":  # one pod template per replica type
+                for kind, spec in obj["spec"]["pytorchReplicaSpecs"].items():
+                    out.append((f"{root}:PyTorchJob/{kind}", {"kind": kind, "spec": spec}))
     return out
+
+
+def _expand(arg: str, env: dict[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion of container args."""
+    return re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg)
+
+
+def test_multinode_pytorchjob_is_gang_scheduled_and_launches_every_process(rendered) -> None:
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    objects = rendered[MULTINODE_OVERLAY]
+    assert not [o for o in objects if o["kind"] == "Job"]  # the one-node Job is replaced
+    job = one(objects, "PyTorchJob")
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert set(replicas) == {"Master", "Worker"} and replicas["Master"]["replicas"] == 1
+    pods = sum(r["replicas"] for r in replicas.values())
+    assert pods >= 2
+    # Gang scheduling: every pod or none.
+    assert job["spec"]["runPolicy"]["schedulingPolicy"]["minAvailable"] == pods
+    config_map = one(objects, "ConfigMap")["metadata"]["name"]
+    for kind, replica in replicas.items():
+        spec = replica["template"]["spec"]
+        (container,) = spec["containers"]
+        # The operator injects its env and reads the port only on the `pytorch` container.
+        assert container["name"] == "pytorch"
+        assert {p["name"] for p in container["ports"]} == {"pytorchjob-port"}
+        assert container["image"].endswith(":gpu")
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["train-config"]["configMap"]["name"] == config_map  # hashed name
+        env = {e["name"]: e["value"] for e in container["env"]}
+        gpus = int(_limits(container)["nvidia.com/gpu"])
+        assert int(env["NUM_PROCESSES"]) == pods * gpus
+        # What the operator sets on this replica's first pod (envvar.go in the operator).
+        env |= {
+            "WORLD_SIZE": str(pods),
+            "RANK": "0" if kind == "Master" else "1",
+            "MASTER_ADDR": f"{job['metadata']['name']}-master-0",
+            "MASTER_PORT": "23456",
+        }
+        argv = [_expand(a, env) for a in container["args"]]
+        assert argv[:2] == ["accelerate", "launch"]
+        argv[3] = str(REPO / Path(argv[3]).relative_to(IMAGE_APP_DIR))  # --config_file
+        args, _, _ = _validate_launch_command(launch_command_parser().parse_args(argv[2:]))
+        assert args.use_fsdp and args.num_machines == pods
+        assert args.machine_rank == int(env["RANK"]) and args.num_processes == pods * gpus
+        assert args.main_process_ip == env["MASTER_ADDR"] and args.main_process_port == 23456
+        assert args.module and args.training_script == "tuneserve.cli"
 
 
 def test_pods_run_as_the_image_user_without_privileges(rendered) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 
 import openai
 import pytest
 from fastapi.testclient import TestClient
-from jobs_app import BASE_ID, CHAT_ROWS, build_jobs_app, wait_for
+from jobs_app import BASE_ID, CHAT_ROWS, FAKE_TRAINER, build_jobs_app, wait_for
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -255,3 +257,54 @@ def test_too_small_to_hold_out_says_so_and_validation_file_wins(make_client):
     config = app.state.jobs_store.get_job(job.id)["train_config"]
     assert config["val_set_size"] == 0 and len(config["val_datasets"]) == 1
     assert _finished(sdk, job.id).status == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("processes", "message"),
+    [(2, "above this worker's max_processes (1"), (0, "at least 1"), ("two", "at least 1"),
+     (1.5, "at least 1")],
+)
+def test_num_processes_beyond_the_worker_is_refused_by_name(make_client, processes, message):
+    _, sdk, file_id = make_client()  # max_processes defaults to 1
+    with pytest.raises(openai.BadRequestError) as err:
+        sdk.fine_tuning.jobs.create(model=BASE_ID, training_file=file_id,
+                                    method=_hp(num_processes=processes))
+    assert err.value.body["param"] == "method.supervised.hyperparameters.num_processes"
+    assert message in err.value.body["message"]
+    assert list(sdk.fine_tuning.jobs.list()) == []
+
+
+def test_num_processes_launches_the_multi_process_command(make_client, tmp_path, monkeypatch):
+    argv_file = tmp_path / "argv.json"
+    monkeypatch.setenv("FAKE_TRAIN_ARGV_FILE", str(argv_file))
+    launcher = [sys.executable, str(FAKE_TRAINER), "--num_processes={n}", "--port={port}"]
+    _, sdk, file_id = make_client(max_processes=4, multi_process_command=launcher)
+
+    job = sdk.fine_tuning.jobs.create(model=BASE_ID, training_file=file_id,
+                                      method=_hp(num_processes=4, max_steps=2))
+    assert job.method.supervised.hyperparameters.model_extra["num_processes"] == 4
+    assert _finished(sdk, job.id).status == "succeeded"
+    argv = json.loads(argv_file.read_text())
+    assert argv[0] == "--num_processes=4" and re.fullmatch(r"--port=\d+", argv[1])
+    events = [e.message for e in sdk.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert "Fine-tuning job started. (4 processes)" in events
+
+    one = sdk.fine_tuning.jobs.create(model=BASE_ID, training_file=file_id,
+                                      method=_hp(max_steps=2))
+    assert _finished(sdk, one.id).status == "succeeded"
+    assert not json.loads(argv_file.read_text())[0].startswith("--")  # train_command as before
+
+
+def test_default_multi_process_command_is_an_accelerate_launch_of_tuneserve_train():
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    from service.jobs.settings import JobsSettings
+
+    command = [a.replace("{n}", "2").replace("{port}", "29511")
+               for a in JobsSettings().multi_process_command]
+    assert command[1:3] == ["-m", "accelerate.commands.launch"]
+    parsed = launch_command_parser().parse_args([*command[3:], "config.yaml"])
+    args, _, _ = _validate_launch_command(parsed)
+    assert args.multi_gpu and args.num_processes == 2 and args.main_process_port == 29511
+    assert args.module and args.training_script == "tuneserve.cli"
+    assert args.training_script_args == ["train", "config.yaml"]

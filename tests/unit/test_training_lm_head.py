@@ -7,6 +7,7 @@ outputs (its loss, the per-token values TRL's metrics read) must agree to float 
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -108,3 +109,106 @@ def test_compact_head_matches_trl_loss_and_gradients(
         torch.testing.assert_close(
             out[key][mask].float(), ref_out[key][mask].float(), rtol=1e-4, atol=1e-5, msg=key
         )
+
+
+def _trainer_and_batch(tiny_model_dir, data_file, tmp_path, setting=contextlib.nullcontext):
+    """A compact-head trainer on the tiny model (LoRA B randomised so every LoRA tensor
+    gets a gradient), built inside ``setting()``, and one training batch."""
+    from transformers import AutoTokenizer
+
+    config = config_from_dict(
+        {
+            "base_model": str(tiny_model_dir),
+            "name": "head",
+            "output_dir": str(tmp_path / "adapters"),
+            "datasets": [{"path": str(data_file)}],
+            "val_set_size": 0,
+            "micro_batch_size": 4,
+            "sequence_len": 96,
+        }
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    train_ds = tokenize_rows(prepare_data(config, tokenizer).train, tokenizer)
+    model = load_model(config, tiny_model_dir)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(1)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    with setting():
+        trainer = AdapterSFTTrainer(
+            model=model,
+            args=build_sft_config(config, has_eval=False),
+            train_dataset=train_ds,
+            processing_class=tokenizer,
+            compact_lm_head=True,
+        )
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    return trainer, batch
+
+
+def _is_compact(base_model) -> bool:
+    # functools.wraps copies the name; the code object says whose forward it is.
+    return base_model.forward.__func__.__code__.co_filename.endswith("training/lm_head.py")
+
+
+def _loss_and_grads(trainer, batch):
+    trainer.model.zero_grad()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    loss.backward()
+    named = trainer.model.named_parameters()
+    return loss.detach(), {n: p.grad.clone() for n, p in named if p.requires_grad}
+
+
+def test_compact_head_gathers_an_fsdp2_sharded_head(tiny_model_dir, data_file, tmp_path):
+    """FSDP2 hands the head's weight over as a DTensor (sharded); the compact head gathers
+    it and trains exactly as with the plain weight."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    trainer, batch = _trainer_and_batch(tiny_model_dir, data_file, tmp_path)
+    base = trainer.model.get_base_model()
+    assert _is_compact(base)
+    trainer.model.train()
+    ref_loss, ref_grads = _loss_and_grads(trainer, batch)
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        sharded = distribute_tensor(base.lm_head.weight.detach().clone(), mesh, [Shard(0)])
+        base.lm_head.weight = torch.nn.Parameter(sharded, requires_grad=False)
+        loss, grads = _loss_and_grads(trainer, batch)
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == ref_grads.keys() and grads
+    for name, ref in ref_grads.items():
+        torch.testing.assert_close(grads[name], ref, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_compact_head_is_switched_off_under_zero3_with_one_log_line(
+    tiny_model_dir, data_file, tmp_path, caplog
+):
+    """ZeRO-3 partitions the head's weight outside its forward: the compact head stays off
+    (TRL's gathering head runs) and one log line says why."""
+    from accelerate.utils.deepspeed import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import (
+        set_hf_deepspeed_config,
+        unset_hf_deepspeed_config,
+    )
+
+    @contextlib.contextmanager
+    def zero3():  # the global config transformers (and TRL) read; the model is loaded before
+        config = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}})
+        set_hf_deepspeed_config(config)
+        try:
+            yield
+        finally:
+            unset_hf_deepspeed_config()
+
+    with caplog.at_level("WARNING", logger="training.trainer"):
+        trainer, _ = _trainer_and_batch(tiny_model_dir, data_file, tmp_path, zero3)
+    assert not _is_compact(trainer.model.get_base_model())
+    lines = [r.getMessage() for r in caplog.records if r.name == "training.trainer"]
+    assert len(lines) == 1 and "ZeRO-3" in lines[0] and "compact_lm_head is off" in lines[0]
