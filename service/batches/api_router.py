@@ -1,7 +1,7 @@
 """Routes of ``/v1/batches`` (thin: parse, call BatchesService, return).
 
-A batch belongs to the project of the key that created it; other projects' keys get 404
-as if it did not exist; an admin key sees every project's batches.
+A batch belongs to its input file's project (the creating user key's own); other
+projects' keys get 404 as if it did not exist; an admin key sees every project's batches.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from service.batches.protocol import Batch, BatchCreateRequest, BatchList
 from service.batches.serving import BatchesService
 from service.deps import UserAuth
 from service.errors import ErrorResponse
-from service.tenancy import project_of, scope_of
+from service.tenancy import scope_of
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"],
                    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
@@ -27,7 +27,7 @@ def batches_service(request: Request) -> BatchesService:
 
 @router.post("", response_model=Batch)
 async def create_batch(request: Request, _: UserAuth, body: BatchCreateRequest) -> Batch:
-    batch = await batches_service(request).create(body, project_of(request))
+    batch = await batches_service(request).create(body, scope_of(request))
     audit.record(request, "batch.create", batch.id, input_file_id=body.input_file_id)
     return batch
 

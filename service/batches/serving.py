@@ -25,10 +25,12 @@ class BatchesService:
         self.store = store
         self.runner = runner
 
-    async def create(self, request: BatchCreateRequest, project: str = "default") -> Batch:
+    async def create(self, request: BatchCreateRequest, scope: str | None = None) -> Batch:
+        """Queue a batch over an input file ``scope`` may see (None: any, admin); the batch
+        belongs to the file's project (the creating user key's own)."""
         files = self.runner.files()
         record = await asyncio.to_thread(files.store.get_file, request.input_file_id)
-        if record is None or not in_scope(record["project"], project):  # as if absent
+        if record is None or not in_scope(record["project"], scope):  # as if absent
             raise NotFound(f"No such File object: {request.input_file_id}",
                            param="input_file_id")
         if record["purpose"] != "batch":
@@ -38,7 +40,7 @@ class BatchesService:
         batch = await asyncio.to_thread(
             self.store.add, batch_id=new_id("batch"), endpoint=request.endpoint,
             input_file_id=request.input_file_id, completion_window=request.completion_window,
-            metadata=request.metadata, project=project,
+            metadata=request.metadata, project=record["project"],
             expires_at=now() + COMPLETION_WINDOW_S[request.completion_window])
         self.runner.wake()
         return await self._object(batch)

@@ -1,8 +1,8 @@
 """Routes of ``/v1/fine_tuning/jobs`` (thin: parse, call FineTuningService, return).
 
 The service behind them is the jobs runtime's (``service.jobs.runtime.jobs_runtime``), which
-``build_app`` runs in its lifespan. A job belongs to the creating key's project; other
-projects' keys get 404 (``service.tenancy``).
+``build_app`` runs in its lifespan. A job belongs to its training file's project (the
+creating user key's own); other projects' keys get 404 (``service.tenancy``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from service.fine_tuning.protocol import (
     JobList,
 )
 from service.fine_tuning.serving import FineTuningService
-from service.tenancy import project_of, scope_of
+from service.tenancy import scope_of
 
 router = APIRouter(
     prefix="/v1/fine_tuning/jobs",
@@ -37,7 +37,7 @@ def fine_tuning(request: Request) -> FineTuningService:
 
 @router.post("", response_model=FineTuningJob)
 def create_job(request: Request, _: JobCreatorAuth, body: JobCreateRequest) -> FineTuningJob:
-    job = fine_tuning(request).create(body, project_of(request))
+    job = fine_tuning(request).create(body, scope_of(request))
     audit.record(request, "job.create", job.id, model=body.model,
                  training_file=body.training_file)
     return job

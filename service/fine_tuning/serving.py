@@ -2,9 +2,9 @@
 checkpoints in OpenAI's shapes. Training itself happens in the supervisor's worker
 processes (``service.jobs.supervisor``).
 
-A job belongs to the project of the key that created it and may only train on that
-project's files; ``project`` arguments scope a lookup (another project's job is 404 as if
-absent; None, an admin, sees all)."""
+A job belongs to the project of its training file: a user key's own project (it sees no
+other files), or the project an admin made it for. ``project`` arguments scope a lookup
+(another project's job or file is 404 as if absent; None, an admin, sees all)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from service.ids import new_id
 from service.jobs.store import JobStore, now
 from service.jobs.supervisor import JobSupervisor, fine_tuned_model_name
 from service.jobs.train_config import build_train_config, resolve_hyperparameters
-from service.tenancy import DEFAULT_PROJECT, in_scope
+from service.tenancy import in_scope
 from training.auto import MIN_ROWS_TO_HOLD_OUT, held_out_rows
 from tuneserve.errors import UserError
 from tuneserve.job_status import TERMINAL_STATUSES
@@ -55,8 +55,7 @@ class FineTuningService:
         self.max_lora_rank = max_lora_rank
 
     # ---- create -----------------------------------------------------------------------
-    def create(self, request: JobCreateRequest,
-               project: str = DEFAULT_PROJECT) -> FineTuningJob:
+    def create(self, request: JobCreateRequest, project: str | None = None) -> FineTuningJob:
         """Validate ``request`` and queue the job; 400/404 with the parameter on bad input."""
         if request.model not in self.bases:
             known = ", ".join(sorted(self.bases)) or "none"
@@ -80,7 +79,8 @@ class FineTuningService:
             )
         _check_promotion_metadata(request.metadata or {})
         training = self._dataset(request.training_file, "training_file", project)
-        validation = (self._dataset(request.validation_file, "validation_file", project)
+        owner = training["project"]  # the job, its adapter and results belong to it
+        validation = (self._dataset(request.validation_file, "validation_file", owner)
                       if request.validation_file else None)
         validation_path = Path(validation["path"]) if validation else None
         n_rows = int(training["rows"])
@@ -131,7 +131,7 @@ class FineTuningService:
             "training_file": request.training_file, "validation_file": request.validation_file,
             "suffix": request.suffix, "seed": seed, "status": "validating_files",
             "hyperparameters": openai_hp, "method": method_out, "metadata": request.metadata,
-            "train_config": config, "project": project,
+            "train_config": config, "project": owner,
         })
         self.store.add_event(job_id, f"Validating training file: {request.training_file}"
                              + (f" and validation file: {request.validation_file}"
@@ -152,7 +152,7 @@ class FineTuningService:
         self.supervisor.wake()
         return self.retrieve(job_id)
 
-    def _dataset(self, file_id: str, param: str, project: str) -> dict[str, Any]:
+    def _dataset(self, file_id: str, param: str, project: str | None) -> dict[str, Any]:
         """The stored fine-tune file's record (``path``, ``rows``); 400 naming ``param``
         (another project's file is answered as if absent)."""
         record = self.store.get_file(file_id)

@@ -107,6 +107,15 @@ def test_files_and_jobs_are_absent_for_another_project(projects):
     assert admin.fine_tuning.jobs.retrieve(job.id).id == job.id
     b_file = _upload(b)
     assert {f.id for f in admin.files.list().data} >= {file_id, b_file}
+    # An admin's job on B's file is B's: B sees and cancels it, A does not see it.
+    for_b = admin.fine_tuning.jobs.create(model="tiny", training_file=b_file)
+    assert [j.id for j in b.fine_tuning.jobs.list().data] == [for_b.id]
+    _not_found(lambda: a.fine_tuning.jobs.retrieve(for_b.id))
+    assert b.fine_tuning.jobs.cancel(for_b.id).id == for_b.id
+    deadline = time.monotonic() + 30
+    while b.fine_tuning.jobs.retrieve(for_b.id).status != "cancelled":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     assert a.files.content(file_id).content == ROWS
     assert a.files.delete(file_id).deleted
 
