@@ -1,5 +1,6 @@
 """Adapter routes: ours (``/v1/adapters``) and vLLM's load/unload for drop-in use.
-Changes need an admin key; listing needs a user key."""
+Changes (and publishing a project's adapter to every project) need an admin key; listing
+needs a user key and shows that key's project's adapters plus the shared ones."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from service.adapters.protocol import (
     RegisterAdapterRequest,
     UnloadLoRAAdapterRequest,
 )
+from service.adapters.serving import to_adapter
 from service.deps import AdminAuth, UserAuth
 from service.errors import BadRequest, ErrorResponse
+from service.tenancy import scope_of
 
 router = APIRouter(tags=["adapters"])
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404)}
@@ -28,12 +31,12 @@ def _serving(request: Request):
 
 @router.get("/v1/adapters", response_model=AdapterList)
 async def list_adapters(request: Request, _: UserAuth) -> AdapterList:
-    return _serving(request).list()
+    return _serving(request).list(scope_of(request))
 
 
 @router.get("/v1/adapters/{name}", response_model=Adapter, responses=_ERRORS)
 async def get_adapter(name: str, request: Request, _: UserAuth) -> Adapter:
-    return _serving(request).get(name)
+    return _serving(request).get(name, scope_of(request))
 
 
 @router.post("/v1/adapters", response_model=Adapter, status_code=201, responses=_ERRORS)
@@ -56,6 +59,14 @@ async def register_adapter(request: Request, _: AdminAuth) -> Adapter:
     adapter = await _serving(request).register_path(body.name, body.path)
     audit.record(request, "adapter.add", body.name, source="path", path=body.path)
     return adapter
+
+
+@router.post("/v1/adapters/{name}/publish", response_model=Adapter, responses=_ERRORS)
+async def publish_adapter(name: str, request: Request, _: AdminAuth) -> Adapter:
+    """Share a project's private adapter (a fine-tuning job's) with every project."""
+    record = _serving(request).registry.publish(name)
+    audit.record(request, "adapter.publish", name, owner=record.project)
+    return to_adapter(record)
 
 
 @router.delete("/v1/adapters/{name}", response_model=DeletedAdapter, responses=_ERRORS)

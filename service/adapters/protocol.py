@@ -25,6 +25,9 @@ class Adapter(BaseModel):
     source: str
     created: int
     manifest: dict[str, Any] | None = None
+    project: str = Field("default", description="The project that owns it.")
+    shared: bool = Field(True, description="Every project may use it (added by an admin, "
+                         "published or promoted); else only its project.")
 
 
 class AdapterList(BaseModel):

@@ -3,6 +3,11 @@
 name → path, base, rank, manifest, state; persisted in SQLite under ``$TUNESERVE_HOME`` so a
 restarted server reloads what it served. Everything that adds an adapter (folder watch,
 upload, API call, finished fine-tuning job) goes through :meth:`AdapterRegistry.add`.
+
+Each adapter has an owning project and a ``shared`` flag. What an admin adds (API, upload,
+watched folder) is shared: every project may use it. A fine-tuning job's adapter is
+private to the job's project until an admin publishes it or promotes it to an alias;
+``scope`` arguments (a project, or None for admin) filter what a caller sees.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from service.adapters.aliases import AliasTable, Decision
 from service.adapters.checks import BaseModelShape, check_adapter, check_name
 from service.engine import AdapterHandle, Engine
 from service.errors import AdapterRejected, BadRequest, Conflict, NotFound
+from service.tenancy import DEFAULT_PROJECT, in_scope
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +43,17 @@ CREATE TABLE IF NOT EXISTS adapters (
     source TEXT NOT NULL,
     created INTEGER NOT NULL,
     manifest TEXT,
-    owned_path INTEGER NOT NULL DEFAULT 0
+    owned_path INTEGER NOT NULL DEFAULT 0,
+    project TEXT NOT NULL DEFAULT 'default',
+    shared INTEGER NOT NULL DEFAULT 1
 )
 """
+# Added after the first release; adapters registered before them stay shared (they were
+# visible to every key), owned by the default project.
+_ADDED_COLUMNS = {"project": "TEXT NOT NULL DEFAULT 'default'",
+                  "shared": "INTEGER NOT NULL DEFAULT 1"}
+_COLUMNS = ("name", "path", "base_model", "rank", "alpha", "target_modules", "source", "created",
+            "manifest", "owned_path", "project", "shared")
 
 
 @dataclass
@@ -57,12 +71,18 @@ class AdapterRecord:
     manifest: dict[str, Any] | None = None
     # True when the registry created the folder (an upload) and deletes it on removal.
     owned_path: bool = False
+    project: str = DEFAULT_PROJECT
+    # Every project may use it (admin-added, published or promoted); else only ``project``.
+    shared: bool = True
 
     def public(self) -> dict[str, Any]:
         """The JSON the API shows (no internal flags)."""
         data = asdict(self)
         data.pop("owned_path")
         return data
+
+    def visible_to(self, scope: str | None) -> bool:
+        return self.shared or in_scope(self.project, scope)
 
 
 class AdapterRegistry:
@@ -78,6 +98,10 @@ class AdapterRegistry:
         # WAL: a kill -9 mid-write leaves the last committed registry intact.
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(adapters)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in have:
+                self._db.execute(f"ALTER TABLE adapters ADD COLUMN {column} {kind}")
         self._db.commit()
         self.aliases = AliasTable(self._db)
         for alias, adapter in self.aliases.all().items():
@@ -87,9 +111,22 @@ class AdapterRegistry:
         self._ids = itertools.count(1)
 
     # -- queries -----------------------------------------------------------------------
-    def list(self) -> list[AdapterRecord]:
-        """Served adapters, oldest first."""
-        return sorted((rec for rec, _ in self._served.values()), key=lambda r: (r.created, r.name))
+    def list(self, scope: str | None = None) -> list[AdapterRecord]:
+        """Served adapters ``scope`` may see (None: all), oldest first."""
+        return sorted((rec for rec, _ in self._served.values() if rec.visible_to(scope)),
+                      key=lambda r: (r.created, r.name))
+
+    def publish(self, name: str) -> AdapterRecord:
+        """Share ``name`` with every project (404 when not served)."""
+        record = self.get(name)
+        if record is None:
+            raise NotFound(f"no adapter named {name!r} is served", param="name",
+                           code="adapter_not_found")
+        if not record.shared:
+            record.shared = True
+            self._persist(record)
+            logger.info("adapter %s (project %s) is now shared", name, record.project)
+        return record
 
     def get(self, name: str) -> AdapterRecord | None:
         entry = self._served.get(name)
@@ -115,6 +152,7 @@ class AdapterRegistry:
         if self.get(adapter) is None:
             raise NotFound(f"no adapter named {adapter!r} is served", param="adapter",
                            code="adapter_not_found")
+        self.publish(adapter)  # an alias serves every project: its target is shared
         decision = self.aliases.record(alias, "promote", adapter=adapter, actor=actor,
                                        reason=reason, evidence=evidence)
         self._set_alias_metric(alias, decision.previous, adapter)
@@ -172,9 +210,11 @@ class AdapterRegistry:
 
     # -- changes -----------------------------------------------------------------------
     async def add(
-        self, name: str, path: str | Path, *, source: str = "api", owned_path: bool = False
+        self, name: str, path: str | Path, *, source: str = "api", owned_path: bool = False,
+        project: str = DEFAULT_PROJECT, shared: bool = True,
     ) -> AdapterRecord:
-        """Check ``path`` and hot-load it under ``name``; persist it.
+        """Check ``path`` and hot-load it under ``name`` for ``project`` (every project when
+        ``shared``); persist it.
 
         Raises AdapterRejected (with the reason) when a check or the engine load fails.
         """
@@ -191,6 +231,7 @@ class AdapterRegistry:
             started = time.perf_counter()
             try:
                 record, handle = await self._load(name, Path(path), source, owned_path)
+                record.project, record.shared = project, shared
             except AdapterRejected:
                 metrics.ADAPTER_OPS.labels("load", "rejected").inc()
                 raise
@@ -253,14 +294,16 @@ class AdapterRegistry:
         """Reload every adapter persisted by an earlier run; return ``(name, reason)`` of
         those that no longer pass (they are dropped from the registry, the rest serve)."""
         rows = self._db.execute(
-            "SELECT name, path, source, owned_path FROM adapters ORDER BY created"
+            "SELECT name, path, source, owned_path, project, shared FROM adapters "
+            "ORDER BY created"
         ).fetchall()
         failed: list[tuple[str, str]] = []
-        for name, path, source, owned in rows:
+        for name, path, source, owned, project, shared in rows:
             # The row stays until the adapter fails its checks: a crash mid-restore must not
             # forget adapters that were served (add() rewrites the row on success).
             try:
-                await self.add(name, path, source=source, owned_path=bool(owned))
+                await self.add(name, path, source=source, owned_path=bool(owned),
+                               project=project, shared=bool(shared))
             except AdapterRejected as exc:
                 logger.warning("adapter %s was not restored: %s", name, exc.message)
                 self._db.execute("DELETE FROM adapters WHERE name = ?", (name,))
@@ -270,12 +313,13 @@ class AdapterRegistry:
 
     def _persist(self, record: AdapterRecord) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO adapters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO adapters ({', '.join(_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(_COLUMNS))})",
             (
                 record.name, record.path, record.base_model, record.rank, record.alpha,
                 json.dumps(record.target_modules), record.source, record.created,
                 json.dumps(record.manifest) if record.manifest is not None else None,
-                int(record.owned_path),
+                int(record.owned_path), record.project, int(record.shared),
             ),
         )
         self._db.commit()

@@ -26,14 +26,15 @@ class AdaptersServing:
         self.uploads_dir = Path(uploads_dir)
         self.max_upload_bytes = max_upload_bytes
 
-    def list(self) -> AdapterList:
-        return AdapterList(data=[to_adapter(r) for r in self.registry.list()])
+    def list(self, scope: str | None = None) -> AdapterList:
+        return AdapterList(data=[to_adapter(r) for r in self.registry.list(scope)])
 
-    def get(self, name: str) -> Adapter:
+    def get(self, name: str, scope: str | None = None) -> Adapter:
         """An adapter by name, or the adapter an alias points at (so an evaluation that
-        names an alias finds the manifest of whatever it serves now)."""
+        names an alias finds the manifest of whatever it serves now); another project's
+        private adapter is 404 as if absent."""
         record = self.registry.resolve(name)
-        if record is None:
+        if record is None or not record.visible_to(scope):
             from service.errors import NotFound
 
             raise NotFound(f"no adapter named {name!r} is served", param="name",

@@ -1,5 +1,7 @@
 """Alias routes: list and read with a user key; promote, roll back and delete with an
-admin key (each is one call, and each is recorded with its reason)."""
+admin key (each is one call, and each is recorded with its reason). A promoted adapter is
+shared; a user key does not see decisions about other projects' private adapters (the
+gate's refusals name them)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from service.aliases.protocol import (
 )
 from service.deps import AdminAuth, UserAuth
 from service.errors import ErrorResponse, NotFound
+from service.tenancy import scope_of
 
 router = APIRouter(tags=["aliases"])
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409)}
@@ -24,9 +27,19 @@ def _registry(request: Request):
     return request.app.state.registry
 
 
-def _alias(registry, name: str) -> Alias:
+def _shown(registry, adapter: str | None, scope: str | None) -> bool:
+    """Whether a decision about ``adapter`` may be shown to ``scope`` (a removed adapter's
+    owner is unknown: admins only)."""
+    if scope is None or adapter is None:
+        return True
+    record = registry.get(adapter)
+    return record is not None and record.visible_to(scope)
+
+
+def _alias(registry, name: str, scope: str | None = None) -> Alias:
     target = registry.aliases.target(name)
-    decisions = [AliasDecision(**d.to_dict()) for d in registry.aliases.decisions(name)]
+    decisions = [AliasDecision(**d.to_dict()) for d in registry.aliases.decisions(name)
+                 if _shown(registry, d.adapter, scope)]
     if target is None and not decisions:
         raise NotFound(f"no alias named {name!r}", param="alias", code="alias_not_found")
     return Alias(name=name, adapter=target, decisions=decisions)
@@ -40,7 +53,7 @@ async def list_aliases(request: Request, _: UserAuth) -> AliasList:
 
 @router.get("/v1/aliases/{name}", response_model=Alias, responses=_ERRORS)
 async def get_alias(name: str, request: Request, _: UserAuth) -> Alias:
-    return _alias(_registry(request), name)
+    return _alias(_registry(request), name, scope_of(request))
 
 
 @router.post("/v1/aliases/{name}/promote", response_model=Alias, responses=_ERRORS)

@@ -28,8 +28,9 @@ from service.ids import new_id
 
 log = logging.getLogger(__name__)
 BATCH_PRIORITY = 1  # vLLM: lower runs first; online requests use 0
-# (url, body) -> the response body of one request, as the online endpoint returns it.
-Execute = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+# (url, body, the batch's project) -> the response body of one request, as the online
+# endpoint returns it to a key of that project.
+Execute = Callable[[str, dict[str, Any], str], Awaitable[dict[str, Any]]]
 
 
 class BatchRunner:
@@ -88,7 +89,7 @@ class BatchRunner:
     async def _validate(self, batch: dict[str, Any]) -> bool:
         """Store the batch's requests; fail the batch with line-numbered errors otherwise."""
         try:
-            path = self.files().path(batch["input_file_id"])
+            path = self.files().path(batch["input_file_id"], batch["project"])
             requests, errors = await asyncio.to_thread(read_lines, path)
         except ServiceError as exc:  # the input file was deleted meanwhile
             requests, errors = [], [_error(exc.message, "input_file_id", None, exc.code)]
@@ -115,7 +116,7 @@ class BatchRunner:
         async def worker() -> None:
             while not queue.empty() and not self._stopping(batch):
                 row = queue.get_nowait()
-                answer = await self._answer(row)
+                answer = await self._answer(row, batch["project"])
                 await asyncio.to_thread(self.store.finish_request, batch_id, row["line"],
                                         *answer)
 
@@ -149,10 +150,10 @@ class BatchRunner:
             self._wake.clear()
             await self._wake.wait()
 
-    async def _answer(self, row: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    async def _answer(self, row: dict[str, Any], project: str) -> tuple[int, dict[str, Any]]:
         """(status code, response) for one request; errors become their OpenAI error body."""
         try:
-            body = await self.execute(row["url"], row["body"])
+            body = await self.execute(row["url"], row["body"], project)
             status = 200
         except ValidationError as exc:
             message, param = validation_message(exc)
@@ -182,8 +183,8 @@ class BatchRunner:
                                   "completion window expired"}}
                        for r in await asyncio.to_thread(self.store.pending, batch_id)]
         files = self.files()
-        output_id = _write(files, output, f"{batch_id}_output.jsonl")
-        error_id = _write(files, errors, f"{batch_id}_error.jsonl")
+        output_id = _write(files, output, f"{batch_id}_output.jsonl", batch["project"])
+        error_id = _write(files, errors, f"{batch_id}_error.jsonl", batch["project"])
         status = "cancelled" if cancelled else "expired" if expired else "completed"
         await asyncio.to_thread(self.store.set_status, batch_id, status,
                                 output_file_id=output_id, error_file_id=error_id)
@@ -201,10 +202,12 @@ def _output_line(row: dict[str, Any]) -> dict[str, Any]:
             "response": row["response"], "error": None}
 
 
-def _write(files: Any, lines: list[dict[str, Any]], filename: str) -> str | None:
-    """A ``batch_output`` file with ``lines``; None when there is nothing to write (as
-    OpenAI leaves ``error_file_id`` empty for a batch without errors)."""
+def _write(files: Any, lines: list[dict[str, Any]], filename: str,
+           project: str) -> str | None:
+    """A ``batch_output`` file of the batch's ``project`` with ``lines``; None when there is
+    nothing to write (as OpenAI leaves ``error_file_id`` empty for a batch without errors)."""
     if not lines:
         return None
     content = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
-    return files.add_result(content.encode(), filename, purpose="batch_output").id
+    return files.add_result(content.encode(), filename, purpose="batch_output",
+                            project=project).id

@@ -15,6 +15,7 @@ from service.batches.runner import BATCH_PRIORITY, BatchRunner, Execute
 from service.batches.store import BatchStore, now
 from service.errors import BadRequest, NotFound, Overloaded
 from service.ids import new_id
+from service.tenancy import check_model, in_scope
 
 COMPLETION_WINDOW_S = {"24h": 24 * 3600}
 
@@ -24,10 +25,12 @@ class BatchesService:
         self.store = store
         self.runner = runner
 
-    async def create(self, request: BatchCreateRequest, project: str = "default") -> Batch:
+    async def create(self, request: BatchCreateRequest, scope: str | None = None) -> Batch:
+        """Queue a batch over an input file ``scope`` may see (None: any, admin); the batch
+        belongs to the file's project (the creating user key's own)."""
         files = self.runner.files()
         record = await asyncio.to_thread(files.store.get_file, request.input_file_id)
-        if record is None:
+        if record is None or not in_scope(record["project"], scope):  # as if absent
             raise NotFound(f"No such File object: {request.input_file_id}",
                            param="input_file_id")
         if record["purpose"] != "batch":
@@ -37,7 +40,7 @@ class BatchesService:
         batch = await asyncio.to_thread(
             self.store.add, batch_id=new_id("batch"), endpoint=request.endpoint,
             input_file_id=request.input_file_id, completion_window=request.completion_window,
-            metadata=request.metadata, project=project,
+            metadata=request.metadata, project=record["project"],
             expires_at=now() + COMPLETION_WINDOW_S[request.completion_window])
         self.runner.wake()
         return await self._object(batch)
@@ -88,7 +91,7 @@ def online_executor(state: Any) -> Execute:
     from service.chat.protocol import ChatCompletionRequest
     from service.completions.protocol import CompletionRequest
 
-    async def execute(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def execute(url: str, body: dict[str, Any], project: str) -> dict[str, Any]:
         if url == "/v1/chat/completions":
             request: Any = ChatCompletionRequest.model_validate(body)
             serving = state.chat_serving
@@ -97,6 +100,8 @@ def online_executor(state: Any) -> Execute:
             serving = state.completion_serving
         if request.stream:
             raise BadRequest("stream is not supported in a batch request", param="stream")
+        # The batch's project may use its own and shared models only, as online.
+        check_model(state, request.model, project)
         while True:
             try:
                 return await serving.create(request, priority=BATCH_PRIORITY)

@@ -23,7 +23,7 @@ async def create_chat_completion(
     serving = request.app.state.chat_serving
     # A client that leaves before a non-streamed answer is ready cancels (aborts) it.
     result = await unless_disconnected(
-        request, counted(body.model, "chat", lambda: serving.create(body))
+        request, counted(body.model, "chat", lambda: serving.create(body), request)
     )
     if result is None:
         return Response(status_code=499)

@@ -19,7 +19,7 @@ router = APIRouter(tags=["completions"])
 async def create_completion(body: CompletionRequest, request: Request, _: RateLimitedUser) -> Response:
     serving = request.app.state.completion_serving
     result = await unless_disconnected(
-        request, counted(body.model, "completions", lambda: serving.create(body))
+        request, counted(body.model, "completions", lambda: serving.create(body), request)
     )
     if result is None:
         return Response(status_code=499)

@@ -1,4 +1,5 @@
-"""Routes of ``/v1/files`` (thin: parse, call FilesService, return)."""
+"""Routes of ``/v1/files`` (thin: parse, call FilesService, return). A file belongs to
+the uploading key's project; other projects' keys get 404 (``service.tenancy``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from service.deps import UserAuth
 from service.errors import ErrorResponse
 from service.files.protocol import FileDeleted, FileList, FileObject
 from service.files.serving import FilesService
+from service.tenancy import project_of, scope_of
 
 router = APIRouter(
     prefix="/v1/files",
@@ -31,7 +33,7 @@ async def create_file(
     file: Annotated[UploadFile, File(description="JSONL/JSON/CSV dataset")],
     purpose: Annotated[str, Form()],
 ) -> FileObject:
-    return await files_service(request).create(file, purpose)
+    return await files_service(request).create(file, purpose, project_of(request))
 
 
 @router.get("", response_model=FileList)
@@ -43,20 +45,21 @@ def list_files(
     limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
     order: Literal["asc", "desc"] = "desc",
 ) -> FileList:
-    return files_service(request).list(purpose=purpose, after=after, limit=limit, order=order)
+    return files_service(request).list(purpose=purpose, after=after, limit=limit, order=order,
+                                       project=scope_of(request))
 
 
 @router.get("/{file_id}", response_model=FileObject)
 def retrieve_file(request: Request, _: UserAuth, file_id: str) -> FileObject:
-    return files_service(request).retrieve(file_id)
+    return files_service(request).retrieve(file_id, scope_of(request))
 
 
 @router.get("/{file_id}/content")
 def file_content(request: Request, _: UserAuth, file_id: str) -> FileResponse:
-    path, filename = files_service(request).content_path(file_id)
+    path, filename = files_service(request).content_path(file_id, scope_of(request))
     return FileResponse(path, media_type="application/octet-stream", filename=filename)
 
 
 @router.delete("/{file_id}", response_model=FileDeleted)
 def delete_file(request: Request, _: UserAuth, file_id: str) -> FileDeleted:
-    return files_service(request).delete(file_id)
+    return files_service(request).delete(file_id, scope_of(request))

@@ -3,6 +3,10 @@
 A ``fine-tune`` upload is checked row by row with ``training.data.load_rows`` (the same
 code the trainer runs), so a bad file is refused at upload with its line-numbered report
 instead of failing a job minutes later.
+
+A file belongs to the project of the key that uploaded it (a server-made file to the
+project of its job or batch). ``project`` arguments scope a lookup: another project's file
+is 404 as if absent; None (admin) sees every project's.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from service.errors import BadRequest, NotFound, ServiceError
 from service.files.protocol import FileDeleted, FileList, FileObject
 from service.ids import new_id
 from service.jobs.store import JobStore
+from service.tenancy import DEFAULT_PROJECT, in_scope
 from tuneserve.errors import UserError
 
 # Purposes a client may upload (the others are files the server makes).
@@ -43,7 +48,8 @@ class FilesService:
         self.store = store
         self.max_upload_bytes = max_upload_bytes
 
-    async def create(self, upload: UploadFile, purpose: str) -> FileObject:
+    async def create(self, upload: UploadFile, purpose: str,
+                     project: str = DEFAULT_PROJECT) -> FileObject:
         """Validate and store one upload; raises BadRequest with the report on bad rows."""
         if purpose not in UPLOAD_PURPOSES:
             raise BadRequest(
@@ -74,7 +80,7 @@ class FilesService:
             raise
         record = await asyncio.to_thread(self.store.add_file, file_id=file_id,
                                          filename=filename, purpose=purpose, size=size,
-                                         path=path, rows=rows)
+                                         path=path, rows=rows, project=project)
         return file_object(record)
 
     def add_local(self, source: Path, filename: str) -> FileObject:
@@ -91,15 +97,17 @@ class FilesService:
                                      size=path.stat().st_size, path=path, rows=rows)
         return file_object(record)
 
-    def add_result(self, content: bytes, filename: str,
-                   purpose: str = "fine-tune-results") -> FileObject:
+    def add_result(self, content: bytes, filename: str, purpose: str = "fine-tune-results",
+                   project: str = DEFAULT_PROJECT) -> FileObject:
         """Store a file the server made: a job's results (``fine-tune-results``) or a
-        batch's output and errors (``batch_output``)."""
+        batch's output and errors (``batch_output``), owned by the job's or batch's
+        ``project``."""
         file_id = new_id("file")
         path = self.store.files_dir / f"{file_id}{Path(filename).suffix.lower()}"
         path.write_bytes(content)
         record = self.store.add_file(file_id=file_id, filename=filename,
-                                     purpose=purpose, size=len(content), path=path, rows=None)
+                                     purpose=purpose, size=len(content), path=path, rows=None,
+                                     project=project)
         return file_object(record)
 
     async def _save(self, upload: UploadFile, path: Path) -> int:
@@ -124,8 +132,8 @@ class FilesService:
         return size
 
     def list(self, *, purpose: str | None = None, after: str | None = None, limit: int = 10000,
-             order: str = "desc") -> FileList:
-        records = self.store.list_files(purpose=purpose)
+             order: str = "desc", project: str | None = None) -> FileList:
+        records = self.store.list_files(purpose=purpose, project=project)
         if order == "desc":
             records.reverse()
         if after:
@@ -137,19 +145,19 @@ class FilesService:
                         first_id=data[0].id if data else None,
                         last_id=data[-1].id if data else None)
 
-    def retrieve(self, file_id: str) -> FileObject:
-        return file_object(self._get(file_id))
+    def retrieve(self, file_id: str, project: str | None = None) -> FileObject:
+        return file_object(self._get(file_id, project))
 
-    def content_path(self, file_id: str) -> tuple[Path, str]:
-        record = self._get(file_id)
+    def content_path(self, file_id: str, project: str | None = None) -> tuple[Path, str]:
+        record = self._get(file_id, project)
         return Path(record["path"]), record["filename"]
 
-    def path(self, file_id: str) -> Path:
+    def path(self, file_id: str, project: str | None = None) -> Path:
         """Stored path of a live file (NotFound otherwise)."""
-        return Path(self._get(file_id)["path"])
+        return Path(self._get(file_id, project)["path"])
 
-    def delete(self, file_id: str) -> FileDeleted:
-        record = self._get(file_id)
+    def delete(self, file_id: str, project: str | None = None) -> FileDeleted:
+        record = self._get(file_id, project)
         self.store.delete_file(file_id)
         # Jobs copy nothing: a queued job that still needs this file fails at start with a
         # clear reason. Keep the bytes for running jobs, drop them otherwise.
@@ -163,9 +171,10 @@ class FilesService:
                                                            "running"}))
         return any(file_id in (j["training_file"], j["validation_file"]) for j in jobs)
 
-    def _get(self, file_id: str) -> dict:
+    def _get(self, file_id: str, project: str | None = None) -> dict:
+        """The live file; 404 when absent or another project's (the same answer)."""
         record = self.store.get_file(file_id)
-        if record is None:
+        if record is None or not in_scope(record["project"], project):
             raise NotFound(f"No such File object: {file_id}", param="file_id")
         return record
 

@@ -1,7 +1,8 @@
 """Routes of ``/v1/fine_tuning/jobs`` (thin: parse, call FineTuningService, return).
 
 The service behind them is the jobs runtime's (``service.jobs.runtime.jobs_runtime``), which
-``build_app`` runs in its lifespan.
+``build_app`` runs in its lifespan. A job belongs to its training file's project (the
+creating user key's own); other projects' keys get 404 (``service.tenancy``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from service.fine_tuning.protocol import (
     JobList,
 )
 from service.fine_tuning.serving import FineTuningService
+from service.tenancy import scope_of
 
 router = APIRouter(
     prefix="/v1/fine_tuning/jobs",
@@ -35,7 +37,7 @@ def fine_tuning(request: Request) -> FineTuningService:
 
 @router.post("", response_model=FineTuningJob)
 def create_job(request: Request, _: JobCreatorAuth, body: JobCreateRequest) -> FineTuningJob:
-    job = fine_tuning(request).create(body)
+    job = fine_tuning(request).create(body, scope_of(request))
     audit.record(request, "job.create", job.id, model=body.model,
                  training_file=body.training_file)
     return job
@@ -46,17 +48,17 @@ def list_jobs(
     request: Request, _: UserAuth, after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JobList:
-    return fine_tuning(request).list(after=after, limit=limit)
+    return fine_tuning(request).list(after=after, limit=limit, project=scope_of(request))
 
 
 @router.get("/{job_id}", response_model=FineTuningJob)
 def retrieve_job(request: Request, _: UserAuth, job_id: str) -> FineTuningJob:
-    return fine_tuning(request).retrieve(job_id)
+    return fine_tuning(request).retrieve(job_id, scope_of(request))
 
 
 @router.post("/{job_id}/cancel", response_model=FineTuningJob)
 async def cancel_job(request: Request, _: UserAuth, job_id: str) -> FineTuningJob:
-    job = await fine_tuning(request).cancel(job_id)
+    job = await fine_tuning(request).cancel(job_id, scope_of(request))
     audit.record(request, "job.cancel", job_id)
     return job
 
@@ -66,7 +68,8 @@ def list_events(
     request: Request, _: UserAuth, job_id: str, after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> EventList:
-    return fine_tuning(request).events(job_id, after=after, limit=limit)
+    return fine_tuning(request).events(job_id, after=after, limit=limit,
+                                       project=scope_of(request))
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList)
@@ -74,4 +77,5 @@ def list_checkpoints(
     request: Request, _: UserAuth, job_id: str, after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> CheckpointList:
-    return fine_tuning(request).checkpoints(job_id, after=after, limit=limit)
+    return fine_tuning(request).checkpoints(job_id, after=after, limit=limit,
+                                            project=scope_of(request))

@@ -1,6 +1,10 @@
 """Fine-tuning jobs logic: validate a job request, queue it, and present jobs, events and
 checkpoints in OpenAI's shapes. Training itself happens in the supervisor's worker
-processes (``service.jobs.supervisor``)."""
+processes (``service.jobs.supervisor``).
+
+A job belongs to the project of its training file: a user key's own project (it sees no
+other files), or the project an admin made it for. ``project`` arguments scope a lookup
+(another project's job or file is 404 as if absent; None, an admin, sees all)."""
 
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from service.jobs.train_config import (
     build_train_config,
     resolve_hyperparameters,
 )
+from service.tenancy import in_scope
 from training.auto import MIN_ROWS_TO_HOLD_OUT, held_out_rows
 from tuneserve.errors import UserError
 from tuneserve.job_status import TERMINAL_STATUSES
@@ -56,7 +61,7 @@ class FineTuningService:
         self.max_processes = max_processes
 
     # ---- create -----------------------------------------------------------------------
-    def create(self, request: JobCreateRequest) -> FineTuningJob:
+    def create(self, request: JobCreateRequest, project: str | None = None) -> FineTuningJob:
         """Validate ``request`` and queue the job; 400/404 with the parameter on bad input."""
         if request.model not in self.bases:
             known = ", ".join(sorted(self.bases)) or "none"
@@ -79,8 +84,9 @@ class FineTuningService:
                 param="suffix",
             )
         _check_promotion_metadata(request.metadata or {})
-        training = self._dataset(request.training_file, "training_file")
-        validation = (self._dataset(request.validation_file, "validation_file")
+        training = self._dataset(request.training_file, "training_file", project)
+        owner = training["project"]  # the job, its adapter and results belong to it
+        validation = (self._dataset(request.validation_file, "validation_file", owner)
                       if request.validation_file else None)
         validation_path = Path(validation["path"]) if validation else None
         n_rows = int(training["rows"])
@@ -132,7 +138,7 @@ class FineTuningService:
             "training_file": request.training_file, "validation_file": request.validation_file,
             "suffix": request.suffix, "seed": seed, "status": "validating_files",
             "hyperparameters": openai_hp, "method": method_out, "metadata": request.metadata,
-            "train_config": config,
+            "train_config": config, "project": owner,
         })
         self.store.add_event(job_id, f"Validating training file: {request.training_file}"
                              + (f" and validation file: {request.validation_file}"
@@ -168,10 +174,11 @@ class FineTuningService:
                 param=param,
             )
 
-    def _dataset(self, file_id: str, param: str) -> dict[str, Any]:
-        """The stored fine-tune file's record (``path``, ``rows``); 400 naming ``param``."""
+    def _dataset(self, file_id: str, param: str, project: str | None) -> dict[str, Any]:
+        """The stored fine-tune file's record (``path``, ``rows``); 400 naming ``param``
+        (another project's file is answered as if absent)."""
         record = self.store.get_file(file_id)
-        if record is None:
+        if record is None or not in_scope(record["project"], project):
             raise BadRequest(f"invalid {param}: no such file {file_id!r}", param=param,
                              code="invalid_file")
         if record["purpose"] != "fine-tune":
@@ -180,21 +187,26 @@ class FineTuningService:
         return record
 
     # ---- read -------------------------------------------------------------------------
-    def retrieve(self, job_id: str) -> FineTuningJob:
-        return to_job(self._get(job_id))
+    def retrieve(self, job_id: str, project: str | None = None) -> FineTuningJob:
+        return to_job(self._get(job_id, project))
 
-    def list(self, *, after: str | None = None, limit: int = 20) -> JobList:
-        jobs, has_more = self.store.list_jobs(after=after, limit=limit)
+    def list(self, *, after: str | None = None, limit: int = 20,
+             project: str | None = None) -> JobList:
+        cursor = self.store.get_job(after) if after is not None else None
+        if cursor is not None and not in_scope(cursor["project"], project):
+            return JobList(data=[], has_more=False)  # as for an unknown cursor id
+        jobs, has_more = self.store.list_jobs(after=after, limit=limit, project=project)
         return JobList(data=[to_job(j) for j in jobs], has_more=has_more)
 
-    def events(self, job_id: str, *, after: str | None = None, limit: int = 20) -> EventList:
-        self._get(job_id)
+    def events(self, job_id: str, *, after: str | None = None, limit: int = 20,
+               project: str | None = None) -> EventList:
+        self._get(job_id, project)
         events, has_more = self.store.list_events(job_id, after=after, limit=limit)
         return EventList(data=[to_event(e) for e in events], has_more=has_more)
 
-    def checkpoints(self, job_id: str, *, after: str | None = None,
-                    limit: int = 10) -> CheckpointList:
-        job = self._get(job_id)
+    def checkpoints(self, job_id: str, *, after: str | None = None, limit: int = 10,
+                    project: str | None = None) -> CheckpointList:
+        job = self._get(job_id, project)
         rows, has_more = self.store.list_checkpoints(job_id, after=after, limit=limit)
         model = fine_tuned_model_name(job["model"], job["suffix"], job_id)
         data = [
@@ -210,16 +222,17 @@ class FineTuningService:
                               last_id=data[-1].id if data else None)
 
     # ---- cancel -----------------------------------------------------------------------
-    async def cancel(self, job_id: str) -> FineTuningJob:
-        job = await asyncio.to_thread(self._get, job_id)
+    async def cancel(self, job_id: str, project: str | None = None) -> FineTuningJob:
+        job = await asyncio.to_thread(self._get, job_id, project)
         if job["status"] in TERMINAL_STATUSES:
             raise BadRequest(f"job {job_id} has already finished ({job['status']}) and cannot be "
                              "cancelled", param="fine_tuning_job_id", code="job_not_cancellable")
         return to_job(await self.supervisor.cancel(job_id))
 
-    def _get(self, job_id: str) -> dict[str, Any]:
+    def _get(self, job_id: str, project: str | None = None) -> dict[str, Any]:
+        """The job; 404 when absent or another project's (the same answer)."""
         job = self.store.get_job(job_id)
-        if job is None:
+        if job is None or not in_scope(job["project"], project):
             raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
         return job
 

@@ -3,7 +3,8 @@
 ``build_app`` enters ``jobs_runtime`` in its own lifespan and hands it ``registry``: an
 awaitable factory that gives the adapter registry once the engine is up (it fails if the
 engine cannot start). Finished adapters go through
-``registry.add(name, path, source="fine_tuning")`` and are hot-loaded. The runtime puts
+``registry.add(name, path, source="fine_tuning")`` and are hot-loaded, private to the
+job's project. The runtime puts
 ``jobs_store``, ``jobs_supervisor``, ``files_service`` and ``fine_tuning`` on the app state
 for the routers. Tests and embedders pass ``on_success`` instead of a registry.
 """
@@ -24,7 +25,8 @@ from service.jobs.settings import JobsSettings
 from service.jobs.store import JobStore
 from service.jobs.supervisor import JobSupervisor, OnSuccess
 from service.jobs.verdict import JobEvaluator
-from service.reports.eval_subprocess import app_reports_root, eval_api_key, local_server_url
+from service.reports.eval_subprocess import app_reports_root, local_server_url
+from service.tenancy import project_eval_key
 from tuneserve.home import tuneserve_home
 
 log = logging.getLogger(__name__)
@@ -59,8 +61,11 @@ async def jobs_runtime(state: Any, *, registry: RegistryGetter | None = None,
         get_registry = registry
 
         async def on_success(job: dict[str, Any], adapter: Path) -> None:
+            # Private to the job's project until an admin publishes or promotes it.
             await (await get_registry()).add(job["fine_tuned_model"], adapter,
-                                             source="fine_tuning")
+                                             source="fine_tuning",
+                                             project=job.get("project", "default"),
+                                             shared=False)
 
     store = JobStore(jobs_root())
     files = FilesService(store, max_upload_bytes=int(settings.max_upload_mb * 1e6))
@@ -69,7 +74,8 @@ async def jobs_runtime(state: Any, *, registry: RegistryGetter | None = None,
         evaluator = JobEvaluator(store, files, registry,
                                  server_url=local_server_url(state.settings.host,
                                                              state.settings.port),
-                                 api_key=eval_api_key(state.settings),
+                                 api_key=lambda project: project_eval_key(state.settings,
+                                                                          project),
                                  reports_root=lambda: app_reports_root(state))
     supervisor = JobSupervisor(store, settings, on_success=on_success,
                                after_success=evaluator.submit if evaluator else None)

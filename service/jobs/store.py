@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS files (
     created_at INTEGER NOT NULL,
     path TEXT NOT NULL,
     rows INTEGER,
-    deleted INTEGER NOT NULL DEFAULT 0
+    deleted INTEGER NOT NULL DEFAULT 0,
+    project TEXT NOT NULL DEFAULT 'default'
 );
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -62,7 +63,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     adapter_path TEXT,
     log_offset INTEGER NOT NULL DEFAULT 0,
     result_files TEXT,
-    evaluation TEXT
+    evaluation TEXT,
+    project TEXT NOT NULL DEFAULT 'default'
 );
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -92,8 +94,13 @@ _BUSY_TIMEOUT_S = 30
 
 _JSON_COLUMNS = ("hyperparameters", "method", "metadata", "train_config", "error", "data", "metrics",
                  "result_files", "evaluation")
-# Columns added after the first release: a database made before them gets them on open.
-_ADDED_JOB_COLUMNS = {"result_files": "TEXT", "evaluation": "TEXT"}
+# Columns added after the first release: a database made before them gets them on open
+# (rows made before ``project`` existed belong to the default project).
+_ADDED_COLUMNS = {
+    "jobs": {"result_files": "TEXT", "evaluation": "TEXT",
+             "project": "TEXT NOT NULL DEFAULT 'default'"},
+    "files": {"project": "TEXT NOT NULL DEFAULT 'default'"},
+}
 
 
 def now() -> int:
@@ -113,10 +120,11 @@ class JobStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
-            have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-            for column, kind in _ADDED_JOB_COLUMNS.items():
-                if column not in have:
-                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+            for table, columns in _ADDED_COLUMNS.items():
+                have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                for column, kind in columns.items():
+                    if column not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -135,12 +143,12 @@ class JobStore:
 
     # ---- files ------------------------------------------------------------------------
     def add_file(self, *, file_id: str, filename: str, purpose: str, size: int, path: Path,
-                 rows: int | None) -> dict[str, Any]:
+                 rows: int | None, project: str = "default") -> dict[str, Any]:
         with self._connect() as db:
             db.execute(
-                "INSERT INTO files (id, filename, purpose, bytes, created_at, path, rows)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (file_id, filename, purpose, size, now(), str(path), rows),
+                "INSERT INTO files (id, filename, purpose, bytes, created_at, path, rows, project)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (file_id, filename, purpose, size, now(), str(path), rows, project),
             )
         return self.get_file(file_id)  # type: ignore[return-value]
 
@@ -149,13 +157,17 @@ class JobStore:
             row = db.execute("SELECT * FROM files WHERE id = ? AND deleted = 0", (file_id,))
             return self._row(row.fetchone())
 
-    def list_files(self, *, purpose: str | None = None) -> list[dict[str, Any]]:
-        """All live files, oldest first."""
+    def list_files(self, *, purpose: str | None = None,
+                   project: str | None = None) -> list[dict[str, Any]]:
+        """All live files (of ``project`` when given), oldest first."""
         query = "SELECT * FROM files WHERE deleted = 0"
-        params: tuple = ()
+        params: list[str] = []
         if purpose:
             query += " AND purpose = ?"
-            params = (purpose,)
+            params.append(purpose)
+        if project is not None:
+            query += " AND project = ?"
+            params.append(project)
         with self._connect() as db:
             return [self._row(r) for r in db.execute(query + " ORDER BY created_at, rowid", params)]
 
@@ -181,8 +193,10 @@ class JobStore:
             return self._row(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
     def list_jobs(self, *, after: str | None = None, limit: int = 20,
-                  statuses: frozenset[str] | None = None) -> tuple[list[dict[str, Any]], bool]:
-        """Jobs newest first (OpenAI order), starting after the job id ``after``.
+                  statuses: frozenset[str] | None = None,
+                  project: str | None = None) -> tuple[list[dict[str, Any]], bool]:
+        """Jobs (of ``project`` when given) newest first (OpenAI order), starting after the
+        job id ``after``.
 
         Returns (page, has_more).
         """
@@ -193,6 +207,9 @@ class JobStore:
         if statuses:
             query += f" AND status IN ({', '.join('?' for _ in statuses)})"
             params.extend(sorted(statuses))
+        if project is not None:
+            query += " AND project = ?"
+            params.append(project)
         query += " ORDER BY seq DESC LIMIT ?"
         params.append(limit + 1)
         with self._connect() as db:

@@ -50,13 +50,15 @@ class JobEvaluator:
 
     def __init__(self, store: JobStore, files: FilesService,
                  registry: Callable[[], Awaitable[Any]], *, server_url: str,
-                 api_key: str | None, reports_root: Callable[[], Path]) -> None:
+                 api_key: Callable[[str], str | None],
+                 reports_root: Callable[[], Path]) -> None:
         self.store = store
         self.files = files
         # Awaited before each evaluation: the adapter registry once the engine is up (after
         # a restart the re-queued evaluations wait for it).
         self.registry = registry
         self.server_url = server_url
+        # project -> the key to evaluate with: one that can see the job's private adapter.
         self.api_key = api_key
         self.reports_root = reports_root  # the folder /reports serves, looked up when used
         self._queue: asyncio.Queue[str] = asyncio.Queue()
@@ -122,7 +124,8 @@ class JobEvaluator:
         evidence = decision.to_dict()
         summary = self._summary(job, record, plan, evidence, report_dir, alias, current)
         result = self.files.add_result(json.dumps(summary, indent=2).encode(),
-                                       f"{job_id}-evaluation.json")
+                                       f"{job_id}-evaluation.json",
+                                       project=job.get("project", "default"))
         self.store.update_job(job_id, result_files=[result.id])
         figures = _figures_message(summary)
         self.store.add_event(job_id, figures, data=summary["figures"])
@@ -150,7 +153,8 @@ class JobEvaluator:
         if current:  # the current target may have trained on some of these rows
             argv.append("--exclude-trained-rows")
         log_path = run_dir / "evaluation.log"
-        code = await run_subprocess(argv, eval_env(self.api_key), log_path)
+        code = await run_subprocess(argv, eval_env(self.api_key(job.get("project", "default"))),
+                                    log_path)
         reports = sorted(output_root.glob(f"job-{job['id']}-*/report.json"))
         if code not in (0, 1) or not reports:  # 1 = a regression against history: still a run
             raise RuntimeError(_last_line(log_path) or f"tuneserve eval run exited with {code}")

@@ -1,4 +1,5 @@
-"""The served models: the base, every adapter in the registry, and every alias."""
+"""The served models: the base, every adapter in the registry, and every alias; for a
+project's key only its own and shared adapters (``scope``; None: all)."""
 
 from __future__ import annotations
 
@@ -31,24 +32,25 @@ class ModelsServing:
             parent=self.base_id, max_model_len=self.max_model_len, adapter=facts,
         )
 
-    def _alias_cards(self) -> list[ModelCard]:
+    def _alias_cards(self, scope: str | None) -> list[ModelCard]:
         cards = []
         for alias, target in self.registry.aliases.all().items():
             record = self.registry.get(target)
-            if record is not None:  # a target that failed to restore is not servable
+            # A target that failed to restore is not servable.
+            if record is not None and record.visible_to(scope):
                 cards.append(self._adapter_card(record, alias))
         return cards
 
-    def list(self) -> ModelList:
+    def list(self, scope: str | None = None) -> ModelList:
         """The base first, then adapters oldest first, then aliases by name."""
-        cards = [self._base_card(), *(self._adapter_card(r) for r in self.registry.list()),
-                 *self._alias_cards()]
+        cards = [self._base_card(), *(self._adapter_card(r) for r in self.registry.list(scope)),
+                 *self._alias_cards(scope)]
         return ModelList(data=cards)
 
-    def get(self, model_id: str) -> ModelCard:
+    def get(self, model_id: str, scope: str | None = None) -> ModelCard:
         if model_id == self.base_id:
             return self._base_card()
         record = self.registry.resolve(model_id)
-        if record is None:
+        if record is None or not record.visible_to(scope):  # the same 404 (no leak)
             raise ModelNotFound(f"The model `{model_id}` does not exist.", param="model")
         return self._adapter_card(record, model_id if record.name != model_id else None)

@@ -33,7 +33,7 @@ async def _sse(events: AsyncIterator[dict]) -> AsyncIterator[str]:
 async def create_response(body: ResponseCreateRequest, request: Request, _: RateLimitedUser) -> Response:
     serving = request.app.state.responses_serving
     result = await unless_disconnected(
-        request, counted(body.model, "responses", lambda: serving.create(body)))
+        request, counted(body.model, "responses", lambda: serving.create(body), request))
     if result is None:
         return Response(status_code=499)
     if body.stream:

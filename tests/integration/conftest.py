@@ -77,14 +77,17 @@ class LiveServer:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def start_server(model_path: Path, model_id: str, workdir: Path, *extra: str) -> LiveServer:
-    """Start ``tuneserve serve`` and wait until ``/ready`` (fails with the log tail)."""
+def start_server(model_path: Path, model_id: str, workdir: Path, *extra: str,
+                 env: dict[str, str] | None = None) -> LiveServer:
+    """Start ``tuneserve serve`` and wait until ``/ready`` (fails with the log tail);
+    ``env``: more environment (e.g. a keys file with projects)."""
     home, adapters_dir = workdir / "home", workdir / "adapters"
     adapters_dir.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     user_key, admin_key = "test-user-key-0123456789", "test-admin-key-0123456789"
     env = {
         **os.environ,
+        **(env or {}),
         "TUNESERVE_HOME": str(home),
         "TUNESERVE_USER_API_KEYS": user_key,
         "TUNESERVE_ADMIN_API_KEYS": admin_key,

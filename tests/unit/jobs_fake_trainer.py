@@ -2,13 +2,15 @@
 events, checkpoints, SIGTERM = stop with no adapter) without a model, so the supervisor's
 queue/cancel/resume logic is unit-tested in milliseconds. Behaviour via env:
 FAKE_TRAIN_STEP_S (seconds per step), FAKE_TRAIN_FAIL_AT (step that errors out),
-FAKE_TRAIN_ARGV_FILE (where to write its argv as JSON). Launcher flags written as
-``--flag=value`` may come before the config."""
+FAKE_TRAIN_ARGV_FILE (where to write its argv as JSON), FAKE_TRAIN_ADAPTER_FROM (a real
+adapter folder to write as the result, so the served app can load it; default: a
+placeholder). Launcher flags written as ``--flag=value`` may come before the config."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -54,8 +56,11 @@ def main() -> int:
     emit(type="status", message="evaluating held-out loss")
     emit(type="eval", step=total, total_steps=total, eval_loss=1.5)
     adapter = out / config["name"]
-    adapter.mkdir(parents=True, exist_ok=True)
-    (adapter / "adapter_config.json").write_text("{}")
+    if os.environ.get("FAKE_TRAIN_ADAPTER_FROM"):
+        shutil.copytree(os.environ["FAKE_TRAIN_ADAPTER_FROM"], adapter, dirs_exist_ok=True)
+    else:
+        adapter.mkdir(parents=True, exist_ok=True)
+        (adapter / "adapter_config.json").write_text("{}")
     emit(type="done", trained_tokens=total * 100, message="done")
     print(f"adapter written to {adapter}")
     return 0
