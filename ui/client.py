@@ -64,7 +64,7 @@ class ServerError(Exception):
         if self.status == 401:
             hint = " Check the API key (admin actions need the admin key)."
         elif self.status == 403:
-            hint = " This action needs the admin key."
+            hint = " This action needs the admin key: log in with it."
         code = f", {self.code}" if self.code else ""
         message = self.message.strip()
         if hint and not message.endswith((".", "!", "?")):

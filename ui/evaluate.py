@@ -167,7 +167,7 @@ def metric_names() -> list[str]:
     return list(METRIC_DIRECTIONS)
 
 
-def evaluate_tab(server: gr.Textbox, key: gr.Textbox) -> gr.Dropdown:
+def evaluate_tab(server: gr.State, key: gr.State) -> gr.Dropdown:
     """Lay out the Evaluate tab; returns the models picker (filled from /v1/models)."""
     suites = suite_names()
     gr.Markdown(

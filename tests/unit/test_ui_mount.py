@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -29,7 +30,10 @@ def test_detect_server_uses_the_socket_the_browser_reached():
     assert detect_server("", request) == "http://10.1.2.3:8123"
     v6 = SimpleNamespace(request=SimpleNamespace(scope={"server": ("::1", 80)}))
     assert detect_server(" ", v6) == "http://[::1]:80"
-    assert detect_server("http://remote:9", request) == "http://remote:9"  # user's choice wins
+    assert detect_server("http://fixed:9", request) == "http://fixed:9"  # fixed at build
+    # Never the Host header: the caller chooses it (that would be an SSRF).
+    spoofed = SimpleNamespace(request=SimpleNamespace(scope={}), headers={"host": "evil:1"})
+    assert detect_server("", spoofed) == ""
 
 
 def test_mount_disabled_by_env(monkeypatch):
@@ -46,6 +50,8 @@ def test_mounted_ui_serves_its_page_next_to_the_api(service):
     config = httpx.get(f"{service}{UI_PATH}/config", timeout=20).json()
     labels = {c.get("props", {}).get("label") for c in config["components"]}
     assert {"Compare", "Adapters", "Evaluate", "Train"} <= labels
+    # Nothing on the page chooses where the UI sends requests.
+    assert "Server URL" not in labels and "server-url" not in page.text + str(config)
     models = httpx.get(f"{service}/v1/models", headers={"Authorization": f"Bearer {USER_KEY}"},
                        timeout=5)
     assert models.status_code == 200  # API untouched
@@ -70,8 +76,8 @@ def test_tuneserve_ui_runs_standalone_against_a_server(service):
             except (httpx.HTTPError, ValueError):
                 time.sleep(0.5)
         assert config is not None, process.stdout.read().decode() if process.poll() else ""
-        values = [c.get("props", {}).get("value") for c in config["components"]]
-        assert service in values  # the server URL is pre-filled
+        # The server is fixed by --server: not a value (nor a field) on the page.
+        assert service not in json.dumps(config)
     finally:
         process.terminate()
         process.wait(timeout=20)
