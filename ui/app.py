@@ -89,6 +89,9 @@ async def login(
     model pickers..., status). The key box is always cleared: the key is never sent back."""
     server = detect_server(server, request)
     key = (typed_key or "").strip()
+    if not key:  # nothing to check: no request (a server without keys takes any text)
+        return (server, None, "", *_screen(False), *[gr.skip()] * (MAX_SLOTS + 2),
+                refusal(ServerError("Enter your API key to log in.")))
     refreshed = await refresh_models(server, key)
     status = refreshed[-1]
     if not str(status).startswith("Connected"):

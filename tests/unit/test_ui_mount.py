@@ -13,16 +13,37 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.unit.ui_service import USER_KEY, free_port, running_service
+from tests.unit.ui_service import USER_KEY, call_ui_handlers, free_port, running_service
 from ui.app import detect_server
 from ui.mount import UI_PATH, mount
+
+REQUESTS: list[str] = []  # every path the module's service was asked for
 
 
 @pytest.fixture(scope="module")
 def service(tiny_model_dir, tmp_path_factory):
     """The real service app with the UI mounted, as `tuneserve serve` runs it."""
-    with running_service(tiny_model_dir, tmp_path_factory.mktemp("ui-home"), ui=True) as url:
+    with running_service(tiny_model_dir, tmp_path_factory.mktemp("ui-home"), ui=True,
+                         paths=REQUESTS) as url:
         yield url
+
+
+def test_without_login_no_handler_reaches_the_api(service):
+    """Every UI handler, called through Gradio's queue API by a session that never logged
+    in, makes no request to the API (the server's own request log), and those that would
+    call it say so; a login is the first call, and the log sees it."""
+    before = len(REQUESTS)
+    done = call_ui_handlers(f"{service}{UI_PATH}")
+    assert len(done) > 20  # every tab's handlers ran (or were refused by their inputs)
+    assert [p for p in REQUESTS[before:] if not p.startswith(UI_PATH)] == []
+    refused = [n for n, m in done.items() if "Not logged in" in json.dumps(m.get("output"))]
+    assert {"refresh_models", "load_adapters", "list_reports", "list_jobs"} <= {
+        n.split(":", 1)[1] for n in refused}
+    login = call_ui_handlers(f"{service}{UI_PATH}", {"login": [None, USER_KEY]})
+    (message,) = login.values()
+    assert "Connected: base" in json.dumps(message["output"])
+    assert USER_KEY not in json.dumps(message["output"])  # the key is never sent back
+    assert "/v1/models" in REQUESTS[before:]
 
 
 def test_detect_server_uses_the_socket_the_browser_reached():
