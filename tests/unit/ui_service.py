@@ -22,6 +22,7 @@ BASE = "tiny"
 ADAPTER = "docker"
 USER_KEY = "ui-user-key-0123456789"
 ADMIN_KEY = "ui-admin-key-0123456789"
+OTHER_KEY = "ui-other-project-key-0123"  # a user key of project "other"
 
 
 def free_port() -> int:
@@ -85,8 +86,9 @@ def running_service(
         settings = Settings(
             base_model=str(tiny_model_dir),
             served_model_name=BASE,
-            user_api_keys=[USER_KEY],
+            user_api_keys=[USER_KEY, OTHER_KEY],
             admin_api_keys=[ADMIN_KEY],
+            key_projects={OTHER_KEY: "other"},
         )
         app = build_app(settings, _engine_factory)
         with serving(app if paths is None else _logging_paths(app, paths)) as url:
