@@ -76,7 +76,7 @@ def _login(page, key: str) -> None:
         except PlaywrightTimeoutError:
             if attempt == 2:
                 raise
-    page.locator("#model-0").wait_for(state="visible", timeout=CONNECT_TIMEOUT_MS)
+    page.locator("#logout").wait_for(state="visible", timeout=CONNECT_TIMEOUT_MS)
 
 
 def _logout(page) -> None:
