@@ -129,8 +129,8 @@ def test_without_login_no_tab_and_no_api_call(browser, live_server):
         _wait_text(page, "#connection-status", r"Enter your API key")
         done = call_ui_handlers(f"{live_server.base_url}/ui")
         assert len(done) > 20
-        assert any("Not logged in" in json.dumps(m.get("output")) for m in done.values())
         assert _api_requests_since(live_server, offset) == []
+        assert any("Not logged in" in json.dumps(m.get("output")) for m in done.values())
         _login(page, live_server.user_key)
         assert page.get_by_role("tab", name="Compare").count() == 1
         assert any("/v1/models" in line for line in _api_requests_since(live_server, offset))
