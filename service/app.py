@@ -40,6 +40,7 @@ from service.generation import Generator
 from service.jobs.runtime import jobs_runtime
 from service.models.serving import ModelsServing
 from service.rate_limits import RateLimiter, RateLimitHeaders
+from service.reports.runs import EvalRuns
 from service.reports.schedule import scheduler_for_app
 from service.responses.serving import ResponsesServing
 from service.routers import ROUTERS
@@ -152,6 +153,7 @@ def build_app(
             await asyncio.gather(starting["task"], return_exceptions=True)
             registry_ready.cancel()
             await app.state.eval_scheduler.stop()  # kills a running evaluation
+            await app.state.eval_runs.stop()  # and the API's (POST /v1/evaluations)
             await app.state.batch_runner.stop()
             if getattr(app.state, "watcher", None) is not None:
                 await app.state.watcher.stop()
@@ -169,6 +171,7 @@ def build_app(
     app.state.exit_on_engine_failure = exit_on_engine_failure
     app.state.watcher = None
     app.state.eval_scheduler = scheduler_for_app(app.state)
+    app.state.eval_runs = EvalRuns(app.state)
     _add_batches(app.state, settings)
     app.state.audit = AuditLog(tuneserve_home() / "audit" / "audit.jsonl")
     register_error_handlers(app)

@@ -153,51 +153,51 @@ async def load_adapters(server: str, api_key: str) -> tuple[Any, ...]:
     )
 
 
-async def register_adapter(server: str, admin_key: str, name: str, path: str) -> str:
-    """Register a folder on the server's disk under ``name`` (admin)."""
+async def register_adapter(server: str, api_key: str | None, name: str, path: str) -> str:
+    """Register a folder on the server's disk under ``name`` (needs an admin login)."""
     if not (name or "").strip() or not (path or "").strip():
         gr.Warning("Give the adapter a name and the folder path on the server.")
         return "Give the adapter a name and the folder path on the server."
     try:
-        await connect(server, None).register_adapter(name.strip(), path.strip(), admin_key)
+        await connect(server, api_key).register_adapter(name.strip(), path.strip(), api_key)
     except ServerError as exc:
         return refusal(exc)
     gr.Info(f"Adapter {name.strip()} loaded.")
     return f"✅ Loaded **{name.strip()}** from `{path.strip()}`."
 
 
-async def upload_adapter(server: str, admin_key: str, name: str, archive: str | None) -> str:
+async def upload_adapter(server: str, api_key: str | None, name: str, archive: str | None) -> str:
     """Upload an archive (.zip / .tar.gz) of an adapter folder (admin)."""
     if not archive:
         gr.Warning("Choose an adapter archive (.zip or .tar.gz) first.")
         return "Choose an adapter archive (.zip or .tar.gz) first."
     name = (name or "").strip() or Path(archive).name.split(".")[0]
     try:
-        await connect(server, None).upload_adapter(name, Path(archive), admin_key)
+        await connect(server, api_key).upload_adapter(name, Path(archive), api_key)
     except ServerError as exc:
         return refusal(exc)
     gr.Info(f"Adapter {name} uploaded and loaded.")
     return f"✅ Uploaded and loaded **{name}**."
 
 
-async def unload_adapter(server: str, admin_key: str, name: str | None) -> str:
+async def unload_adapter(server: str, api_key: str | None, name: str | None) -> str:
     """Unload and unregister ``name`` (admin)."""
     if not name:
         gr.Warning("Pick an adapter to unload.")
         return "Pick an adapter to unload."
     try:
-        await connect(server, None).delete_adapter(name, admin_key)
+        await connect(server, api_key).delete_adapter(name, api_key)
     except ServerError as exc:
         return refusal(exc)
     gr.Info(f"Adapter {name} unloaded.")
     return f"✅ Unloaded **{name}**."
 
 
-def adapters_tab(server: gr.Textbox, key: gr.Textbox) -> None:
+def adapters_tab(server: gr.State, key: gr.State) -> None:
     gr.Markdown(
-        "Adapters the server serves. Loading, uploading and unloading need the **admin key**."
+        "Adapters the server serves. Loading, uploading and unloading need a login with an "
+        "**admin key**."
     )
-    admin_key = gr.Textbox(label="Admin key", type="password", elem_id="admin-key")
     table = gr.Dataframe(
         headers=COLUMNS, interactive=False, elem_id="adapter-table", wrap=True
     )
@@ -221,12 +221,12 @@ def adapters_tab(server: gr.Textbox, key: gr.Textbox) -> None:
 
     outputs = [table, victim, status]
     reload.click(load_adapters, [server, key], outputs)
-    register.click(register_adapter, [server, admin_key, reg_name, reg_path], status).success(
+    register.click(register_adapter, [server, key, reg_name, reg_path], status).success(
         load_adapters, [server, key], [table, victim, gr.State()]
     )
-    upload.click(upload_adapter, [server, admin_key, up_name, archive], status).success(
+    upload.click(upload_adapter, [server, key, up_name, archive], status).success(
         load_adapters, [server, key], [table, victim, gr.State()]
     )
-    unload.click(unload_adapter, [server, admin_key, victim], status).success(
+    unload.click(unload_adapter, [server, key, victim], status).success(
         load_adapters, [server, key], [table, victim, gr.State()]
     )

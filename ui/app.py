@@ -3,10 +3,15 @@
 ``build_ui(server_url)`` returns a ``gr.Blocks`` that is either launched alone
 (``tuneserve ui --server URL``) or mounted into the service at ``/ui``. Each tab is its own
 module (``ui/compare.py``, ``ui/adapters.py``, ``ui/evaluate.py``, ``ui/train.py``); this
-one lays them out and fills every model picker from ``/v1/models``. Every handler builds
-its client from the connection fields on the page, so one page can point at any
-deployment. Server errors become a toast (``gr.Warning``) and a status line in the tab,
-never a traceback.
+one lays them out, holds the login and fills every model picker from ``/v1/models``.
+
+The page shows only a login box until an API key is accepted by the server
+(``GET /v1/models`` with it). The server URL and the key live in ``gr.State``: session
+state kept on the UI's server, never sent to the page nor settable by it, so the URL is
+the one fixed when the UI was built (no SSRF through the page) and the key is never
+rendered back. Every handler builds its client with ``ui.common.connect``, which refuses
+before any request when the session has not logged in. Server errors become a toast
+(``gr.Warning``) and a status line in the tab, never a traceback.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ UI_CONCURRENCY = 32
 # ---- models (shared by all tabs) -------------------------------------------------------
 
 
-async def refresh_models(server: str, api_key: str) -> tuple[Any, ...]:
+async def refresh_models(server: str | None, api_key: str | None) -> tuple[Any, ...]:
     """Reload ``/v1/models`` into every model picker; returns (slot dropdowns..., base
     dropdown, eval models, status)."""
     try:
@@ -52,16 +57,15 @@ async def refresh_models(server: str, api_key: str) -> tuple[Any, ...]:
     return (*slot_updates, base_update, eval_update, status)
 
 
-# ---- layout ----------------------------------------------------------------------------
+# ---- login ----------------------------------------------------------------------------
 
 
-def detect_server(current: str, request: gr.Request) -> str:
-    """The mounted UI's own server: the listening address the browser's request reached.
-
-    Used only when no server URL is set, so the page calls the service it is served by.
-    """
+def detect_server(current: str | None, request: gr.Request) -> str:
+    """The server of a session: the URL fixed at build time, else (the ``/ui`` mount) the
+    listening socket the browser's request reached, i.e. this very process. Never the
+    request's ``Host`` header, which the caller chooses."""
     if (current or "").strip():
-        return current
+        return str(current)
     scope = getattr(request, "request", None)
     scope = getattr(scope, "scope", None) or {}
     host_port = scope.get("server")
@@ -69,44 +73,82 @@ def detect_server(current: str, request: gr.Request) -> str:
         host, port = host_port
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{port}"
-    headers = getattr(request, "headers", None) or {}
-    host = headers.get("host") if hasattr(headers, "get") else None
-    return f"http://{host}" if host else ""
+    return ""
+
+
+def _screen(logged_in: bool) -> tuple[Any, Any]:
+    """(login box, app) visibility."""
+    return gr.update(visible=not logged_in), gr.update(visible=logged_in)
+
+
+async def login(
+    server: str | None, typed_key: str, request: gr.Request
+) -> tuple[Any, ...]:
+    """Check ``typed_key`` against the server (``GET /v1/models``); on success keep it in
+    the session and show the app. Returns (server, key state, key box, login box, app,
+    model pickers..., status). The key box is always cleared: the key is never sent back."""
+    server = detect_server(server, request)
+    key = (typed_key or "").strip()
+    if not key:  # nothing to check: no request (a server without keys takes any text)
+        return (server, None, "", *_screen(False), *[gr.skip()] * (MAX_SLOTS + 2),
+                refusal(ServerError("Enter your API key to log in.")))
+    refreshed = await refresh_models(server, key)
+    status = refreshed[-1]
+    if not str(status).startswith("Connected"):
+        return (server, None, "", *_screen(False), *refreshed)
+    return (server, key, "", *_screen(True), *refreshed)
+
+
+def logout() -> tuple[Any, ...]:
+    """Forget the session's key: (key state, login box, app, status)."""
+    return (None, *_screen(False), "Logged out.")
+
+
+# ---- layout ----------------------------------------------------------------------------
 
 
 def build_ui(server_url: str | None, api_key: str | None = None) -> gr.Blocks:
-    """The whole app for the server at ``server_url`` (editable on the page).
+    """The whole app for the server at ``server_url``, fixed for the app's life.
 
-    ``None`` means "the server this page is served by" (the ``/ui`` mount).
+    ``None`` means "the server this page is served by" (the ``/ui`` mount). ``api_key``
+    (standalone ``tuneserve ui --api-key``) logs every session in on load; it stays in
+    this process, never in the page.
     """
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}\nCompare, manage, evaluate and train LoRA adapters.")
-        with gr.Accordion("Server connection", open=False):
-            with gr.Row():
-                server = gr.Textbox(
-                    server_url or "",
-                    label="Server URL",
-                    placeholder="this server",
-                    elem_id="server-url",
-                )
-                key = gr.Textbox(api_key or "", label="API key", type="password", elem_id="api-key")
-                refresh = gr.Button("Connect / refresh models", elem_id="refresh")
+        # Session state only (never in the page's config nor settable by the browser).
+        server = gr.State(server_url)
+        key = gr.State(None)  # the logged-in key; None: not logged in
+        with gr.Group(elem_id="login") as login_box:
+            key_box = gr.Textbox(
+                label="API key", type="password", elem_id="api-key",
+                placeholder="your tuneserve API key (admin key for adapter changes)",
+            )
+            login_button = gr.Button("Log in", variant="primary", elem_id="login-button")
         conn_status = gr.Markdown(elem_id="connection-status")
 
-        with gr.Tabs():
-            with gr.Tab("Compare", id="compare"):
-                compare = compare_tab(server, key)
-            with gr.Tab("Adapters", id="adapters"):
-                adapters_tab(server, key)
-            with gr.Tab("Evaluate", id="evaluate"):
-                eval_models = ev.evaluate_tab(server, key)
-            with gr.Tab("Train", id="train"):
-                base_model, job_models_refresh = train_tab(server, key)
+        with gr.Column(visible=False, elem_id="app") as main:
+            with gr.Row():
+                refresh = gr.Button("Refresh models", elem_id="refresh", size="sm")
+                logout_button = gr.Button("Log out", elem_id="logout", size="sm")
+            with gr.Tabs():
+                with gr.Tab("Compare", id="compare"):
+                    compare = compare_tab(server, key)
+                with gr.Tab("Adapters", id="adapters"):
+                    adapters_tab(server, key)
+                with gr.Tab("Evaluate", id="evaluate"):
+                    eval_models = ev.evaluate_tab(server, key)
+                with gr.Tab("Train", id="train"):
+                    base_model, job_models_refresh = train_tab(server, key)
 
         model_outputs = [*compare, base_model, eval_models, conn_status]
-        demo.load(detect_server, [server], server).then(
-            refresh_models, [server, key], model_outputs
-        )
+        login_outputs = [server, key, key_box, login_box, main, *model_outputs]
+        for trigger in (login_button.click, key_box.submit):
+            trigger(login, [server, key_box], login_outputs)
+        logout_button.click(logout, None, [key, login_box, main, conn_status])
+        if api_key is not None:
+            preset = gr.State(api_key)  # server-side, like the session key
+            demo.load(login, [server, preset], login_outputs)
         refresh.click(refresh_models, [server, key], model_outputs)
         # A finished job's adapter shows up in the pickers without a manual refresh.
         job_models_refresh.change(refresh_models, [server, key], model_outputs)

@@ -1,4 +1,5 @@
-"""``tuneserve ui --server URL``: run the Gradio app on its own against any server."""
+"""``tuneserve ui --server URL``: run the Gradio app on its own against any server (fixed
+at start: the page has no field to change it)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     ui.add_argument(
         "--api-key",
         default=os.environ.get("TUNESERVE_API_KEY"),
-        help="user API key to pre-fill (default $TUNESERVE_API_KEY)",
+        help="log every visitor of the UI in with this key, kept in the UI process and never "
+        "sent to the page (default $TUNESERVE_API_KEY; without it, the page asks for a key)",
     )
     ui.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     ui.add_argument("--port", type=int, default=7860, help="port to bind (default 7860)")

@@ -3,7 +3,8 @@
 The UI talks to the service only through this client, over HTTP, so it works the same
 against the server it is mounted in and against a remote deployment. The OpenAI-shaped
 endpoints (models, streamed chat, files, fine-tuning jobs) go through the official
-``openai`` SDK; only tuneserve's own ``/v1/adapters`` and ``/reports`` use plain httpx.
+``openai`` SDK; only tuneserve's own ``/v1/adapters``, ``/v1/evaluations`` and
+``/reports`` use plain httpx.
 Every failure (refusal by the server, endpoint missing, connection refused, timeout)
 becomes a :class:`ServerError` whose ``str()`` is one readable sentence for the page.
 """
@@ -64,7 +65,7 @@ class ServerError(Exception):
         if self.status == 401:
             hint = " Check the API key (admin actions need the admin key)."
         elif self.status == 403:
-            hint = " This action needs the admin key."
+            hint = " This action needs the admin key: log in with it."
         code = f", {self.code}" if self.code else ""
         message = self.message.strip()
         if hint and not message.endswith((".", "!", "?")):
@@ -395,7 +396,24 @@ class TuneserveClient:
         async with self._openai() as sdk:
             return (await sdk.fine_tuning.jobs.cancel(job_id)).to_dict()
 
-    # -- evaluation reports -------------------------------------------------------------
+    # -- evaluation runs and reports ----------------------------------------------------
+
+    async def start_evaluation(
+        self, suite: str, models: list[str], limit: int | None = None
+    ) -> dict[str, Any]:
+        """``POST /v1/evaluations``: the server runs it in a worker; poll the run's id."""
+        body: dict[str, Any] = {"suite": suite, "models": models}
+        if limit:
+            body["limit"] = limit
+        return await self._request("POST", "/v1/evaluations", json=body)
+
+    async def get_evaluation(self, run_id: str) -> dict[str, Any]:
+        """``GET /v1/evaluations/{id}``: the run's status, then its report id."""
+        return await self._request("GET", f"/v1/evaluations/{quote(run_id, safe='')}")
+
+    async def report_record(self, report_id: str) -> dict[str, Any]:
+        """``GET /reports/{id}/report.json``: the run's record (metrics per model)."""
+        return await self._request("GET", f"/reports/{quote(report_id, safe='')}/report.json")
 
     async def list_reports(self, limit: int = 100) -> list[dict[str, Any]]:
         """``GET /reports``: stored evaluation reports, newest first."""

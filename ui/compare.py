@@ -312,7 +312,7 @@ def render_snippet(
     return gr.update(value=request.render(kind), language=language)
 
 
-def compare_tab(server: gr.Textbox, key: gr.Textbox) -> list[gr.Dropdown]:
+def compare_tab(server: gr.State, key: gr.State) -> list[gr.Dropdown]:
     system = gr.Textbox(label="System prompt (optional)", lines=1, elem_id="system-prompt")
     dropdowns, chats, stats = [], [], []
     with gr.Row(equal_height=False):

@@ -1,15 +1,17 @@
-"""The Evaluate tab: run a suite against the server, watch it, read the report, see history.
+"""The Evaluate tab: run a suite on the server, watch it, read the report, see history.
 
-The evaluation runner (``evaluation.pipeline``) is itself an OpenAI-API client, so the UI
-runs it in a worker thread pointed at the connected server: every request still goes over
-HTTP, and scoring happens in the UI process. Reports and the run history are written
-under this process's ``$TUNESERVE_HOME`` (the service's own when the UI is mounted at
-``/ui``, where they are also served under ``/reports/``).
+Everything goes through the HTTP API with the session's key: ``POST /v1/evaluations``
+starts the run in a worker on the server (owned by the key's project; its report and
+history entry land where scheduled runs' do), the tab polls ``GET /v1/evaluations/{id}``,
+then reads the report from ``/reports``; the history plot is built from the stored
+reports' records. Only the suite names and metric names (static files of this package)
+are read locally.
 """
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,11 +19,13 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from tuneserve.errors import UserError
-from ui.client import ServerError
+from ui.client import ServerError, TuneserveClient
 from ui.common import connect, refusal
 
 HISTORY_COLUMNS = ["run", "started", "model", "metric", "value"]
+POLL_S = 1.0
+HISTORY_RUNS = 20  # the newest reports a history plot reads
+TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 def suite_names() -> list[str]:
@@ -31,33 +35,45 @@ def suite_names() -> list[str]:
     return list(builtin_suites())
 
 
-def history_frame(suite: str | None, metric: str | None, limit: int = 50) -> pd.DataFrame:
-    """One row per (run, model) with ``metric`` for the suite's stored runs, oldest first."""
-    from evaluation.history import History
-
+async def _history(client: TuneserveClient, suite: str, metric: str | None) -> pd.DataFrame:
+    """One row per (report, model) with ``metric`` for the suite's stored reports, oldest
+    first, from ``GET /reports`` and each report's record."""
+    reports = [r for r in await client.list_reports() if r.get("suite") == suite]
     rows = []
-    if suite:
-        for run in reversed(History().runs(suite, limit=limit)):
-            for label, metrics in (run.metrics or {}).items():
-                if not isinstance(metrics, dict):
-                    continue
-                value = metrics.get(metric) if metric else None
-                if isinstance(value, int | float):
-                    rows.append([run.id, run.started_at, label, metric, float(value)])
+    for info in reversed(reports[:HISTORY_RUNS]):
+        try:
+            record = await client.report_record(str(info["id"]))
+        except ServerError:
+            continue  # a report without a readable record is left out of the plot
+        for label, metrics in (record.get("metrics") or {}).items():
+            value = metrics.get(metric) if isinstance(metrics, dict) and metric else None
+            if isinstance(value, int | float):
+                rows.append([info["id"], info.get("started_at") or "", label, metric,
+                             float(value)])
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
 
-def _server_v1(server: str) -> str:
-    base = (server or "").strip().rstrip("/")
-    if not base.startswith(("http://", "https://")):
-        base = "http://" + base
-    return base if base.endswith("/v1") else base + "/v1"
+async def history_frame(
+    server: str | None, api_key: str | None, suite: str | None, metric: str | None
+) -> Any:
+    """The history plot of ``suite`` for ``metric`` (the server's reports)."""
+    if not suite:
+        return pd.DataFrame(columns=HISTORY_COLUMNS)
+    try:
+        return await _history(connect(server, api_key), suite, metric)
+    except ServerError as exc:
+        refusal(exc)
+        return gr.skip()
 
 
 async def run_evaluation(
-    server: str, api_key: str, suite: str | None, models: list[str] | None, limit: float | None
+    server: str | None,
+    api_key: str | None,
+    suite: str | None,
+    models: list[str] | None,
+    limit: float | None,
 ):
-    """Run ``suite`` for ``models`` (the first is the baseline); yields
+    """Run ``suite`` for ``models`` (the first is the baseline) on the server; yields
     (status, report markdown, report file, history plot)."""
     skip = gr.skip()
     models = [m for m in (models or []) if m]
@@ -68,44 +84,42 @@ async def run_evaluation(
         gr.Warning("Pick a baseline and at least one model to compare (the first is the baseline).")
         yield "Pick at least two models: the first is the baseline.", skip, skip, skip
         return
-    from evaluation.pipeline import run_and_report
-    from evaluation.runner import RunOptions
-    from evaluation.suite import load_suite
-
-    try:
-        overrides = {"dataset": {"limit": int(limit)}} if limit else None
-        loaded = load_suite(suite, overrides)
-    except UserError as exc:
-        yield refusal(exc), skip, skip, skip
-        return
-    opts = RunOptions(server=_server_v1(server), api_key=(api_key or "").strip() or "EMPTY")
     start = time.monotonic()
-    task = asyncio.ensure_future(asyncio.to_thread(run_and_report, loaded, ",".join(models), opts))
-    while not task.done():
-        elapsed = time.monotonic() - start
-        yield f"⏳ Running **{suite}** on {', '.join(models)}… {elapsed:.0f} s", skip, skip, skip
-        await asyncio.wait({task}, timeout=1.0)
     try:
-        result = task.result()
-    except UserError as exc:
+        client = connect(server, api_key)
+        run = await client.start_evaluation(suite, models, int(limit) if limit else None)
+        while run.get("status") not in TERMINAL:
+            elapsed = time.monotonic() - start
+            state = "Queued" if run.get("status") == "queued" else "Running"
+            yield (f"⏳ {state} **{suite}** on {', '.join(models)}… {elapsed:.0f} s "
+                   f"(run `{run['id']}`)"), skip, skip, skip
+            await asyncio.sleep(POLL_S)  # the API has no push; one cheap GET a second
+            run = await client.get_evaluation(run["id"])
+        if run["status"] != "succeeded":
+            message = f"The evaluation {run['status']}: {run.get('error') or 'no details'}"
+            gr.Warning(message)
+            yield f"⚠️ {message}", skip, skip, skip
+            return
+        report_id = str(run["report_id"])
+        report_md = await client.report_text(report_id)
+        html = await client.report_text(report_id, "report.html")
+        record = await client.report_record(report_id)
+        history = await _history(client, suite, _primary_metric(record))
+    except ServerError as exc:
         yield refusal(exc), skip, skip, skip
         return
-    except Exception as exc:  # noqa: BLE001 - a readable line, never a traceback
-        gr.Warning(f"The evaluation failed: {exc}")
-        yield f"⚠️ The evaluation failed: {exc}", skip, skip, skip
-        return
-    paths = result.paths
-    report_md = Path(paths["markdown"]).read_text()
-    folder = Path(paths["html"]).parent.name
+    # The download button needs a local file: the page the server sent, in a temp folder.
+    folder = Path(tempfile.mkdtemp(prefix="tuneserve-report-"))
+    html_path = folder / f"{report_id}.html"
+    html_path.write_text(html)
     status = (
         f"✅ Finished in {time.monotonic() - start:.0f} s. "
-        f"[Open the HTML report](/reports/{folder}/report.html) (served by the service) "
+        f"[Open the HTML report](/reports/{report_id}/report.html) (served by the service) "
         "or download it below."
     )
-    if result.regressed:
+    if run.get("regressed"):
         status += "\n\n❗ **Regression** against the previous run of this suite: see the report."
-    primary = _primary_metric(result.record)
-    yield status, report_md, str(paths["html"]), history_frame(suite, primary)
+    yield status, report_md, str(html_path), history
 
 
 def _primary_metric(record: dict[str, Any]) -> str:
@@ -167,7 +181,7 @@ def metric_names() -> list[str]:
     return list(METRIC_DIRECTIONS)
 
 
-def evaluate_tab(server: gr.Textbox, key: gr.Textbox) -> gr.Dropdown:
+def evaluate_tab(server: gr.State, key: gr.State) -> gr.Dropdown:
     """Lay out the Evaluate tab; returns the models picker (filled from /v1/models)."""
     suites = suite_names()
     gr.Markdown(
@@ -215,6 +229,5 @@ def evaluate_tab(server: gr.Textbox, key: gr.Textbox) -> gr.Dropdown:
     )
     reports_refresh.click(list_reports, [server, key], [reports, picked, status])
     open_btn.click(open_report, [server, key, picked], [report, status])
-    show.click(history_frame, [suite, metric], plot)
-    suite.change(history_frame, [suite, metric], plot)
+    show.click(history_frame, [server, key, suite, metric], plot)
     return models

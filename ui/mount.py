@@ -1,9 +1,10 @@
 """Mount the UI into the service at ``/ui`` (listed in ``service/routers.py``).
 
-The mounted UI still talks to the service over HTTP: with no server URL configured, the
-page's first load fills in the address of the socket the browser reached (the process's
-own listening address), which works behind any ingress because the call never leaves
-the process's host.
+The mounted UI still talks to the service over HTTP, with each session's logged-in key
+(``ui/app.py``). Its server is fixed here: ``TUNESERVE_UI_SERVER_URL`` if set, else the
+listening socket a session's request reached (this process), which works behind any
+ingress because the call never leaves the process's host. No field on the page changes
+it, so the page cannot make the service send requests elsewhere.
 """
 
 from __future__ import annotations
@@ -28,5 +29,6 @@ def mount(app: FastAPI) -> None:
 
     from ui.app import build_ui
 
+    # The URL is fixed here, for the app's life: nothing on the page can change it.
     blocks = build_ui(os.environ.get("TUNESERVE_UI_SERVER_URL") or None)
     gr.mount_gradio_app(app, blocks, path=UI_PATH, footer_links=[], ssr_mode=False)

@@ -249,8 +249,8 @@ async def poll_job(server: str, api_key: str, job_id: str | None) -> tuple[Any, 
     """One tick of the live view: (loss plot, progress, timer update, status)."""
     if not job_id:
         return gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip()
-    client = connect(server, api_key)
     try:
+        client = connect(server, api_key)
         job = await client.get_job(job_id)
         events = await client.job_events(job_id)
     except ServerError as exc:
@@ -296,7 +296,7 @@ async def list_jobs(server: str, api_key: str) -> tuple[Any, str]:
     return pd.DataFrame(rows, columns=columns), f"{len(rows)} job(s)."
 
 
-def train_tab(server: gr.Textbox, key: gr.Textbox) -> tuple[gr.Dropdown, gr.Textbox]:
+def train_tab(server: gr.State, key: gr.State) -> tuple[gr.Dropdown, gr.Textbox]:
     gr.Markdown(
         "Upload a dataset (OpenAI chat JSONL, alpaca JSON/JSONL, prompt/completion JSONL or "
         "chat CSV). The server validates it on upload and lists every bad row by line."

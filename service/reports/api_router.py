@@ -1,14 +1,16 @@
 """``GET /reports`` (list), ``GET /reports/schedules`` (in-service evaluation schedules,
-read-only) and ``GET /reports/{id}/{file}`` (a report page or record)."""
+read-only), ``GET /reports/{id}/{file}`` (a report page or record) and the API's
+evaluation runs: ``POST /v1/evaluations`` (start one), ``GET /v1/evaluations[/{id}]``."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse
 
-from service.deps import UserAuth
+from service.deps import UserAuth, _presented_key
 from service.errors import ErrorResponse
 from service.reports.protocol import ReportList, ScheduleList
+from service.reports.runs import EvalRun, EvalRunList, EvalRunRequest, EvalRuns, server_url_of
 from service.reports.schedule import describe
 from service.reports.serving import ReportsServing
 
@@ -49,3 +51,40 @@ async def report_index(report_id: str, request: Request, _: UserAuth) -> Redirec
 async def report_file(report_id: str, filename: str, request: Request, _: UserAuth) -> FileResponse:
     path, media_type = _serving(request).file(report_id, filename)
     return FileResponse(path, media_type=media_type)
+
+
+def _runs(request: Request) -> EvalRuns:
+    runs = getattr(request.app.state, "eval_runs", None)
+    if runs is None:
+        runs = request.app.state.eval_runs = EvalRuns(request.app.state)
+    return runs
+
+
+def _owner(request: Request, role: str) -> tuple[str, bool]:
+    """(the caller's project, whether it sees every project's runs)."""
+    return getattr(request.state, "project", "default"), role in ("admin", "anonymous")
+
+
+@router.post(
+    "/v1/evaluations",
+    response_model=EvalRun,
+    status_code=202,
+    responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}},
+)
+async def start_evaluation(body: EvalRunRequest, request: Request, role: UserAuth) -> EvalRun:
+    """Start an evaluation run of ``suite`` on ``models`` (the first is the baseline) in a
+    worker subprocess that calls this server with the caller's key; poll its id."""
+    project, _ = _owner(request, role)
+    return _runs(request).start(body, project, _presented_key(request), server_url_of(request))
+
+
+@router.get("/v1/evaluations", response_model=EvalRunList)
+async def list_evaluations(request: Request, role: UserAuth) -> EvalRunList:
+    return EvalRunList(data=_runs(request).list(*_owner(request, role)))
+
+
+@router.get(
+    "/v1/evaluations/{run_id}", response_model=EvalRun, responses={404: {"model": ErrorResponse}}
+)
+async def get_evaluation(run_id: str, request: Request, role: UserAuth) -> EvalRun:
+    return _runs(request).get(run_id, *_owner(request, role))

@@ -1,8 +1,9 @@
 """The UI in a real browser against the real service (Gemma 3 270M on vLLM), at ``/ui``.
 
 Headless Debian Chromium driven by Playwright's sync API (no downloaded browsers):
-compare the base and an adapter side by side, and see server refusals (unknown adapter,
-missing admin key, rejected folder) as readable messages in the page.
+nothing works before a login with an API key; compare the base and an adapter side by
+side, and see server refusals (unknown adapter, a user key's adapter change, rejected
+folder) as readable messages in the page.
 """
 
 from __future__ import annotations
@@ -57,34 +58,85 @@ def served_adapter(live_server, gemma_test_adapter) -> Iterator[str]:
     live_server.unregister_adapter(ADAPTER)
 
 
-@pytest.fixture
-def page(browser, live_server, served_adapter):
-    """The mounted UI, connected with the user key (as a person would type it)."""
+def _login(page, key: str) -> None:
+    """Log in on the page with ``key``, as a person would type it."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-    page = browser.new_page(viewport={"width": 1500, "height": 1100})
-    page.goto(f"{live_server.base_url}/ui/")
-    page.wait_for_selector("#model-0", timeout=CONNECT_TIMEOUT_MS)
-    # Keys are configured, so the first load is refused: that refusal is readable too.
-    _wait_text(page, "#connection-status", r"HTTP 401|Connected", CONNECT_TIMEOUT_MS)
-    assert "Traceback" not in page.locator("#connection-status").inner_text()
-    page.get_by_text("Server connection").click()
-    key_box = page.locator("#api-key input")
-    key_box.fill(live_server.user_key)
-    key_box.press("Tab")  # commit the typed value before the click reads it
-    # On a loaded machine the first click once sent its refresh without the key (the
-    # server logged a second 401 and nothing after; seen once in CI, not reproduced
-    # alone): a person clicks again, and so does this fixture, within the same budget.
+    # On a loaded machine a first click once sent its request without the typed key (the
+    # server logged a 401 and nothing after; seen once in CI, not reproduced alone): a
+    # person types and clicks again, and so does this helper, within the same budget.
     for attempt in range(3):
-        page.locator("#refresh").click()
+        key_box = page.locator("#api-key input")
+        key_box.fill(key)
+        key_box.press("Tab")  # commit the typed value before the click reads it
+        page.locator("#login-button").click()
         try:
             _wait_text(page, "#connection-status", r"Connected: base", CONNECT_TIMEOUT_MS // 3)
             break
         except PlaywrightTimeoutError:
             if attempt == 2:
                 raise
+    page.locator("#logout").wait_for(state="visible", timeout=CONNECT_TIMEOUT_MS)
+
+
+def _logout(page) -> None:
+    page.locator("#logout").click()
+    page.locator("#api-key input").wait_for(state="visible", timeout=CONNECT_TIMEOUT_MS)
+
+
+def _open_ui(browser, live_server):
+    """A fresh page on the mounted UI, loaded (the login box is there)."""
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    page.goto(f"{live_server.base_url}/ui/")
+    page.locator("#api-key input").wait_for(state="visible", timeout=CONNECT_TIMEOUT_MS)
+    return page
+
+
+@pytest.fixture
+def page(browser, live_server, served_adapter):
+    """The mounted UI, logged in with the user key."""
+    page = _open_ui(browser, live_server)
+    _login(page, live_server.user_key)
     yield page
     page.close()
+
+
+API_REQUEST = re.compile(r'"(?:GET|POST|PUT|PATCH|DELETE) /(?:v1|reports)[/ ?]')
+
+
+def _api_requests_since(live_server, offset: int) -> list[str]:
+    """The API requests in the server's access log after byte ``offset``."""
+    with open(live_server.log_path, "rb") as log:
+        log.seek(offset)
+        text = log.read().decode(errors="replace")
+    return [line for line in text.splitlines() if API_REQUEST.search(line)]
+
+
+def test_without_login_no_tab_and_no_api_call(browser, live_server):
+    """Before a login the page shows only the key box: no tab, no server field, and none of
+    the UI's handlers (called through Gradio's queue API, as a script could) reaches the API
+    (the server's access log); the login is then the first API call."""
+    from tests.unit.ui_service import call_ui_handlers
+
+    offset = live_server.log_path.stat().st_size
+    page = _open_ui(browser, live_server)
+    try:
+        assert page.get_by_role("tab", name="Compare").count() == 0
+        assert not page.locator("#model-0").is_visible()
+        assert page.locator("#server-url").count() == 0
+        assert "Server URL" not in page.locator("body").inner_text()
+        page.locator("#login-button").click()  # an empty key: refused in the page
+        _wait_text(page, "#connection-status", r"Enter your API key")
+        done = call_ui_handlers(f"{live_server.base_url}/ui")
+        assert len(done) > 20
+        assert _api_requests_since(live_server, offset) == []
+        assert any("Not logged in" in json.dumps(m.get("output")) for m in done.values())
+        _login(page, live_server.user_key)
+        assert page.get_by_role("tab", name="Compare").count() == 1
+        assert any("/v1/models" in line for line in _api_requests_since(live_server, offset))
+        assert live_server.user_key not in page.content()  # never rendered back
+    finally:
+        page.close()
 
 
 def _wait_text(page, selector: str, pattern: str, timeout: int = 30_000) -> str:
@@ -163,8 +215,11 @@ def test_server_refusals_are_readable_in_the_page(page, live_server, served_adap
         names = [a["name"] for a in client.get("/v1/adapters").json()["data"]]
     assert served_adapter in names
 
-    # With the admin key, a folder that is not an adapter is rejected with the reason.
-    page.locator("#admin-key input").fill(live_server.admin_key)
+    # Logged in with the admin key, a folder that is not an adapter is rejected with the
+    # reason.
+    _logout(page)
+    _login(page, live_server.admin_key)
+    page.get_by_role("tab", name="Adapters").click()
     page.locator("#register-name textarea").fill("not-an-adapter")
     page.locator("#register-path textarea").fill("/nonexistent/folder")
     page.locator("#register").click()
@@ -236,9 +291,10 @@ def test_train_tab_validates_upload_and_trains_into_compare(
     page.keyboard.press("Escape")
 
 
-def test_evaluate_tab_runs_a_suite_against_the_server(live_server, served_adapter, isolated_home):
-    """The Evaluate tab's run (a few held-out rows) goes through the real server and ends
-    with the report in the page and the run in the history plot."""
+def test_evaluate_tab_runs_a_suite_against_the_server(live_server, served_adapter):
+    """The Evaluate tab's run (a few held-out rows) is started through the real server's
+    POST /v1/evaluations and ends with the report in the page and the run in the history
+    plot, the report stored by the server."""
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
@@ -258,5 +314,9 @@ def test_evaluate_tab_runs_a_suite_against_the_server(live_server, served_adapte
     assert status.startswith("✅ Finished"), status
     assert any(str(u[0]).startswith("⏳ Running") for u in updates[:-1])
     assert "docker-commands" in report and served_adapter in report
-    assert html.endswith("report.html") and (isolated_home / "reports").is_dir()
-    assert set(history["model"]) == {live_server.model_id, served_adapter}
+    assert html.endswith(".html") and "<html" in open(html).read().lower()
+    assert set(history["model"]) >= {live_server.model_id, served_adapter}
+    with live_server.http() as client:
+        reports = client.get("/reports").json()["data"]
+    assert any(r["suite"] == "docker-commands" and served_adapter in r["models"]
+               for r in reports)

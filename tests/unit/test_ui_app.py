@@ -42,6 +42,61 @@ def test_build_ui_has_the_four_tabs():
     assert labels == {"Compare", "Adapters", "Evaluate", "Train"}
 
 
+def test_server_url_and_key_are_not_in_the_page():
+    """Neither the fixed server URL nor a preset key is a component value the page gets,
+    and there is no field to change the server."""
+    demo = app.build_ui("http://10.9.8.7:1234", "preset-key-0123456789")
+    config = json.dumps(demo.get_config_file(), default=str)
+    assert "10.9.8.7" not in config and "preset-key-0123456789" not in config
+    assert "Server URL" not in config and "server-url" not in config
+
+
+class _Request:  # login() only reads the socket when no URL is fixed
+    request = None
+
+
+async def test_login_checks_the_key_and_never_returns_it(api):
+    with pytest.warns(UserWarning):
+        out = await app.login(api, "wrong-key-0123456789", _Request())
+    server, key, box, login_box, main = out[:5]
+    assert key is None and box == "" and main["visible"] is False and login_box["visible"]
+    assert "HTTP 401" in out[-1]
+    out = await app.login(api, f" {USER_KEY} ", _Request())
+    server, key, box, login_box, main = out[:5]
+    assert (server, key, box) == (api, USER_KEY, "")
+    assert main["visible"] is True and login_box["visible"] is False
+    assert out[5]["choices"] == [BASE, ADAPTER] and out[-1].startswith("Connected")
+    assert USER_KEY not in json.dumps([str(o) for o in out[2:]])
+    assert app.logout()[0] is None
+
+
+async def test_no_handler_calls_the_server_before_login(tmp_path: Path):
+    """Every tab's handlers refuse without a login, before any request: pointed at a port
+    nobody listens on, they say "Not logged in", never "Cannot reach"."""
+    dead = "http://127.0.0.1:9"
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(b"x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        outputs = [
+            (await app.refresh_models(dead, None))[-1],
+            (await adapters.load_adapters(dead, None))[-1],
+            await adapters.register_adapter(dead, None, "n", "/p"),
+            await adapters.upload_adapter(dead, None, "n", str(archive)),
+            await adapters.unload_adapter(dead, None, "n"),
+            (await train.upload_dataset(dead, None, str(archive)))[0],
+            (await train.launch_job(dead, None, BASE, "file-1", next(iter(PRESETS)), "s", 1))[-1],
+            (await train.poll_job(dead, None, "job-1"))[-1],
+            await train.cancel_job(dead, None, "job-1"),
+            (await train.list_jobs(dead, None))[-1],
+        ]
+        items, _ = await _collect(compare.send_prompt(dead, None, "", "hi", 0, 1, 8, None,
+                                                      BASE, "", "", "", *([[]] * MAX_SLOTS)))
+        outputs.append(items[-1][-1])
+    for text in outputs:
+        assert "Not logged in" in text and "Cannot reach" not in text, text
+
+
 async def test_refresh_models_fills_pickers(api):
     out = await app.refresh_models(api, USER_KEY)
     assert out[0]["choices"] == [BASE, ADAPTER]

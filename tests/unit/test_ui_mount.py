@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,16 +13,37 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.unit.ui_service import USER_KEY, free_port, running_service
+from tests.unit.ui_service import USER_KEY, call_ui_handlers, free_port, running_service
 from ui.app import detect_server
 from ui.mount import UI_PATH, mount
+
+REQUESTS: list[str] = []  # every path the module's service was asked for
 
 
 @pytest.fixture(scope="module")
 def service(tiny_model_dir, tmp_path_factory):
     """The real service app with the UI mounted, as `tuneserve serve` runs it."""
-    with running_service(tiny_model_dir, tmp_path_factory.mktemp("ui-home"), ui=True) as url:
+    with running_service(tiny_model_dir, tmp_path_factory.mktemp("ui-home"), ui=True,
+                         paths=REQUESTS) as url:
         yield url
+
+
+def test_without_login_no_handler_reaches_the_api(service):
+    """Every UI handler, called through Gradio's queue API by a session that never logged
+    in, makes no request to the API (the server's own request log), and those that would
+    call it say so; a login is the first call, and the log sees it."""
+    before = len(REQUESTS)
+    done = call_ui_handlers(f"{service}{UI_PATH}")
+    assert len(done) > 20  # every tab's handlers ran (or were refused by their inputs)
+    assert [p for p in REQUESTS[before:] if not p.startswith(UI_PATH)] == []
+    refused = [n for n, m in done.items() if "Not logged in" in json.dumps(m.get("output"))]
+    assert {"refresh_models", "load_adapters", "list_reports", "list_jobs"} <= {
+        n.split(":", 1)[1] for n in refused}
+    login = call_ui_handlers(f"{service}{UI_PATH}", {"login": [None, USER_KEY]})
+    (message,) = login.values()
+    assert "Connected: base" in json.dumps(message["output"])
+    assert USER_KEY not in json.dumps(message["output"])  # the key is never sent back
+    assert "/v1/models" in REQUESTS[before:]
 
 
 def test_detect_server_uses_the_socket_the_browser_reached():
@@ -29,7 +51,10 @@ def test_detect_server_uses_the_socket_the_browser_reached():
     assert detect_server("", request) == "http://10.1.2.3:8123"
     v6 = SimpleNamespace(request=SimpleNamespace(scope={"server": ("::1", 80)}))
     assert detect_server(" ", v6) == "http://[::1]:80"
-    assert detect_server("http://remote:9", request) == "http://remote:9"  # user's choice wins
+    assert detect_server("http://fixed:9", request) == "http://fixed:9"  # fixed at build
+    # Never the Host header: the caller chooses it (that would be an SSRF).
+    spoofed = SimpleNamespace(request=SimpleNamespace(scope={}), headers={"host": "evil:1"})
+    assert detect_server("", spoofed) == ""
 
 
 def test_mount_disabled_by_env(monkeypatch):
@@ -46,6 +71,8 @@ def test_mounted_ui_serves_its_page_next_to_the_api(service):
     config = httpx.get(f"{service}{UI_PATH}/config", timeout=20).json()
     labels = {c.get("props", {}).get("label") for c in config["components"]}
     assert {"Compare", "Adapters", "Evaluate", "Train"} <= labels
+    # Nothing on the page chooses where the UI sends requests.
+    assert "Server URL" not in labels and "server-url" not in page.text + str(config)
     models = httpx.get(f"{service}/v1/models", headers={"Authorization": f"Bearer {USER_KEY}"},
                        timeout=5)
     assert models.status_code == 200  # API untouched
@@ -70,8 +97,8 @@ def test_tuneserve_ui_runs_standalone_against_a_server(service):
             except (httpx.HTTPError, ValueError):
                 time.sleep(0.5)
         assert config is not None, process.stdout.read().decode() if process.poll() else ""
-        values = [c.get("props", {}).get("value") for c in config["components"]]
-        assert service in values  # the server URL is pre-filled
+        # The server is fixed by --server: not a value (nor a field) on the page.
+        assert service not in json.dumps(config)
     finally:
         process.terminate()
         process.wait(timeout=20)
