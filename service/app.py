@@ -111,7 +111,8 @@ async def _start_serving(app: FastAPI, factory: EngineFactory,
 
 def _add_batches(state: Any, settings: Settings) -> None:
     """The Batch API's store and runner; the runner starts once the engine serves."""
-    store = BatchStore(tuneserve_home() / "batches" / "batches.sqlite")
+    # The TUNESERVE_DATABASE_URL database, else $TUNESERVE_HOME/batches/batches.sqlite.
+    store = BatchStore()
     # The FilesService comes from the jobs runtime (the fine-tuning router's lifespan).
     runner = BatchRunner(store, lambda: state.files_service, execute=None,
                          concurrency=settings.batch_concurrency)
