@@ -131,15 +131,12 @@ def test_cancel_keeps_what_was_answered_and_stops_the_rest(server_factory):
     assert [b.id for b in listed.data] == [batch.id]
 
 
-def test_a_restart_resumes_with_only_the_unanswered_requests(
-    server_factory, isolated_home, database_url
-):
+def test_a_restart_resumes_with_only_the_unanswered_requests(server_factory, isolated_home):
     server = server_factory()
     upload = server.upload([_chat(f"r{i}") for i in range(6)])
     server.close()
-    # A batch a killed server left mid-way: validated, two requests already answered (in
-    # the server's store: TUNESERVE_DATABASE_URL, set on both backends by database_url).
-    store = BatchStore()
+    # A batch a killed server left mid-way: validated, two requests already answered.
+    store = BatchStore(isolated_home / "batches" / "batches.sqlite")
     store.add(batch_id="batch-left", endpoint="/v1/chat/completions", input_file_id=upload,
               completion_window="24h", metadata=None, expires_at=int(time.time()) + 3600)
     from service.batches.input import read_lines as lines_of
