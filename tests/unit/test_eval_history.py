@@ -89,3 +89,21 @@ def test_a_history_file_from_before_the_storage_layer_is_adopted(tmp_path):
     with sqlite3.connect(path) as db:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "runs" not in tables and "eval_runs" in tables
+
+
+def test_the_cli_refuses_an_unsupported_database_url_in_one_line(isolated_home, monkeypatch, capsys):
+    from tuneserve.cli import main
+
+    monkeypatch.setenv("TUNESERVE_DATABASE_URL", "mysql://db/tuneserve")
+    assert main(["eval", "history"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: TUNESERVE_DATABASE_URL: unsupported database 'mysql'")
+    assert "\n" not in err
+
+
+def test_the_cli_lists_runs_from_the_configured_database(isolated_home, database_url, capsys):
+    from tuneserve.cli import main
+
+    History().add(_record("docker-commands", {"d": {"chrf": 80.0}}), None, False)
+    assert main(["eval", "history", "--suite", "docker-commands"]) == 0
+    assert "docker-commands" in capsys.readouterr().out

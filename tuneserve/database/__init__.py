@@ -21,6 +21,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
+from tuneserve.errors import UserError
+
 DATABASE_URL_ENV = "TUNESERVE_DATABASE_URL"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Wait this long for another writer's lock rather than fail at once (SQLite busy timeout;
@@ -34,8 +36,9 @@ _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 
 
-class DatabaseURLError(ValueError):
-    """``TUNESERVE_DATABASE_URL`` (or a URL given in code) names no supported database."""
+class DatabaseURLError(UserError, ValueError):
+    """``TUNESERVE_DATABASE_URL`` (or a URL given in code) names no supported database
+    (a UserError: the CLI prints it as one line)."""
 
 
 def sqlite_url(path: Path) -> str:
