@@ -1,4 +1,7 @@
-"""Every evaluation run, stored in SQLite under ``$TUNESERVE_HOME``, and regression checks.
+"""Every evaluation run, stored on the storage layer (tuneserve.database), and regression checks.
+
+The runs live in the shared database when ``TUNESERVE_DATABASE_URL`` is set (every replica
+sees every run), else in ``$TUNESERVE_HOME/eval_history.sqlite`` as before this layer.
 
 A run is one row: suite, models (labels, ids, adapter manifest hashes), per-model
 metrics, time and the report folder. A new run is compared with the previous run of the
@@ -8,28 +11,18 @@ than the suite's margin is a regression.
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from evaluation.suite import METRIC_DIRECTIONS
+from tuneserve.database import database_url, engine_for, sqlite_url
+from tuneserve.database.tables import eval_runs
 from tuneserve.home import tuneserve_home
 
-DB_NAME = "eval_history.sqlite"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    suite TEXT NOT NULL,
-    started_at TEXT NOT NULL,
-    models TEXT NOT NULL,
-    metrics TEXT NOT NULL,
-    report_dir TEXT,
-    regressed INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS runs_suite ON runs (suite, id);
-"""
+DB_NAME = "eval_history.sqlite"  # the embedded default, under $TUNESERVE_HOME
 
 
 @dataclass(frozen=True)
@@ -82,34 +75,42 @@ def find_regressions(
 
 
 class History:
-    """The run store. ``History()`` opens ``$TUNESERVE_HOME/eval_history.sqlite``."""
+    """The run store.
 
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path or tuneserve_home() / DB_NAME
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
+    ``History()`` opens the configured database (``TUNESERVE_DATABASE_URL``, else
+    ``$TUNESERVE_HOME/eval_history.sqlite``); ``History(path)`` one SQLite file, such as a
+    history file from before the storage layer (adopted in place by the first migration);
+    ``History(url=...)`` any supported database URL.
+    """
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30)
-        db.row_factory = sqlite3.Row
-        return db
+    def __init__(self, path: Path | None = None, *, url: str | None = None) -> None:
+        if path is not None and url is not None:
+            raise ValueError("History: give a path or a url, not both")
+        if path is not None:
+            url = sqlite_url(path)
+        self.url = url or database_url(default_sqlite=tuneserve_home() / DB_NAME)
+        self._engine = engine_for(self.url)
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file, or None on a database server."""
+        url = self._engine.url
+        return Path(url.database) if url.get_backend_name() == "sqlite" and url.database else None
 
     def add(self, record: dict[str, Any], report_dir: Path | None, regressed: bool) -> int:
         """Store a scored run record; returns its id."""
-        with self._connect() as db:
-            cur = db.execute(
-                "INSERT INTO runs (suite, started_at, models, metrics, report_dir, regressed)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    record["suite"],
-                    record["started_at"],
-                    json.dumps(record["models"]),
-                    json.dumps(record["metrics"]),
-                    str(report_dir) if report_dir else None,
-                    int(regressed),
-                ),
+        with self._engine.begin() as db:
+            result = db.execute(
+                eval_runs.insert().values(
+                    suite=record["suite"],
+                    started_at=record["started_at"],
+                    models=record["models"],
+                    metrics=record["metrics"],
+                    report_dir=str(report_dir) if report_dir else None,
+                    regressed=regressed,
+                )
             )
-            return int(cur.lastrowid)
+            return int(result.inserted_primary_key[0])
 
     def previous(self, suite: str) -> RunRow | None:
         """The latest stored run of ``suite``."""
@@ -118,21 +119,18 @@ class History:
 
     def runs(self, suite: str | None = None, limit: int = 20) -> list[RunRow]:
         """Latest runs first, optionally of one suite."""
-        query = "SELECT * FROM runs"
-        params: tuple = ()
+        query = sa.select(eval_runs).order_by(eval_runs.c.id.desc()).limit(limit)
         if suite:
-            query += " WHERE suite = ?"
-            params = (suite,)
-        query += " ORDER BY id DESC LIMIT ?"
-        with self._connect() as db:
-            rows = db.execute(query, (*params, limit)).fetchall()
+            query = query.where(eval_runs.c.suite == suite)
+        with self._engine.connect() as db:
+            rows = db.execute(query).mappings().all()
         return [
             RunRow(
                 id=r["id"],
                 suite=r["suite"],
                 started_at=r["started_at"],
-                models=json.loads(r["models"]),
-                metrics=json.loads(r["metrics"]),
+                models=r["models"],
+                metrics=r["metrics"],
                 report_dir=r["report_dir"],
                 regressed=bool(r["regressed"]),
             )

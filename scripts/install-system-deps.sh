@@ -13,3 +13,7 @@ apt_install() {
 # Headless Chromium for the browser tests (UI, HTML report screenshots), driven by
 # Playwright's Python API with executable_path=/usr/bin/chromium.
 command -v chromium >/dev/null 2>&1 || apt_install chromium
+
+# PostgreSQL server binaries for the storage tests: the test fixture (tests/postgres.py)
+# runs its own throwaway server from /usr/lib/postgresql/<major>/bin on a loopback port.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql

@@ -6,11 +6,15 @@
 - ``isolated_home``: a fresh ``$TUNESERVE_HOME`` for tests that write state.
 - ``docker_adapter_dir``: the real docker-commands LoRA adapter, trained once per session
   from training/configs/docker-lora.yaml (seeded; a few minutes on CPU).
+- ``postgres_server``: a real PostgreSQL (tests/postgres.py), one per session.
+- ``database_url``: parametrized over sqlite and postgresql: a fresh, empty database per
+  test, also set as ``TUNESERVE_DATABASE_URL``, so one storage test suite runs on both.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,6 +63,42 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "tuneserve-home"
     monkeypatch.setenv("TUNESERVE_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    from tests.postgres import PostgresServer, find_bin_dir
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        # CI installs the server (scripts/install-system-deps.sh): there a missing one fails.
+        message = "PostgreSQL server binaries not found (apt-get install postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    server = PostgresServer(bin_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    from tuneserve.database import DATABASE_URL_ENV, sqlite_url
+
+    if request.param == "sqlite":
+        url = sqlite_url(tmp_path / "tuneserve.sqlite")
+    else:
+        url = request.getfixturevalue("postgres_server").create_database()
+    monkeypatch.setenv(DATABASE_URL_ENV, url)
+    yield url
+    from tuneserve.database import dispose_engines
+
+    dispose_engines()  # no pooled connection outlives its test's database
 
 
 @pytest.fixture(scope="session")

@@ -1,63 +1,31 @@
-"""The SQLite store behind ``/v1/batches``: batches and their requests, one row each.
+"""The store behind ``/v1/batches``: batches and their requests, one row each, on the
+storage layer (tuneserve.database: the ``TUNESERVE_DATABASE_URL`` database, else
+``$TUNESERVE_HOME/batches/batches.sqlite`` as before the layer).
 
 A request row turns ``done`` exactly once (``UPDATE … WHERE status = 'pending'``) in the
 same statement that stores its response, so a server killed mid-batch resumes with exactly
 the requests that have no stored answer: nothing is lost and nothing is answered twice.
+``claim`` hands pending requests to one of several workers (row locks skipped by the others
+on PostgreSQL, the single writer lock on SQLite), each for a lease.
 Calls are short and synchronous; async callers run them with ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from service.batches.input import BatchLine
-from service.sqlite import transaction
+import sqlalchemy as sa
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS batches (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT UNIQUE NOT NULL,
-    created_at INTEGER NOT NULL,
-    endpoint TEXT NOT NULL,
-    input_file_id TEXT NOT NULL,
-    completion_window TEXT NOT NULL,
-    status TEXT NOT NULL,
-    metadata TEXT,
-    errors TEXT,
-    output_file_id TEXT,
-    error_file_id TEXT,
-    in_progress_at INTEGER,
-    expires_at INTEGER,
-    finalizing_at INTEGER,
-    completed_at INTEGER,
-    failed_at INTEGER,
-    expired_at INTEGER,
-    cancelling_at INTEGER,
-    cancelled_at INTEGER,
-    project TEXT NOT NULL DEFAULT 'default'
-);
-CREATE TABLE IF NOT EXISTS batch_requests (
-    batch_id TEXT NOT NULL,
-    line INTEGER NOT NULL,
-    custom_id TEXT NOT NULL,
-    url TEXT NOT NULL,
-    body TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending',
-    status_code INTEGER,
-    response TEXT,
-    finished_at INTEGER,
-    PRIMARY KEY (batch_id, line)
-);
-"""
-_JSON_COLUMNS = ("metadata", "errors", "body", "response")
+from service.batches.input import BatchLine
+from tuneserve.database import database_url, engine_for, sqlite_url, write_transaction
+from tuneserve.database.tables import batch_requests, batches
+from tuneserve.home import tuneserve_home
+
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
-_BUSY_TIMEOUT_S = 30.0  # as the jobs store: wait for another writer, never fail at once
+DEFAULT_LEASE_S = 300
 
 
 def now() -> int:
@@ -65,117 +33,140 @@ def now() -> int:
 
 
 class BatchStore:
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+    """``BatchStore()`` opens the configured database; ``BatchStore(path)`` one SQLite file
+    (a batches file from before the storage layer is adopted in place); ``url=`` any URL."""
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        with transaction(self.path, _BUSY_TIMEOUT_S) as db:
-            yield db
+    def __init__(self, path: Path | None = None, *, url: str | None = None) -> None:
+        if path is not None and url is not None:
+            raise ValueError("BatchStore: give a path or a url, not both")
+        if path is not None:
+            url = sqlite_url(path)
+        default = tuneserve_home() / "batches" / "batches.sqlite"
+        self.url = url or database_url(default_sqlite=default)
+        self._engine = engine_for(self.url)
 
     @staticmethod
-    def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
-        if row is None:
-            return None
-        out = dict(row)
-        for column in _JSON_COLUMNS:
-            if out.get(column) is not None:
-                out[column] = json.loads(out[column])
-        return out
+    def _row(row: sa.RowMapping | None) -> dict[str, Any] | None:
+        return dict(row) if row is not None else None
 
     # -- batches --------------------------------------------------------------------
     def add(self, *, batch_id: str, endpoint: str, input_file_id: str, completion_window: str,
             metadata: dict | None, expires_at: int, project: str = "default") -> dict[str, Any]:
-        with self._connect() as db:
-            db.execute(
-                "INSERT INTO batches (id, created_at, endpoint, input_file_id, "
-                "completion_window, status, metadata, expires_at, project) "
-                "VALUES (?, ?, ?, ?, ?, 'validating', ?, ?, ?)",
-                (batch_id, now(), endpoint, input_file_id, completion_window,
-                 json.dumps(metadata) if metadata is not None else None, expires_at, project),
-            )
+        with self._engine.begin() as db:
+            db.execute(batches.insert().values(
+                id=batch_id, created_at=now(), endpoint=endpoint, input_file_id=input_file_id,
+                completion_window=completion_window, status="validating", metadata=metadata,
+                expires_at=expires_at, project=project,
+            ))
         return self.get(batch_id)
 
     def get(self, batch_id: str) -> dict[str, Any] | None:
-        with self._connect() as db:
-            return self._row(db.execute("SELECT * FROM batches WHERE id = ?",
-                                        (batch_id,)).fetchone())
+        with self._engine.connect() as db:
+            return self._row(db.execute(
+                sa.select(batches).where(batches.c.id == batch_id)).mappings().first())
 
     def list(self) -> list[dict[str, Any]]:
         """Every batch, oldest first."""
-        with self._connect() as db:
-            return [self._row(r) for r in db.execute("SELECT * FROM batches ORDER BY seq")]
+        with self._engine.connect() as db:
+            rows = db.execute(sa.select(batches).order_by(batches.c.seq)).mappings().all()
+        return [dict(r) for r in rows]
 
     def next_active(self) -> dict[str, Any] | None:
         """The oldest batch that still has work (batches run one at a time, in order)."""
-        marks = ",".join("?" * len(ACTIVE))
-        with self._connect() as db:
-            return self._row(db.execute(
-                f"SELECT * FROM batches WHERE status IN ({marks}) ORDER BY seq LIMIT 1", ACTIVE,
-            ).fetchone())
+        query = (sa.select(batches).where(batches.c.status.in_(ACTIVE))
+                 .order_by(batches.c.seq).limit(1))
+        with self._engine.connect() as db:
+            return self._row(db.execute(query).mappings().first())
 
     def set_status(self, batch_id: str, status: str, *, only_from: Iterable[str] | None = None,
                    **fields: Any) -> bool:
         """Move a batch to ``status`` (stamping ``<status>_at``); False when ``only_from`` is
         given and the batch is in none of those statuses."""
         values = {"status": status, f"{status}_at": now(), **fields}
-        values = {k: json.dumps(v) if k in _JSON_COLUMNS and v is not None else v
-                  for k, v in values.items()}
-        sql = f"UPDATE batches SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?"
-        args: list[Any] = [*values.values(), batch_id]
+        update = batches.update().where(batches.c.id == batch_id).values(values)
         if only_from is not None:
-            allowed = tuple(only_from)
-            sql += f" AND status IN ({','.join('?' * len(allowed))})"
-            args += allowed
-        with self._connect() as db:
-            return db.execute(sql, args).rowcount == 1
+            update = update.where(batches.c.status.in_(tuple(only_from)))
+        with self._engine.begin() as db:
+            return db.execute(update).rowcount == 1
 
     # -- requests -------------------------------------------------------------------
     def start(self, batch_id: str, requests: list[BatchLine]) -> None:
         """Store the batch's requests and mark it in progress, in one transaction (a
         restart during validation validates again from scratch)."""
-        with self._connect() as db:
-            db.execute("DELETE FROM batch_requests WHERE batch_id = ?", (batch_id,))
-            db.executemany(
-                "INSERT INTO batch_requests (batch_id, line, custom_id, url, body) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(batch_id, r.line, r.custom_id, r.url, json.dumps(r.body)) for r in requests],
-            )
-            db.execute("UPDATE batches SET status = 'in_progress', in_progress_at = ? "
-                       "WHERE id = ? AND status = 'validating'", (now(), batch_id))
+        with self._engine.begin() as db:
+            db.execute(batch_requests.delete().where(batch_requests.c.batch_id == batch_id))
+            if requests:
+                db.execute(batch_requests.insert(), [
+                    {"batch_id": batch_id, "line": r.line, "custom_id": r.custom_id,
+                     "url": r.url, "body": r.body} for r in requests])
+            db.execute(batches.update()
+                       .where(batches.c.id == batch_id, batches.c.status == "validating")
+                       .values(status="in_progress", in_progress_at=now()))
+
+    def _requests(self, batch_id: str, status: str) -> list[dict[str, Any]]:
+        query = (sa.select(batch_requests)
+                 .where(batch_requests.c.batch_id == batch_id, batch_requests.c.status == status)
+                 .order_by(batch_requests.c.line))
+        with self._engine.connect() as db:
+            return [dict(r) for r in db.execute(query).mappings()]
 
     def pending(self, batch_id: str) -> list[dict[str, Any]]:
-        with self._connect() as db:
-            return [self._row(r) for r in db.execute(
-                "SELECT * FROM batch_requests WHERE batch_id = ? AND status = 'pending' "
-                "ORDER BY line", (batch_id,))]
+        return self._requests(batch_id, "pending")
+
+    def claim(self, batch_id: str, owner: str, *, limit: int = 16,
+              lease_s: int = DEFAULT_LEASE_S) -> list[dict[str, Any]]:
+        """Up to ``limit`` pending requests (input order) that no other worker holds a live
+        lease on, leased to ``owner`` for ``lease_s`` seconds; a worker that dies loses its
+        lease, and ``owner`` itself (e.g. restarted under the same name) may claim again.
+
+        Concurrent claimers never get the same request: on PostgreSQL the rows are locked
+        ``FOR UPDATE SKIP LOCKED`` (another claimer takes the next free rows instead of
+        waiting), on SQLite the claim is one write transaction holding the writer lock."""
+        t = now()
+        c = batch_requests.c
+        query = (
+            sa.select(batch_requests)
+            .where(c.batch_id == batch_id, c.status == "pending",
+                   sa.or_(c.lease_until.is_(None), c.lease_until < t, c.claimed_by == owner))
+            .order_by(c.line)
+            .limit(limit)
+            # Rendered on PostgreSQL only (SQLite has no row locks: write_transaction).
+            .with_for_update(skip_locked=True)
+        )
+        with write_transaction(self._engine) as db:
+            rows = [dict(r) for r in db.execute(query).mappings()]
+            if rows:
+                db.execute(batch_requests.update()
+                           .where(c.batch_id == batch_id, c.line.in_([r["line"] for r in rows]))
+                           .values(claimed_by=owner, lease_until=t + lease_s))
+        for row in rows:
+            row.update(claimed_by=owner, lease_until=t + lease_s)
+        return rows
 
     def finish_request(self, batch_id: str, line: int, status_code: int,
                        response: dict[str, Any]) -> bool:
         """Store one answer; False when the request was already answered."""
-        with self._connect() as db:
-            return db.execute(
-                "UPDATE batch_requests SET status = 'done', status_code = ?, response = ?, "
-                "finished_at = ? WHERE batch_id = ? AND line = ? AND status = 'pending'",
-                (status_code, json.dumps(response), now(), batch_id, line),
-            ).rowcount == 1
+        c = batch_requests.c
+        update = (batch_requests.update()
+                  .where(c.batch_id == batch_id, c.line == line, c.status == "pending")
+                  .values(status="done", status_code=status_code, response=response,
+                          finished_at=now()))
+        with self._engine.begin() as db:
+            return db.execute(update).rowcount == 1
 
     def answered(self, batch_id: str) -> list[dict[str, Any]]:
         """Every answered request, in input order."""
-        with self._connect() as db:
-            return [self._row(r) for r in db.execute(
-                "SELECT * FROM batch_requests WHERE batch_id = ? AND status = 'done' "
-                "ORDER BY line", (batch_id,))]
+        return self._requests(batch_id, "done")
 
     def counts(self, batch_id: str) -> dict[str, int]:
-        with self._connect() as db:
-            total, completed, failed = db.execute(
-                "SELECT COUNT(*), "
-                "COALESCE(SUM(status = 'done' AND status_code = 200), 0), "
-                "COALESCE(SUM(status = 'done' AND status_code != 200), 0) "
-                "FROM batch_requests WHERE batch_id = ?", (batch_id,)).fetchone()
-        return {"total": total, "completed": completed, "failed": failed}
+        c = batch_requests.c
+        done = c.status == "done"
+
+        def count(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
+            return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
+
+        query = sa.select(sa.func.count(), count(done & (c.status_code == 200)),
+                          count(done & (c.status_code != 200))).where(c.batch_id == batch_id)
+        with self._engine.connect() as db:
+            total, completed, failed = db.execute(query).one()
+        return {"total": int(total), "completed": int(completed), "failed": int(failed)}

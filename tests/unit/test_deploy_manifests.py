@@ -472,6 +472,20 @@ def test_objects_refer_to_each_other(rendered, overlay: str) -> None:
                     assert ref["key"] in keys, f"secret key {ref['key']} missing"
 
 
+@pytest.mark.parametrize("overlay", ("cpu", "gpu"))
+def test_server_and_eval_cronjob_share_the_database_url_secret(rendered, overlay: str) -> None:
+    """The storage layer's TUNESERVE_DATABASE_URL comes from one Secret for the servers and
+    the eval CronJob (which writes the run history the servers' UI and reports read); its
+    shipped value is empty, i.e. the embedded SQLite default."""
+    objects = rendered[f"overlays/{overlay}"]
+    refs = []
+    for kind in ("Deployment", "CronJob"):
+        env = {v["name"]: v for v in pod_spec(one(objects, kind))["containers"][0]["env"]}
+        refs.append(env["TUNESERVE_DATABASE_URL"]["valueFrom"]["secretKeyRef"])
+    assert refs[0] == refs[1] == {"name": "tuneserve-database", "key": "url"}
+    assert one(objects, "Secret", "tuneserve-database")["stringData"]["url"] == ""
+
+
 def _configmap_env(objects: list[dict], container: dict) -> dict[str, str]:
     env: dict[str, str] = {}
     maps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap"}
