@@ -13,6 +13,7 @@ from service.reports.protocol import ReportList, ScheduleList
 from service.reports.runs import EvalRun, EvalRunList, EvalRunRequest, EvalRuns, server_url_of
 from service.reports.schedule import describe
 from service.reports.serving import ReportsServing
+from service.tenancy import scope_of
 
 router = APIRouter(tags=["reports"])
 
@@ -69,13 +70,15 @@ def _owner(request: Request, role: str) -> tuple[str, bool]:
     "/v1/evaluations",
     response_model=EvalRun,
     status_code=202,
-    responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}},
+    responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
+               404: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
 )
 async def start_evaluation(body: EvalRunRequest, request: Request, role: UserAuth) -> EvalRun:
     """Start an evaluation run of ``suite`` on ``models`` (the first is the baseline) in a
     worker subprocess that calls this server with the caller's key; poll its id."""
     project, _ = _owner(request, role)
-    return _runs(request).start(body, project, _presented_key(request), server_url_of(request))
+    return _runs(request).start(body, project, scope_of(request), _presented_key(request),
+                                server_url_of(request))
 
 
 @router.get("/v1/evaluations", response_model=EvalRunList)

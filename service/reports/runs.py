@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.errors import BadRequest, NotFound
+from service.errors import BadRequest, NotFound, Overloaded
 from service.ids import new_id
 from service.reports.eval_subprocess import (
     app_reports_root,
@@ -39,6 +39,9 @@ def server_url_of(request: Any) -> str:
     return local_server_url(settings.host, settings.port)
 
 MAX_MODELS = 4
+# Queued + running runs per project: each run is a subprocess that saturates the engine, so
+# one caller must not be able to queue an unbounded backlog of them.
+MAX_ACTIVE_RUNS_PER_PROJECT = 2
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 # Exit codes of ``tuneserve eval run``: 1 is a finished run that found a regression.
 _EXIT_OK, _EXIT_REGRESSION = 0, 1
@@ -52,8 +55,9 @@ class EvalRunRequest(BaseModel):
 
     suite: str = Field(description="a built-in suite name (GET /reports lists past runs)")
     models: list[str] = Field(
-        min_length=1, max_length=MAX_MODELS,
-        description="model ids as in /v1/models; the first is the baseline")
+        min_length=2, max_length=MAX_MODELS,
+        description="model ids as in /v1/models: the baseline first, then 1 to "
+                    f"{MAX_MODELS - 1} models compared with it")
     limit: int | None = Field(None, ge=1, le=100_000,
                               description="evaluate only the first N held-out examples")
 
@@ -110,10 +114,20 @@ class EvalRuns:
         self._one_at_a_time = asyncio.Semaphore(1)
 
     def start(
-        self, body: EvalRunRequest, project: str, api_key: str | None, server_url: str
+        self, body: EvalRunRequest, project: str, scope: str | None, api_key: str | None,
+        server_url: str,
     ) -> EvalRun:
-        """Queue a run that calls ``server_url`` (this server's ``/v1``) with ``api_key``."""
+        """Queue a run that calls ``server_url`` (this server's ``/v1``) with ``api_key``;
+        ``scope``: the project whose models the caller sees (None: all)."""
         check_request(body)
+        for model in body.models:  # 404 naming the model before any process starts
+            self._state.models_serving.get(model, scope)
+        active = [r for r in self._runs.values()
+                  if r.project == project and r.status in ("queued", "running")]
+        if len(active) >= MAX_ACTIVE_RUNS_PER_PROJECT:
+            raise Overloaded(
+                f"project {project!r} already has {len(active)} evaluation runs queued or "
+                f"running (at most {MAX_ACTIVE_RUNS_PER_PROJECT}); wait for one to finish")
         run = EvalRun(id=new_id("evalrun"), suite=body.suite, models=list(body.models),
                       limit=body.limit, project=project, created_at=int(time.time()))
         self._runs[run.id] = run
