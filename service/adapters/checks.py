@@ -70,6 +70,10 @@ class AdapterInfo:
     target_modules: list[str]
     base_model_name_or_path: str | None
     manifest: dict[str, Any] | None
+    # How it was trained (manifest ``method``, else from ``peft_type``/``use_dora``) and
+    # which engine serves it: "vllm" (LoRA) or "peft" (service/peft_engine.py).
+    method: str = "lora"
+    engine: str = "vllm"
 
 
 def check_name(name: str, base_id: str) -> None:
@@ -207,12 +211,47 @@ def _check_shapes(weights: Path, rank: int, base: BaseModelShape) -> None:
                 raise AdapterRejected(f"tensor {key!r} has a rank above the declared r={rank}")
 
 
+def _method(config: dict[str, Any], manifest: dict[str, Any] | None) -> tuple[str, str]:
+    """(method, engine): vLLM serves plain LoRA; the PEFT engine the PEFT types it knows
+    (DoRA and LoRA with modules_to_save included); anything else is refused by name."""
+    from service.peft_engine import SERVED_PEFT_TYPES
+
+    peft_type = str(config.get("peft_type", "")).upper()
+    method = peft_type.lower() or "missing"
+    if peft_type == "LORA" and config.get("use_dora"):
+        method = "dora"
+    if manifest is not None and isinstance(manifest.get("method"), str):
+        method = manifest["method"]  # the trainer's own name (qlora, lora_fa, ...)
+    if peft_type == "LORA" and not config.get("use_dora") and not config.get("modules_to_save"):
+        return method, "vllm"
+    if peft_type in SERVED_PEFT_TYPES:
+        return method, "peft"
+    raise AdapterRejected(
+        f"adapters of method {method!r} (peft_type {peft_type or 'missing'}) are served by "
+        f"neither engine: vLLM serves LoRA, the PEFT engine "
+        f"{', '.join(sorted(t.lower() for t in SERVED_PEFT_TYPES))} and DoRA",
+        code="unsupported_method",
+    )
+
+
 def check_adapter(folder: Path, base: BaseModelShape, max_rank: int) -> AdapterInfo:
     """Check ``folder`` can be served on ``base``; return what was read, or raise."""
     folder = Path(folder)
     _check_files(folder)
     config = _read_json(folder / ADAPTER_CONFIG, "adapter config")
     manifest = _read_json(folder / MANIFEST_FILE, "manifest") if (folder / MANIFEST_FILE).is_file() else None
+    method, engine = _method(config, manifest)
+    if engine == "peft":
+        # The PEFT engine's own load is the shape check (PEFT refuses mismatched tensors).
+        _check_base(config, manifest, base)
+        targets = config.get("target_modules")
+        return AdapterInfo(
+            rank=int(config.get("r") or 0), alpha=config.get("lora_alpha"),
+            target_modules=sorted({str(t).rsplit(".", 1)[-1] for t in targets})
+            if isinstance(targets, list) else [],
+            base_model_name_or_path=config.get("base_model_name_or_path"),
+            manifest=manifest, method=method, engine="peft",
+        )
     rank, targets = _check_config(config, max_rank)
     _check_base(config, manifest, base)
     _check_shapes(folder / ADAPTER_WEIGHTS, rank, base)
@@ -222,4 +261,5 @@ def check_adapter(folder: Path, base: BaseModelShape, max_rank: int) -> AdapterI
         target_modules=targets,
         base_model_name_or_path=config.get("base_model_name_or_path"),
         manifest=manifest,
+        method=method,
     )

@@ -25,6 +25,10 @@ class Adapter(BaseModel):
     source: str
     created: int
     manifest: dict[str, Any] | None = None
+    method: str = Field("lora", description="How it was trained: lora, dora, ia3, vera, "
+                        "prompt_tuning, prefix_tuning, adalora, ...")
+    engine: Literal["vllm", "peft"] = Field(
+        "vllm", description="What serves it: vLLM (LoRA) or the transformers+PEFT engine.")
 
 
 class AdapterList(BaseModel):
