@@ -104,6 +104,12 @@ def peft_type(adapter_dir: str | Path) -> str:
                .get("peft_type", "")).upper()
 
 
+def _peft_name(handle: AdapterHandle) -> str:
+    """The name inside PEFT: never the client's (PEFT warns, and may re-initialise weights,
+    when an adapter name is part of its weight prefixes, e.g. "pt" in "prompt_tuning_")."""
+    return f"adapter-{handle.int_id}"
+
+
 class _Group:
     """One PeftModel (own base copy) holding the adapters of one PEFT type."""
 
@@ -143,26 +149,27 @@ class PeftEngine:
         group = self._groups.get(key)
         if group is None:
             base = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype)
-            model = PeftModel.from_pretrained(base, handle.path, adapter_name=handle.name)
+            model = PeftModel.from_pretrained(base, handle.path, adapter_name=_peft_name(handle))
             model.eval()
             group = self._groups[key] = _Group(model)
         else:
-            group.model.load_adapter(handle.path, adapter_name=handle.name)
-        group.adapters.add(handle.name)
-        self._where[handle.name] = key
+            group.model.load_adapter(handle.path, adapter_name=_peft_name(handle))
+        group.adapters.add(_peft_name(handle))
+        self._where[_peft_name(handle)] = key
 
     def _unload(self, handle: AdapterHandle) -> None:
-        key = self._where.pop(handle.name, None)
+        name = _peft_name(handle)
+        key = self._where.pop(name, None)
         if key is None:
             return
         group = self._groups[key]
-        group.adapters.discard(handle.name)
+        group.adapters.discard(name)
         if not group.adapters:  # last one: free the base copy
             del self._groups[key]
         else:
-            if group.model.active_adapter == handle.name:
+            if group.model.active_adapter == name:
                 group.model.set_adapter(next(iter(group.adapters)))
-            group.model.delete_adapter(handle.name)
+            group.model.delete_adapter(name)
 
     async def add_adapter(self, handle: AdapterHandle) -> None:
         loop = asyncio.get_running_loop()
@@ -209,7 +216,7 @@ class PeftEngine:
             return
         group = self._groups.get(self._where.get(adapter, ""))
         if group is None or adapter not in group.adapters:
-            raise RuntimeError(f"adapter {adapter!r} is not loaded in the PEFT engine")
+            raise RuntimeError("the adapter is not loaded in the PEFT engine")
         group.model.set_adapter(adapter)
 
         class Streamer(BaseStreamer):
@@ -256,7 +263,7 @@ class PeftEngine:
 
         def work() -> None:
             try:
-                self._run(adapter.name, prompt_ids, params, emit, stop_flag)
+                self._run(_peft_name(adapter), prompt_ids, params, emit, stop_flag)
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
             else:
