@@ -2,8 +2,10 @@
 
 ``generate(prompt_ids, params, adapter, request_id)`` streams vLLM ``RequestOutput``
 deltas; ``add_adapter`` / ``remove_adapter`` hot-(un)load LoRA adapters. :class:`VllmEngine`
-puts vLLM's ``AsyncLLM`` (``enable_lora``) behind it. Tests of HTTP error paths may pass a
-fake with the same methods; every feature is also tested on the real engine.
+puts vLLM's ``AsyncLLM`` (``enable_lora``) behind it; :class:`RoutedEngine` adds the
+transformers+PEFT engine (service/peft_engine.py) for adapters vLLM cannot serve. Tests of
+HTTP error paths may pass a fake with the same methods; every feature is also tested on the
+real engine.
 """
 
 from __future__ import annotations
