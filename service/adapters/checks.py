@@ -115,10 +115,31 @@ def _check_files(folder: Path) -> None:
         raise AdapterRejected(f"{folder} has no {ADAPTER_WEIGHTS}")
 
 
+def _check_method(folder: Path) -> None:
+    """Refuse, naming the method, what tuneserve trained but this engine cannot serve yet
+    (the manifest records each adapter's ``method``; training/manifest.py)."""
+    manifest_path = folder / MANIFEST_FILE
+    if not manifest_path.is_file():
+        return
+    manifest = _read_json(manifest_path, "manifest")
+    method = manifest.get("method")
+    if method and manifest.get("servable_by_vllm") is False:
+        what = "full fine-tunes" if method == "full" else f"{method} adapters"
+        raise AdapterRejected(
+            f"{what} (method {method!r}) are not supported by the engine, which serves LoRA "
+            "adapters only; train with adapter: lora (or qlora, lora_fa)",
+            code="unsupported_adapter_method",
+        )
+
+
 def _check_config(config: dict[str, Any], max_rank: int) -> tuple[int, list[str]]:
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type != "LORA":
-        raise AdapterRejected(f"only LoRA adapters are served (peft_type is {peft_type or 'missing'})")
+        raise AdapterRejected(
+            f"{peft_type.lower() or 'unknown'} adapters (peft_type {peft_type or 'missing'}) are "
+            "not supported by the engine: only LoRA adapters are served",
+            code="unsupported_adapter_method",
+        )
     if config.get("use_dora"):
         raise AdapterRejected("DoRA adapters (use_dora=true) are not supported by the engine; "
                               "train with use_dora=false")
@@ -210,6 +231,8 @@ def _check_shapes(weights: Path, rank: int, base: BaseModelShape) -> None:
 def check_adapter(folder: Path, base: BaseModelShape, max_rank: int) -> AdapterInfo:
     """Check ``folder`` can be served on ``base``; return what was read, or raise."""
     folder = Path(folder)
+    if folder.is_dir():
+        _check_method(folder)
     _check_files(folder)
     config = _read_json(folder / ADAPTER_CONFIG, "adapter config")
     manifest = _read_json(folder / MANIFEST_FILE, "manifest") if (folder / MANIFEST_FILE).is_file() else None

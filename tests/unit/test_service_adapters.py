@@ -102,11 +102,27 @@ def test_rank_above_limit_rejected(adapter_copy, base):
     ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
     ({"target_modules": ["q_proj", "embed_tokens"]}, "unsupported target modules"),
     ({"target_modules": "all-linear"}, "pattern"),
-    ({"peft_type": "IA3"}, "only LoRA"),
+    ({"peft_type": "IA3"}, "ia3 adapters .* only LoRA"),
 ])
 def test_unsupported_configs_rejected(adapter_copy, base, changes, reason):
     with pytest.raises(AdapterRejected, match=reason):
         check_adapter(adapter_copy(config_changes=changes), base, 16)
+
+
+def test_unservable_method_in_manifest_rejected_by_name(adapter_copy, base):
+    """What tuneserve trained with a method the engine cannot serve is refused by name,
+    before any file check (a full fine-tune has no adapter files at all)."""
+    folder = adapter_copy()
+    (folder / "tuneserve.json").write_text(json.dumps(
+        {"base_model": "tiny", "method": "dora", "servable_by_vllm": False}))
+    with pytest.raises(AdapterRejected, match="dora adapters \\(method 'dora'\\)") as exc:
+        check_adapter(folder, base, 16)
+    assert exc.value.code == "unsupported_adapter_method"
+    (folder / "adapter_config.json").unlink()
+    (folder / "tuneserve.json").write_text(json.dumps(
+        {"base_model": "tiny", "kind": "full", "method": "full", "servable_by_vllm": False}))
+    with pytest.raises(AdapterRejected, match="full fine-tunes \\(method 'full'\\)"):
+        check_adapter(folder, base, 16)
 
 
 def test_adapter_of_another_base_rejected_by_declared_base(tiny_adapter, tmp_path):

@@ -11,6 +11,8 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from service.adapters.checks import BaseModelShape, check_adapter
+from service.errors import AdapterRejected
 from training.config import config_from_dict
 from training.manifest import read_manifest
 from training.sft import train
@@ -146,6 +148,16 @@ def test_each_method_trains_its_peft_layers(tiny_model_dir, data_file, tmp_path,
     if method == "adalora":  # the rank budget was reallocated (update_and_allocate ran)
         adapter_config = json.loads((adapter / "adapter_config.json").read_text())
         assert adapter_config["rank_pattern"], "AdaLoRA never reallocated its ranks"
+
+    # The server's adapter check serves LoRA-FA (plain LoRA weights) and refuses the rest
+    # by method name until their engines exist.
+    shape = BaseModelShape.from_checkpoint(str(tiny_model_dir), tiny_model_dir)
+    if method == "lora_fa":
+        check_adapter(adapter, shape, max_rank=16)
+    else:
+        with pytest.raises(AdapterRejected, match=f"method '{method}'") as refused:
+            check_adapter(adapter, shape, max_rank=16)
+        assert refused.value.code == "unsupported_adapter_method"
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
