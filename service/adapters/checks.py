@@ -119,10 +119,31 @@ def _check_files(folder: Path) -> None:
         raise AdapterRejected(f"{folder} has no {ADAPTER_WEIGHTS}")
 
 
+def _check_method(folder: Path) -> None:
+    """Refuse, naming the method, a full fine-tune (tuneserve's manifest says
+    ``method: full``): a whole checkpoint, served by neither engine yet. Before the file
+    checks, since it has no adapter files at all."""
+    manifest_path = folder / MANIFEST_FILE
+    if not manifest_path.is_file():
+        return
+    manifest = _read_json(manifest_path, "manifest")
+    if manifest.get("method") == "full" or manifest.get("kind") == "full":
+        raise AdapterRejected(
+            "full fine-tunes (method 'full') are not served yet: a full fine-tune is a whole "
+            "checkpoint, not an adapter; serve it as its own base model (tuneserve serve "
+            "--model <folder>)",
+            code="unsupported_adapter_method",
+        )
+
+
 def _check_config(config: dict[str, Any], max_rank: int) -> tuple[int, list[str]]:
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type != "LORA":
-        raise AdapterRejected(f"only LoRA adapters are served (peft_type is {peft_type or 'missing'})")
+        raise AdapterRejected(
+            f"{peft_type.lower() or 'unknown'} adapters (peft_type {peft_type or 'missing'}) are "
+            "not supported by the engine: only LoRA adapters are served",
+            code="unsupported_adapter_method",
+        )
     if config.get("use_dora"):
         raise AdapterRejected("DoRA adapters (use_dora=true) are not supported by the engine; "
                               "train with use_dora=false")
@@ -222,7 +243,9 @@ def _method(config: dict[str, Any], manifest: dict[str, Any] | None) -> tuple[st
         method = "dora"
     if manifest is not None and isinstance(manifest.get("method"), str):
         method = manifest["method"]  # the trainer's own name (qlora, lora_fa, ...)
-    if peft_type == "LORA" and not config.get("use_dora") and not config.get("modules_to_save"):
+    plain_lora = peft_type == "LORA" and not config.get("use_dora") \
+        and not config.get("modules_to_save")
+    if plain_lora and (manifest or {}).get("servable_by_vllm") is not False:
         return method, "vllm"
     if peft_type in SERVED_PEFT_TYPES:
         return method, "peft"
@@ -230,13 +253,15 @@ def _method(config: dict[str, Any], manifest: dict[str, Any] | None) -> tuple[st
         f"adapters of method {method!r} (peft_type {peft_type or 'missing'}) are served by "
         f"neither engine: vLLM serves LoRA, the PEFT engine "
         f"{', '.join(sorted(t.lower() for t in SERVED_PEFT_TYPES))} and DoRA",
-        code="unsupported_method",
+        code="unsupported_adapter_method",
     )
 
 
 def check_adapter(folder: Path, base: BaseModelShape, max_rank: int) -> AdapterInfo:
     """Check ``folder`` can be served on ``base``; return what was read, or raise."""
     folder = Path(folder)
+    if folder.is_dir():
+        _check_method(folder)
     _check_files(folder)
     config = _read_json(folder / ADAPTER_CONFIG, "adapter config")
     manifest = _read_json(folder / MANIFEST_FILE, "manifest") if (folder / MANIFEST_FILE).is_file() else None

@@ -125,6 +125,23 @@ def test_manifest_method_is_the_method_shown(adapter_copy, base):
         == ("lora_fa", "vllm")
 
 
+def test_manifest_method_routes_and_full_fine_tunes_are_refused_by_name(adapter_copy, base):
+    """What tuneserve trained is routed by its manifest (servable_by_vllm false → the PEFT
+    engine); a full fine-tune is refused by name before any file check (it has no adapter
+    files at all)."""
+    folder = adapter_copy()
+    (folder / "tuneserve.json").write_text(json.dumps(
+        {"base_model": "tiny", "method": "dora", "servable_by_vllm": False}))
+    info = check_adapter(folder, base, 16)
+    assert (info.method, info.engine) == ("dora", "peft")
+    (folder / "adapter_config.json").unlink()
+    (folder / "tuneserve.json").write_text(json.dumps(
+        {"base_model": "tiny", "kind": "full", "method": "full", "servable_by_vllm": False}))
+    with pytest.raises(AdapterRejected, match="full fine-tunes \\(method 'full'\\)") as exc:
+        check_adapter(folder, base, 16)
+    assert exc.value.code == "unsupported_adapter_method"
+
+
 def test_adapter_of_another_base_rejected_by_declared_base(tiny_adapter, tmp_path):
     with pytest.raises(AdapterRejected) as exc:
         check_adapter(tiny_adapter, _other_base(tmp_path), 16)

@@ -11,6 +11,8 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from service.adapters.checks import BaseModelShape, check_adapter
+from service.errors import AdapterRejected
 from training.config import config_from_dict
 from training.manifest import read_manifest
 from training.sft import train
@@ -147,6 +149,17 @@ def test_each_method_trains_its_peft_layers(tiny_model_dir, data_file, tmp_path,
         adapter_config = json.loads((adapter / "adapter_config.json").read_text())
         assert adapter_config["rank_pattern"], "AdaLoRA never reallocated its ranks"
 
+    # The server's adapter check routes LoRA-FA (plain LoRA weights) to vLLM, the PEFT
+    # methods to the transformers+PEFT engine, and refuses full fine-tunes by name.
+    shape = BaseModelShape.from_checkpoint(str(tiny_model_dir), tiny_model_dir)
+    if method == "full":
+        with pytest.raises(AdapterRejected, match=f"method '{method}'") as refused:
+            check_adapter(adapter, shape, max_rank=16)
+        assert refused.value.code == "unsupported_adapter_method"
+    else:
+        info = check_adapter(adapter, shape, max_rank=16)
+        assert (info.method, info.engine) == (method, "vllm" if method == "lora_fa" else "peft")
+
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     trained = _load_trained(adapter, tiny_model_dir, method)
@@ -177,3 +190,100 @@ def test_bad_method_options_are_refused_by_name(tiny_model_dir, data_file, tmp_p
     with pytest.raises(UserError, match="invalid training config") as info:
         make_config(tiny_model_dir, data_file, tmp_path, **overrides)
     assert message in str(info.value)
+
+
+WRONG = "I am not sure, sorry."
+
+
+def _write_pairs(path: Path, fmt: str) -> Path:
+    rows = []
+    for i in range(2):
+        for question, command in ROWS:
+            question = f"{question} ({i})"
+            if fmt == "openai_dpo":
+                rows.append({
+                    "input": {"messages": [{"role": "user", "content": question}]},
+                    "preferred_output": [{"role": "assistant", "content": command}],
+                    "non_preferred_output": [{"role": "assistant", "content": WRONG}],
+                })
+            else:
+                rows.append({"prompt": [{"role": "user", "content": question}],
+                             "chosen": [{"role": "assistant", "content": command}],
+                             "rejected": [{"role": "assistant", "content": WRONG}]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+class LogProbe(TrainerCallback):
+    def __init__(self):
+        self.logs: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))
+
+
+def _answer_logprob(model, tokenizer, question: str, answer: str) -> float:
+    """log p(answer | question) under the chat template, summed over the answer's tokens."""
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                           tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(answer + "<end_of_turn>", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt_ids + answer_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
+    picked = logits.log_softmax(-1).gather(-1, torch.tensor(answer_ids).unsqueeze(-1))
+    return picked.sum().item()
+
+
+@pytest.mark.parametrize(
+    ("rl", "fmt", "beta"),
+    # ORPO's reward is beta x the mean token log-prob (DPO's a sum): a larger beta puts its
+    # margins on DPO's scale.
+    [("dpo", "openai_dpo", 0.1), ("orpo", "preference", 1.0)],
+    ids=["dpo", "orpo"],
+)
+def test_preference_training_grows_the_chosen_rejected_margin(
+    tiny_model_dir, tmp_path, rl, fmt, beta
+):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pairs = _write_pairs(tmp_path / "pairs.jsonl", fmt)
+    config = make_config(tiny_model_dir, pairs, tmp_path, rl=rl, rl_beta=beta, max_steps=8,
+                         learning_rate=5e-3, val_set_size=2,
+                         micro_batch_size=10)  # every step sees every pair: no batch noise
+    probe = LogProbe()
+    adapter = train(config, callbacks=[probe], progress_bar=False)
+    margins = [log["rewards/margins"] for log in probe.logs if "rewards/margins" in log]
+    assert len(margins) >= 8, probe.logs
+    # TRL's own metric: the chosen-minus-rejected reward margin grows over training.
+    assert margins[-1] > margins[0] + 0.5, margins
+    assert sum(margins[-3:]) / 3 > sum(margins[:3]) / 3, margins
+    manifest = read_manifest(adapter)
+    assert manifest["training"] == rl and manifest["method"] == "lora"
+    assert manifest["datasets"][0]["type"] == fmt
+    # The held-out pairs are written as prompt + preferred answer, for the evaluation.
+    held = [json.loads(x) for x in (adapter / "held_out.jsonl").read_text().splitlines()]
+    assert len(held) == 2 and all(r["messages"][-1]["content"] != WRONG for r in held)
+
+    # Independently of TRL: log p(chosen) - log p(rejected) rose from the base's.
+    from peft import PeftModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    question, command = ROWS[0][0] + " (0)", ROWS[0][1]
+
+    def margin(model):
+        return (_answer_logprob(model, tokenizer, question, command)
+                - _answer_logprob(model, tokenizer, question, WRONG))
+
+    before = margin(base)
+    after = margin(PeftModel.from_pretrained(base, adapter))
+    assert after > before + 0.5, (before, after)
+
+
+def test_preference_rows_and_methods_must_match(tiny_model_dir, data_file, tmp_path):
+    pairs = _write_pairs(tmp_path / "pairs.jsonl", "preference")
+    with pytest.raises(UserError, match="holds preference pairs .*rl: dpo or rl: orpo"):
+        train(make_config(tiny_model_dir, pairs, tmp_path), progress_bar=False)
+    with pytest.raises(UserError, match="rl: dpo trains on preference pairs; .* prompt_completion"):
+        train(make_config(tiny_model_dir, data_file, tmp_path, rl="dpo"), progress_bar=False)
