@@ -1,5 +1,5 @@
 """The transformers+PEFT engine: serves adapters vLLM cannot (prompt and prefix tuning,
-IA3, VeRA, AdaLoRA, DoRA) behind the same :class:`service.engine.Engine` interface.
+IA3, VeRA, AdaLoRA, DoRA) and full fine-tunes (each its own model) behind the same :class:`service.engine.Engine` interface.
 
 Design (simple and correct first): adapters are grouped by PEFT type, each group one
 ``PeftModel`` over its own copy of the base (PEFT cannot hold, say, IA3 and prompt
@@ -143,6 +143,14 @@ class PeftEngine:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
+        if not (Path(handle.path) / "adapter_config.json").is_file():
+            # A full fine-tune: a whole checkpoint, its own model (a group of one).
+            model = AutoModelForCausalLM.from_pretrained(handle.path, dtype=self.dtype).eval()
+            key = f"FULL:{_peft_name(handle)}"
+            self._groups[key] = _Group(model)
+            self._groups[key].adapters.add(_peft_name(handle))
+            self._where[_peft_name(handle)] = key
+            return
         key = peft_type(handle.path)
         if key not in SERVED_PEFT_TYPES:
             raise ValueError(f"peft_type {key or 'missing'} is not served by the PEFT engine")
@@ -217,7 +225,10 @@ class PeftEngine:
         group = self._groups.get(self._where.get(adapter, ""))
         if group is None or adapter not in group.adapters:
             raise RuntimeError("the adapter is not loaded in the PEFT engine")
-        group.model.set_adapter(adapter)
+        from peft import PeftModel
+
+        if isinstance(group.model, PeftModel):  # a full fine-tune has no adapters
+            group.model.set_adapter(adapter)
 
         class Streamer(BaseStreamer):
             first = True

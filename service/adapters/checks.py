@@ -119,21 +119,35 @@ def _check_files(folder: Path) -> None:
         raise AdapterRejected(f"{folder} has no {ADAPTER_WEIGHTS}")
 
 
-def _check_method(folder: Path) -> None:
-    """Refuse, naming the method, a full fine-tune (tuneserve's manifest says
-    ``method: full``): a whole checkpoint, served by neither engine yet. Before the file
-    checks, since it has no adapter files at all."""
-    manifest_path = folder / MANIFEST_FILE
-    if not manifest_path.is_file():
-        return
-    manifest = _read_json(manifest_path, "manifest")
-    if manifest.get("method") == "full" or manifest.get("kind") == "full":
-        raise AdapterRejected(
-            "full fine-tunes (method 'full') are not served yet: a full fine-tune is a whole "
-            "checkpoint, not an adapter; serve it as its own base model (tuneserve serve "
-            "--model <folder>)",
-            code="unsupported_adapter_method",
-        )
+def _is_full(folder: Path, manifest: dict[str, Any] | None) -> bool:
+    """A full fine-tune (a whole checkpoint): tuneserve's manifest says so, or the folder
+    is a model (``config.json``) without adapter files."""
+    if manifest is not None and "full" in (manifest.get("method"), manifest.get("kind")):
+        return True
+    return (folder / "config.json").is_file() and not (folder / ADAPTER_CONFIG).is_file()
+
+
+def _check_full(folder: Path, manifest: dict[str, Any] | None, base: BaseModelShape
+                ) -> AdapterInfo:
+    """A full fine-tune served on the PEFT engine as its own model: safetensors weights, and
+    the base's architecture and vocabulary (the prompts are the base tokenizer's)."""
+    if not (folder / "config.json").is_file():
+        raise AdapterRejected(f"{folder} has no config.json; a full fine-tune (method 'full') "
+                              "is a whole checkpoint")
+    if not list(folder.glob("*.safetensors")):
+        raise AdapterRejected(f"{folder} has no *.safetensors weights (pickle weights are never "
+                              "loaded)", code="unsafe_weights_format")
+    _check_base({}, manifest, base)
+    mine = _read_json(folder / "config.json", "model config")
+    theirs = json.loads((base.path / "config.json").read_text())
+    mine, theirs = mine.get("text_config", mine), theirs.get("text_config", theirs)
+    for key in ("hidden_size", "num_hidden_layers", "vocab_size"):
+        if mine.get(key) != theirs.get(key):
+            raise AdapterRejected(
+                f"full fine-tune's {key} is {mine.get(key)}, base model {base.name!r} has "
+                f"{theirs.get(key)}: it was made from another base", code="base_model_mismatch")
+    return AdapterInfo(rank=0, alpha=None, target_modules=[], base_model_name_or_path=None,
+                       manifest=manifest, method="full", engine="peft")
 
 
 def _check_config(config: dict[str, Any], max_rank: int) -> tuple[int, list[str]]:
@@ -260,11 +274,11 @@ def _method(config: dict[str, Any], manifest: dict[str, Any] | None) -> tuple[st
 def check_adapter(folder: Path, base: BaseModelShape, max_rank: int) -> AdapterInfo:
     """Check ``folder`` can be served on ``base``; return what was read, or raise."""
     folder = Path(folder)
-    if folder.is_dir():
-        _check_method(folder)
+    manifest = _read_json(folder / MANIFEST_FILE, "manifest") if (folder / MANIFEST_FILE).is_file() else None
+    if folder.is_dir() and _is_full(folder, manifest):
+        return _check_full(folder, manifest, base)
     _check_files(folder)
     config = _read_json(folder / ADAPTER_CONFIG, "adapter config")
-    manifest = _read_json(folder / MANIFEST_FILE, "manifest") if (folder / MANIFEST_FILE).is_file() else None
     method, engine = _method(config, manifest)
     if engine == "peft":
         # The PEFT engine's own load is the shape check (PEFT refuses mismatched tensors).

@@ -45,15 +45,35 @@ def make_peft_adapter(model_dir: Path, out_dir: Path, method: str, *, seed: int 
     return Path(out_dir)
 
 
+def make_full_finetune(model_dir: Path, out_dir: Path, *, seed: int = 0) -> Path:
+    """A "full fine-tune" of ``model_dir``: every weight perturbed, saved as a checkpoint
+    with the base's tokenizer (what training writes for ``adapter: full``)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.2 * (param.abs().mean() + 0.01))
+    model.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out_dir)
+    return Path(out_dir)
+
+
 def peft_greedy(model_dir: Path, adapter_dir: Path, prompt_ids: list[int], max_new_tokens: int,
                 eos_token_id: list[int]) -> list[int]:
-    """PEFT's own greedy ``generate`` on a fresh base: the reference tokens."""
+    """PEFT's own greedy ``generate`` on a fresh base: the reference tokens (for a full
+    fine-tune, transformers' on the checkpoint itself)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        model = AutoModelForCausalLM.from_pretrained(adapter_dir, dtype=torch.float32).eval()
+    else:
+        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
     ids = torch.tensor([prompt_ids])
     with torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),

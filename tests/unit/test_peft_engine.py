@@ -15,7 +15,7 @@ import pytest
 
 from service.engine import AdapterHandle
 from service.peft_engine import PeftEngine
-from tests.unit.service_peft import METHODS, make_peft_adapter, peft_greedy
+from tests.unit.service_peft import METHODS, make_full_finetune, make_peft_adapter, peft_greedy
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +23,7 @@ def adapters(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("peft-adapters")
     made = {m: make_peft_adapter(tiny_model_dir, root / m, m) for m in METHODS}
     made["ia3-b"] = make_peft_adapter(tiny_model_dir, root / "ia3-b", "ia3", seed=1, scale=2.0)
+    made["full"] = make_full_finetune(tiny_model_dir, root / "full")
     return made
 
 
@@ -53,14 +54,14 @@ def _base_greedy(model_dir: Path, prompt: list[int], n: int) -> list[int]:
     return out[0, len(prompt):].tolist()
 
 
-def test_greedy_tokens_equal_peft_generate_for_every_method(tiny_model_dir, adapters):
+def test_greedy_tokens_equal_peft_generate_for_every_method_and_a_full_fine_tune(tiny_model_dir, adapters):
     engine = PeftEngine(tiny_model_dir)
     prompt = engine.tokenizer("docker run nginx")["input_ids"]
     base = _base_greedy(tiny_model_dir, prompt, 10)
 
     async def main():
         # Two IA3 adapters share one PeftModel (load_adapter/set_adapter): both checked.
-        names = [*METHODS, "ia3-b"]
+        names = [*METHODS, "ia3-b", "full"]
         for i, name in enumerate(names):
             await engine.add_adapter(AdapterHandle(name, i + 1, str(adapters[name]), "peft"))
         for name in [*names, "ia3"]:  # ia3 again after ia3-b switched away
@@ -170,7 +171,7 @@ def test_app_routes_peft_adapters_and_refuses_what_it_cannot_honour(
     (loha / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "LOHA"}))
     refused = http.post("/v1/adapters", json={"name": "loha", "path": str(loha)})
     assert refused.status_code == 400
-    assert refused.json()["error"]["code"] == "unsupported_method"
+    assert refused.json()["error"]["code"] == "unsupported_adapter_method"
     assert "'loha'" in refused.json()["error"]["message"]
 
     deleted = http.delete("/v1/adapters/ia3")

@@ -125,10 +125,9 @@ def test_manifest_method_is_the_method_shown(adapter_copy, base):
         == ("lora_fa", "vllm")
 
 
-def test_manifest_method_routes_and_full_fine_tunes_are_refused_by_name(adapter_copy, base):
+def test_manifest_method_routes_and_a_full_fine_tune_needs_a_checkpoint(adapter_copy, base):
     """What tuneserve trained is routed by its manifest (servable_by_vllm false → the PEFT
-    engine); a full fine-tune is refused by name before any file check (it has no adapter
-    files at all)."""
+    engine); a full fine-tune is checked as a whole checkpoint (it has no adapter files)."""
     folder = adapter_copy()
     (folder / "tuneserve.json").write_text(json.dumps(
         {"base_model": "tiny", "method": "dora", "servable_by_vllm": False}))
@@ -137,9 +136,25 @@ def test_manifest_method_routes_and_full_fine_tunes_are_refused_by_name(adapter_
     (folder / "adapter_config.json").unlink()
     (folder / "tuneserve.json").write_text(json.dumps(
         {"base_model": "tiny", "kind": "full", "method": "full", "servable_by_vllm": False}))
-    with pytest.raises(AdapterRejected, match="full fine-tunes \\(method 'full'\\)") as exc:
+    with pytest.raises(AdapterRejected, match="no config.json; a full fine-tune \\(method 'full'"):
         check_adapter(folder, base, 16)
-    assert exc.value.code == "unsupported_adapter_method"
+
+
+def test_full_fine_tune_goes_to_the_peft_engine_on_its_base_only(tiny_model_dir, base, tmp_path):
+    folder = tmp_path / "full"
+    shutil.copytree(tiny_model_dir, folder)
+    info = check_adapter(folder, base, 16)
+    assert (info.method, info.engine) == ("full", "peft")
+    config = json.loads((folder / "config.json").read_text())
+    config.get("text_config", config)["vocab_size"] += 1
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(AdapterRejected, match="vocab_size") as exc:
+        check_adapter(folder, base, 16)
+    assert exc.value.code == "base_model_mismatch"
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(AdapterRejected, match="safetensors"):
+        check_adapter(folder, base, 16)
 
 
 def test_adapter_of_another_base_rejected_by_declared_base(tiny_adapter, tmp_path):

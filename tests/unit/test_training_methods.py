@@ -12,7 +12,6 @@ import torch
 from transformers import TrainerCallback
 
 from service.adapters.checks import BaseModelShape, check_adapter
-from service.errors import AdapterRejected
 from training.config import config_from_dict
 from training.manifest import read_manifest
 from training.sft import train
@@ -149,16 +148,11 @@ def test_each_method_trains_its_peft_layers(tiny_model_dir, data_file, tmp_path,
         adapter_config = json.loads((adapter / "adapter_config.json").read_text())
         assert adapter_config["rank_pattern"], "AdaLoRA never reallocated its ranks"
 
-    # The server's adapter check routes LoRA-FA (plain LoRA weights) to vLLM, the PEFT
-    # methods to the transformers+PEFT engine, and refuses full fine-tunes by name.
+    # The server's adapter check routes LoRA-FA (plain LoRA weights) to vLLM, the other
+    # methods (full fine-tunes too) to the transformers+PEFT engine.
     shape = BaseModelShape.from_checkpoint(str(tiny_model_dir), tiny_model_dir)
-    if method == "full":
-        with pytest.raises(AdapterRejected, match=f"method '{method}'") as refused:
-            check_adapter(adapter, shape, max_rank=16)
-        assert refused.value.code == "unsupported_adapter_method"
-    else:
-        info = check_adapter(adapter, shape, max_rank=16)
-        assert (info.method, info.engine) == (method, "vllm" if method == "lora_fa" else "peft")
+    info = check_adapter(adapter, shape, max_rank=16)
+    assert (info.method, info.engine) == (method, "vllm" if method == "lora_fa" else "peft")
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
