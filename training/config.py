@@ -126,6 +126,7 @@ LORA_FAMILY = ("lora", "qlora", "lora_fa")
 NO_COMPACT_HEAD = ("prompt_tuning", "prefix_tuning")
 # Preference methods (`rl`, Axolotl's key): TRL's DPOTrainer / ORPOTrainer.
 RL = Literal["dpo", "orpo"]
+DEFAULT_RL_BETA = 0.1  # TRL's default for DPO's beta and ORPO's lambda
 _WANDB_KEYS = (
     "wandb_project",
     "wandb_entity",

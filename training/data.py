@@ -525,7 +525,7 @@ def _check_method_data(config, spec, report) -> None:
     if not config.rl and pairs:
         raise UserError(
             f"dataset {spec.path} holds preference pairs ({report.format}); train them with "
-            "rl: dpo or rl: orpo"
+            "rl: dpo or rl: orpo (over the fine-tuning jobs API: method.type 'dpo')"
         )
 
 

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.config import TrainConfig
+from training.config import DEFAULT_RL_BETA, TrainConfig
 from training.trainer import (
     load_base_model,
     method_optimizer,
     peft_config,
     training_arguments,
 )
-
-DEFAULT_BETA = 0.1  # TRL's default for both DPO's beta and ORPO's lambda
 
 
 def preference_dataset(rows: list[dict]):
@@ -49,7 +47,7 @@ def build_preference_trainer(
     common = training_arguments(
         config, has_eval=bool(eval_rows), steps_per_epoch=steps_per_epoch
     )
-    beta = config.rl_beta if config.rl_beta is not None else DEFAULT_BETA
+    beta = config.rl_beta if config.rl_beta is not None else DEFAULT_RL_BETA
     model = load_base_model(config, model_path)
     set_seed(config.seed)
     peft = peft_config(config, model_path, total_steps)
