@@ -6,11 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 # method -> what get_peft_model gets (task_type CAUSAL_LM added).
-METHODS = ("prompt_tuning", "prefix_tuning", "ia3", "vera", "dora")
+METHODS = ("prompt_tuning", "prefix_tuning", "ia3", "vera", "dora", "adalora")
 
 
 def peft_config(method: str):
-    from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, VeraConfig
+    from peft import (
+        AdaLoraConfig,
+        IA3Config,
+        LoraConfig,
+        PrefixTuningConfig,
+        PromptTuningConfig,
+        VeraConfig,
+    )
 
     if method == "prompt_tuning":
         return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
@@ -24,6 +31,9 @@ def peft_config(method: str):
     if method == "dora":
         return LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "v_proj"],
                           use_dora=True, init_lora_weights=False)
+    if method == "adalora":
+        return AdaLoraConfig(task_type="CAUSAL_LM", init_r=4, target_r=2, total_step=10,
+                             target_modules=["q_proj", "v_proj"])
     raise ValueError(method)
 
 
