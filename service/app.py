@@ -30,7 +30,7 @@ from service.batches.store import BatchStore
 from service.body_limits import INFERENCE_PATHS, MULTIPART_SLACK, BodyLimits
 from service.chat.serving import ChatServing
 from service.completions.serving import CompletionServing
-from service.engine import Engine
+from service.engine import Engine, RoutedEngine
 from service.errors import (
     Unavailable,
     create_error_response,
@@ -73,6 +73,8 @@ async def _start_serving(app: FastAPI, factory: EngineFactory,
     try:
         # The engine build blocks for about a minute: keep the event loop answering /health.
         engine = await asyncio.to_thread(factory, settings, state.model_path, state.base_id)
+        # Adapters vLLM cannot serve go to the transformers+PEFT engine (started on first use).
+        engine = RoutedEngine(engine)
     except Exception as exc:
         logger.exception("engine failed to start")
         state.engine_error = f"{exc.__class__.__name__}: {exc}"

@@ -2,8 +2,10 @@
 
 ``generate(prompt_ids, params, adapter, request_id)`` streams vLLM ``RequestOutput``
 deltas; ``add_adapter`` / ``remove_adapter`` hot-(un)load LoRA adapters. :class:`VllmEngine`
-puts vLLM's ``AsyncLLM`` (``enable_lora``) behind it. Tests of HTTP error paths may pass a
-fake with the same methods; every feature is also tested on the real engine.
+puts vLLM's ``AsyncLLM`` (``enable_lora``) behind it; :class:`RoutedEngine` adds the
+transformers+PEFT engine (service/peft_engine.py) for adapters vLLM cannot serve. Tests of
+HTTP error paths may pass a fake with the same methods; every feature is also tested on the
+real engine.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class AdapterHandle:
     name: str
     int_id: int
     path: str
+    # Which engine serves it: "vllm" (LoRA) or "peft" (service/peft_engine.py).
+    engine: str = "vllm"
 
 
 class Engine(Protocol):
@@ -180,3 +184,49 @@ class VllmEngine:
 
     def shutdown(self) -> None:
         self._llm.shutdown()
+
+
+class RoutedEngine:
+    """vLLM for the base and LoRA adapters, the transformers+PEFT engine (started on first
+    use) for adapters whose handle says ``engine="peft"``; one :class:`Engine` to the API."""
+
+    def __init__(self, primary: Any, peft_factory: Any = None) -> None:
+        self.primary = primary
+        self.model_path = primary.model_path
+        self.max_model_len = primary.max_model_len
+        self.tokenizer = primary.tokenizer
+        self._peft_factory = peft_factory or self._default_peft
+        self.peft: Any = None
+
+    def _default_peft(self) -> Any:
+        from service.peft_engine import PeftEngine
+
+        return PeftEngine(self.model_path, self.tokenizer)
+
+    def __getattr__(self, name: str) -> Any:  # default_sampling, abort, do_log_stats...
+        return getattr(self.primary, name)
+
+    def _for(self, handle: AdapterHandle | None) -> Any:
+        if handle is not None and handle.engine == "peft":
+            if self.peft is None:
+                self.peft = self._peft_factory()
+            return self.peft
+        return self.primary
+
+    def generate(self, prompt_ids: list[int], params: Any, adapter: AdapterHandle | None,
+                 request_id: str, priority: int = 0) -> AsyncIterator[Any]:
+        return self._for(adapter).generate(prompt_ids, params, adapter, request_id, priority)
+
+    async def add_adapter(self, handle: AdapterHandle) -> None:
+        await self._for(handle).add_adapter(handle)
+
+    async def remove_adapter(self, handle: AdapterHandle) -> None:
+        await self._for(handle).remove_adapter(handle)
+
+    async def check_health(self) -> None:
+        await self.primary.check_health()
+
+    def shutdown(self) -> None:
+        if self.peft is not None:
+            self.peft.shutdown()
+        self.primary.shutdown()

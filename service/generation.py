@@ -78,6 +78,18 @@ class Generator:
         except Exception as exc:
             raise _client_error(exc) from None
 
+    @staticmethod
+    def check_supported(adapter: AdapterHandle | None, params: Any) -> None:
+        """400 naming the parameter when ``adapter``'s engine cannot honour ``params``
+        (the PEFT engine implements fewer sampling features than vLLM). Called before
+        anything is admitted or streamed."""
+        if adapter is not None and adapter.engine == "peft":
+            from service.peft_engine import unsupported_param
+
+            refusal = unsupported_param(params)
+            if refusal is not None:
+                raise BadRequest(str(refusal), param=refusal.parameter)
+
     # -- admission and streaming -------------------------------------------------------
     @asynccontextmanager
     async def admitted(self, model: str, sequences: int = 1):

@@ -107,7 +107,6 @@ AXOLOTL_REFUSED: dict[str, str] = {
     "trust_remote_code": "only models whose code ships with transformers are loaded",
     "lora_modules_to_save": "vLLM cannot serve adapters with fully trained modules",
     "lora_fan_in_fan_out": "only the standard LoRA weight layout is trained",
-    "rl": "preference training (DPO/ORPO/KTO/GRPO) is not supported; SFT only",
     "chat_template_jinja": "the server formats prompts with the base model's own template",
     "relora_steps": "ReLoRA is not supported",
     "llama4_linearized_experts": "not a supported model",
@@ -115,6 +114,19 @@ AXOLOTL_REFUSED: dict[str, str] = {
     "lora_model_dir": "training starts from a fresh adapter; resume with resume_from_checkpoint",
     "model_config_type": "the model type is read from its config",
 }
+# `adapter` values: PEFT methods (one PEFT config each, built in training/trainer.py),
+# plus "full" (every base weight trained, no PEFT).
+Adapter = Literal[
+    "lora", "qlora", "lora_fa", "vera", "adalora", "ia3", "prompt_tuning", "prefix_tuning", "full"
+]
+# Methods whose weights are LoRA A/B matrices (use_dora / use_rslora / LoRA+ apply to them).
+LORA_FAMILY = ("lora", "qlora", "lora_fa")
+# Methods the compact LM head does not apply to: prompt/prefix tuning change the sequence
+# the head sees (virtual tokens, a past cache), so TRL's own fused head is kept.
+NO_COMPACT_HEAD = ("prompt_tuning", "prefix_tuning")
+# Preference methods (`rl`, Axolotl's key): TRL's DPOTrainer / ORPOTrainer.
+RL = Literal["dpo", "orpo"]
+DEFAULT_RL_BETA = 0.1  # TRL's default for DPO's beta and ORPO's lambda
 _WANDB_KEYS = (
     "wandb_project",
     "wandb_entity",
@@ -218,6 +230,86 @@ def _check_template(value: str | None) -> str | None:
     return value
 
 
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VeraOptions(_Options):
+    """PEFT ``VeraConfig``: shared frozen random projections, trained scaling vectors."""
+
+    r: int = Field(256, ge=1, description="Rank of the shared random projections.")
+    d_initial: float = Field(0.1, gt=0, description="Initial value of the d vectors.")
+    vera_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the VeRA input.")
+    projection_prng_key: int = Field(0, description="Seed of the shared projections.")
+
+
+class AdaLoraOptions(_Options):
+    """PEFT ``AdaLoraConfig``: LoRA whose rank budget is pruned from init_r to target_r."""
+
+    init_r: int = Field(12, ge=1, description="Starting rank of every matrix.")
+    target_r: int = Field(8, ge=1, description="Average rank left after pruning.")
+    tinit: int = Field(0, ge=0, description="Steps of warm-up before pruning starts.")
+    tfinal: int = Field(0, ge=0, description="Steps at the end with the final budget fixed.")
+    deltaT: int = Field(1, ge=1, description="Steps between two budget allocations.")
+    beta1: float = Field(0.85, gt=0, lt=1, description="EMA factor of the sensitivity.")
+    beta2: float = Field(0.85, gt=0, lt=1, description="EMA factor of its uncertainty.")
+
+    @model_validator(mode="after")
+    def _ranks(self):
+        if self.target_r > self.init_r:
+            raise ValueError(f"target_r {self.target_r} is larger than init_r {self.init_r}")
+        return self
+
+
+class IA3Options(_Options):
+    """PEFT ``IA3Config``: learned vectors rescaling activations."""
+
+    target_modules: list[str] | None = Field(
+        None, description="Modules to rescale (PEFT's default for the model: k, v, down)."
+    )
+    feedforward_modules: list[str] | None = Field(
+        None, description="Those of target_modules rescaled on their input (MLP layers)."
+    )
+
+    @model_validator(mode="after")
+    def _subset(self):
+        if self.feedforward_modules and self.target_modules is None:
+            raise ValueError("feedforward_modules needs target_modules")
+        extra = set(self.feedforward_modules or ()) - set(self.target_modules or ())
+        if extra:
+            raise ValueError(f"feedforward_modules {sorted(extra)} are not in target_modules")
+        return self
+
+
+class PromptTuningOptions(_Options):
+    """PEFT ``PromptTuningConfig``: trained soft-prompt embeddings before the input."""
+
+    num_virtual_tokens: int = Field(20, ge=1, le=512, description="Soft-prompt length.")
+    init_text: str | None = Field(
+        None, description="Initialise from this text's token embeddings (else random)."
+    )
+
+
+class PrefixTuningOptions(_Options):
+    """PEFT ``PrefixTuningConfig``: trained key/value prefixes in every attention layer."""
+
+    num_virtual_tokens: int = Field(20, ge=1, le=512, description="Prefix length.")
+    prefix_projection: bool = Field(False, description="Reparameterise through an MLP.")
+    encoder_hidden_size: int | None = Field(
+        None, ge=1, description="Hidden size of that MLP (prefix_projection only)."
+    )
+
+
+# Option block key -> the adapter it belongs to.
+METHOD_OPTIONS = {
+    "vera": "vera",
+    "adalora": "adalora",
+    "ia3": "ia3",
+    "prompt_tuning": "prompt_tuning",
+    "prefix_tuning": "prefix_tuning",
+}
+
+
 class TrainConfig(BaseModel):
     """Everything a training run needs. Every field has a default except the data and name."""
 
@@ -271,7 +363,26 @@ class TrainConfig(BaseModel):
     ) = Field(None, description="Tokenizer special tokens; each must already be in the vocabulary.")
 
     # --- adapter -------------------------------------------------------------------------
-    adapter: Literal["lora", "qlora"] = Field("lora", description="qlora = 4-bit NF4 base.")
+    adapter: Adapter = Field(
+        "lora",
+        description="Training method: lora, qlora (4-bit NF4 base), lora_fa (LoRA-FA optimiser), "
+        "vera, adalora, ia3, prompt_tuning, prefix_tuning (PEFT), full (every weight).",
+    )
+    vera: VeraOptions | None = Field(None, description="adapter: vera options.")
+    adalora: AdaLoraOptions | None = Field(None, description="adapter: adalora options.")
+    ia3: IA3Options | None = Field(None, description="adapter: ia3 options.")
+    prompt_tuning: PromptTuningOptions | None = Field(
+        None, description="adapter: prompt_tuning options."
+    )
+    prefix_tuning: PrefixTuningOptions | None = Field(
+        None, description="adapter: prefix_tuning options."
+    )
+    rl: RL | None = Field(
+        None, description="Preference training on prompt/chosen/rejected rows: dpo or orpo."
+    )
+    rl_beta: float | None = Field(
+        None, gt=0, description="DPO's beta (default 0.1) / ORPO's lambda (default 0.1)."
+    )
     load_in_4bit: bool = Field(False, description="4-bit NF4 base = adapter qlora (Axolotl's).")
     load_in_8bit: bool = Field(False, description="8-bit (LLM.int8) base under a LoRA adapter.")
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
@@ -377,6 +488,8 @@ class TrainConfig(BaseModel):
         if raw.get("name") is None and raw.get("output_dir"):
             out = Path(str(raw["output_dir"]))
             raw["name"], raw["output_dir"] = out.name, str(out.parent)
+        if raw.get("orpo_alpha") is not None:  # Axolotl's name for ORPO's weight
+            raw.setdefault("rl_beta", raw.pop("orpo_alpha"))
         for alias, ours in (("peft_use_dora", "use_dora"), ("peft_use_rslora", "use_rslora")):
             if raw.get(alias) is not None:
                 raw[ours] = raw[alias]
@@ -424,6 +537,7 @@ class TrainConfig(BaseModel):
             "adamw_torch_fused",
         ):
             raise ValueError("loraplus_lr_ratio builds its own AdamW; leave optimizer unset")
+        self._check_method()
         if self.evals_per_epoch and not (self.val_set_size or self.val_datasets):
             raise ValueError("evals_per_epoch needs a held-out set (val_set_size > 0)")
         if not _NAME_RE.match(self.name):
@@ -438,6 +552,49 @@ class TrainConfig(BaseModel):
         if self.early_stopping_patience and not (self.eval_steps or self.evals_per_epoch):
             raise ValueError("early_stopping_patience needs eval_steps")
         return self
+
+    def _check_method(self) -> None:
+        """Every method key belongs to the chosen method (nothing set is silently unused)."""
+        for key, method in METHOD_OPTIONS.items():
+            if getattr(self, key) is not None and self.adapter != method:
+                raise ValueError(f"{key} options are for adapter: {method}, not {self.adapter}")
+        lora_only = {
+            "use_dora": self.use_dora,
+            "use_rslora": self.use_rslora,
+            "loraplus_lr_ratio": self.loraplus_lr_ratio,
+            "load_in_8bit": self.load_in_8bit,
+        }
+        if self.adapter not in LORA_FAMILY:
+            for key, value in lora_only.items():
+                if value:
+                    raise ValueError(f"{key} applies to LoRA adapters, not adapter: {self.adapter}")
+            defaults = TrainConfig.model_fields
+            keys = ["lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"]
+            if self.adapter == "adalora":  # alpha, dropout and targets are AdaLoRA's too
+                keys = ["lora_r"]
+            elif self.adapter == "vera":  # VeRA's rank and dropout are vera.r, vera_dropout
+                keys = ["lora_r", "lora_alpha", "lora_dropout"]
+            for key in keys:
+                if getattr(self, key) != defaults[key].default:
+                    hint = {"adalora": " (use adalora.init_r / target_r)",
+                            "vera": " (use vera.r)", "ia3": " (use ia3.target_modules)"}
+                    raise ValueError(f"{key} applies to LoRA adapters, not adapter: "
+                                     f"{self.adapter}{hint.get(self.adapter, '')}")
+        if self.adapter == "lora_fa":
+            if self.use_dora or self.loraplus_lr_ratio:
+                raise ValueError("adapter lora_fa builds its own optimiser: no use_dora or "
+                                 "loraplus_lr_ratio")
+            if self.optimizer is not None:
+                raise ValueError("adapter lora_fa builds its own optimiser; leave optimizer unset")
+        if self.rl_beta is not None and self.rl is None:
+            raise ValueError("rl_beta needs rl: dpo or orpo")
+        if self.rl is not None:
+            if self.sample_packing:
+                raise ValueError(f"sample_packing is for SFT; rl: {self.rl} scores whole "
+                                 "prompt/chosen/rejected rows")
+            if self.train_on_inputs:
+                raise ValueError(f"train_on_inputs is for SFT; rl: {self.rl} scores the chosen "
+                                 "and rejected answers only")
 
     @property
     def adapter_root(self) -> Path:

@@ -24,7 +24,16 @@ from tuneserve.errors import UserError
 if TYPE_CHECKING:
     from training.config import TrainConfig
 
-from training.formats import FORMATS, ROLES, FormatOptions, detect, to_row
+from training.formats import (
+    FORMATS,
+    PREFERENCE_FORMATS,
+    ROLES,
+    FormatOptions,
+    detect,
+    is_preference,
+    preference_conversations,
+    to_row,
+)
 
 __all__ = ["FORMATS", "ROLES", "FormatOptions", "load_rows", "prepare_data", "split_rows"]
 
@@ -172,13 +181,14 @@ def with_system_prompt(rows: list[dict], system_prompt: str | None) -> list[dict
         return rows
     out = []
     for row in rows:
-        if "messages" not in row:  # raw text and segments have no conversation
+        key = "prompt" if is_preference(row) else "messages"
+        if key not in row:  # raw text and segments have no conversation
             out.append(row)
             continue
-        msgs = row["messages"]
+        msgs = row[key]
         if msgs[0]["role"] != "system":
             msgs = [{"role": "system", "content": system_prompt}, *msgs]
-        out.append({"messages": msgs})
+        out.append({**row, key: msgs})
     return out
 
 
@@ -195,7 +205,10 @@ def check_lengths(
     too_long = {}
     counts = []
     for row, line in zip(report.rows, report.lines, strict=True):
-        n = len(encode_row(tokenizer, row, eot_tokens=eot_tokens)["input_ids"])
+        # A preference pair is as long as its longer answer with the prompt.
+        shapes = ([{"messages": m} for m in preference_conversations(row)]
+                  if is_preference(row) else [row])
+        n = max(len(encode_row(tokenizer, r, eot_tokens=eot_tokens)["input_ids"]) for r in shapes)
         counts.append(n)
         if n > sequence_len:
             too_long[line] = f"too long: {n} tokens > sequence_len {sequence_len}"
@@ -471,6 +484,7 @@ def _load_specs(config, specs, tokenizer) -> tuple[list[dict], list[dict], set[i
             options=spec.format_options(),
             file_type=spec.ds_type,
         )
+        _check_method_data(config, spec, report)
         offset = len(rows)
         valid = len(report.rows)
         rows.extend(report.rows)
@@ -498,6 +512,21 @@ def _load_specs(config, specs, tokenizer) -> tuple[list[dict], list[dict], set[i
             }
         )
     return rows, infos, too_long, counts
+
+
+def _check_method_data(config, spec, report) -> None:
+    """Preference pairs train with ``rl`` (DPO/ORPO) only, and ``rl`` trains on them only."""
+    pairs = sum(is_preference(r) for r in report.rows)
+    if config.rl and pairs < len(report.rows):
+        raise UserError(
+            f"rl: {config.rl} trains on preference pairs; dataset {spec.path} is type "
+            f"{report.format} (use {' or '.join(PREFERENCE_FORMATS)} rows)"
+        )
+    if not config.rl and pairs:
+        raise UserError(
+            f"dataset {spec.path} holds preference pairs ({report.format}); train them with "
+            "rl: dpo or rl: orpo (over the fine-tuning jobs API: method.type 'dpo')"
+        )
 
 
 def _copy_report(report, system_prompt):

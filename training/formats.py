@@ -7,6 +7,8 @@ Row shapes (what the rest of training sees):
 - ``{"text": "..."}``: raw text for continued pretraining (every token trained).
 - ``{"segments": [{"text": "...", "label": bool}, ...]}``: Axolotl's template-free
   ``input_output`` (only segments with ``label: true`` trained).
+- ``{"prompt": [...], "chosen": [one assistant message], "rejected": [one]}``: a preference
+  pair for DPO/ORPO (``rl``), TRL's conversational preference form.
 
 Formats (``type``) and where they come from:
 
@@ -20,6 +22,9 @@ Formats (``type``) and where they come from:
 - ``prompt_completion``: ``prompt``/``completion``, strings or message lists (TRL's).
 - ``completion``: Axolotl's raw text (``text``, or the column named by ``field``).
 - ``input_output``: Axolotl's ``segments``.
+- ``preference``: TRL's ``prompt``/``chosen``/``rejected`` (strings or message lists).
+- ``openai_dpo``: OpenAI's DPO rows, ``input`` (``{"messages": [...]}``) /
+  ``preferred_output`` / ``non_preferred_output`` (each a one-assistant-message list).
 
 A key this module does not understand is an error naming it (``ignore_fields`` in the
 dataset spec lists columns to leave out on purpose); nothing is dropped silently.
@@ -41,8 +46,12 @@ DatasetType = Literal[
     "input_output",
     "chat_csv",
     "hf_datasets",
+    "preference",
+    "openai_dpo",
 ]
 FORMATS: tuple[str, ...] = get_args(DatasetType)
+# Formats of preference pairs (DPO/ORPO rows), the only ones `rl` trains on.
+PREFERENCE_FORMATS = ("preference", "openai_dpo")
 ROLES = ("system", "user", "assistant")
 # ShareGPT/Axolotl/LLaMA-Factory role names -> ours (Axolotl's chat_template defaults).
 DEFAULT_ROLE_MAP = {
@@ -91,6 +100,8 @@ def detect(record: Any) -> str | None:
     if not isinstance(record, dict):
         return None
     for key, fmt in (
+        ("preferred_output", "openai_dpo"),
+        ("chosen", "preference"),
         ("messages", "chat"),
         ("conversations", "sharegpt"),
         ("instruction", "alpaca"),
@@ -122,6 +133,8 @@ def to_row(record: Any, fmt: str, options: FormatOptions | None = None) -> dict:
         return {"text": text}
     if fmt == "input_output":
         return {"segments": _segments(record, options)}
+    if fmt in PREFERENCE_FORMATS:
+        return _preference(record, fmt, options)
     messages = to_messages(record, fmt, options)
     tools = record.get("tools") if fmt in ("chat", "chat_csv") else None
     check_messages(messages, tools)
@@ -393,3 +406,65 @@ def _segments(record: dict, options: FormatOptions) -> list[dict]:
     if not any(s["label"] and s["text"] for s in out):
         raise ValueError("no segment has label: true: nothing to train on")
     return out
+
+
+def is_preference(row: dict) -> bool:
+    """Whether a row is a preference pair (see the module docstring's row shapes)."""
+    return "chosen" in row
+
+
+def preference_conversations(row: dict) -> tuple[list[dict], list[dict]]:
+    """A preference row as two chats: prompt + chosen, prompt + rejected."""
+    return row["prompt"] + row["chosen"], row["prompt"] + row["rejected"]
+
+
+def _preference(record: dict, fmt: str, options: FormatOptions) -> dict:
+    """A preference pair from TRL's or OpenAI's form (ValueError naming the problem)."""
+    if fmt == "openai_dpo":
+        keys = ("input", "preferred_output", "non_preferred_output")
+        _check_keys(record, set(keys), options)
+        missing = [k for k in keys if k not in record]
+        if missing:
+            raise ValueError(f"missing key(s) {', '.join(map(repr, missing))}")
+        source = record["input"]
+        if not isinstance(source, dict) or "messages" not in source:
+            raise ValueError("'input' must be an object with 'messages'")
+        if source.get("tools") or source.get("parallel_tool_calls"):
+            raise ValueError("input.tools / parallel_tool_calls are not supported in preference "
+                             "rows (tool calls train from OpenAI chat rows)")
+        unknown = sorted(set(source) - {"messages", "tools", "parallel_tool_calls"})
+        if unknown:
+            raise ValueError(f"input has unknown key(s) {', '.join(map(repr, unknown))}")
+        prompt, chosen, rejected = (source["messages"], record["preferred_output"],
+                                    record["non_preferred_output"])
+        names = ("input.messages", "preferred_output", "non_preferred_output")
+    else:
+        keys = ("prompt", "chosen", "rejected")
+        _check_keys(record, set(keys), options)
+        missing = [k for k in keys if k not in record]
+        if missing:
+            raise ValueError(f"missing key(s) {', '.join(map(repr, missing))}")
+        prompt, chosen, rejected = (record[k] for k in keys)
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        chosen, rejected = (
+            [{"role": "assistant", "content": x}] if isinstance(x, str) else x
+            for x in (chosen, rejected)
+        )
+        names = keys
+    if not isinstance(prompt, list) or not prompt:
+        raise ValueError(f"{names[0]!r} must be a non-empty message list")
+    for name, answer in zip(names[1:], (chosen, rejected), strict=True):
+        if (not isinstance(answer, list) or len(answer) != 1 or not isinstance(answer[0], dict)
+                or answer[0].get("role") != "assistant"):
+            raise ValueError(f"{name!r} must be one assistant message")
+        try:
+            check_messages([*prompt, *answer])
+        except ValueError as exc:
+            raise ValueError(f"{names[0]} + {name}: {exc}") from None
+        if "weight" in answer[0]:
+            raise ValueError(f"{name!r}: weight has no meaning in a preference pair")
+    if chosen[0]["content"] == rejected[0]["content"]:
+        raise ValueError(f"{names[1]!r} and {names[2]!r} are the same answer: nothing to prefer")
+    strip = [{k: v for k, v in m.items() if k != "weight"} for m in prompt]
+    return {"prompt": strip, "chosen": chosen, "rejected": rejected}

@@ -1,6 +1,7 @@
 """The adapter folder and its manifest, written atomically.
 
-``output_dir/NAME/`` holds ``adapter_model.safetensors``, ``adapter_config.json``,
+``output_dir/NAME/`` holds ``adapter_model.safetensors``, ``adapter_config.json`` (for
+``adapter: full``: ``model.safetensors``, ``config.json`` and the tokenizer instead),
 ``tuneserve.json`` (the manifest), ``held_out.jsonl`` (the held-out rows, so evaluation
 scores exactly the rows training never saw) and ``train_rows.sha256`` (one fingerprint per
 training row, so an evaluation can count exactly how many of its rows were trained on). Everything is written into a temporary
@@ -160,6 +161,25 @@ def base_checkpoint_hash(model_path: Path) -> str | None:
     return file_sha256(weights[0]) if len(weights) == 1 else None
 
 
+# Methods whose result vLLM's LoRA path serves: LoRA A/B weights (LoRA-FA trains plain
+# LoRA with another optimiser), DoRA excepted.
+VLLM_SERVABLE = ("lora", "qlora", "lora_fa")
+
+
+def method_fields(config) -> dict[str, Any]:
+    """How an adapter was trained, for routing by the server: ``method`` (the adapter
+    method, e.g. ``lora``, ``dora``, ``vera``, ``prompt_tuning``, ``full``), ``training``
+    (``sft``, ``dpo`` or ``orpo``) and ``servable_by_vllm``."""
+    method = config.adapter
+    if method in ("lora", "qlora") and config.use_dora:
+        method = "dora"
+    return {
+        "method": method,
+        "training": config.rl or "sft",
+        "servable_by_vllm": config.adapter in VLLM_SERVABLE and not config.use_dora,
+    }
+
+
 def build_manifest(
     config,
     *,
@@ -178,13 +198,15 @@ def build_manifest(
     """The ``tuneserve.json`` of a finished run: config, data, split, numbers, versions."""
     import sys
 
+    from training.trainer import count_parameters
+
     state = trainer.state
-    trainable, total = trainer.model.get_nb_trainable_parameters()
+    trainable, total = count_parameters(trainer.model)
     return {
         "name": config.name,
-        "kind": "adapter",
+        "kind": "full" if config.adapter == "full" else "adapter",
         "adapter": config.adapter,
-        "servable_by_vllm": not config.use_dora,
+        **method_fields(config),
         "base_model": config.base_model,
         "base_model_path": str(model_path),
         "base_checkpoint_sha256": base_checkpoint_hash(model_path),

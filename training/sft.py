@@ -2,15 +2,16 @@
 
 A thin layer over TRL's ``SFTTrainer`` and PEFT (no hand-written loop): it validates the
 data, tokenizes rows with :mod:`training.chat_format` (so ``<bos>`` appears once and the
-loss covers the answer plus ``<end_of_turn>``), wraps the model in LoRA/QLoRA/DoRA/rsLoRA,
-optionally uses a LoRA+ optimiser, and adds three speed/ops pieces by extension points:
+loss covers the answer plus ``<end_of_turn>``), wraps the model in the PEFT method of
+``adapter`` (LoRA/QLoRA/DoRA/rsLoRA/LoRA-FA/VeRA/AdaLoRA/IA3/prompt/prefix tuning, or none
+for full fine-tuning), optionally uses a LoRA+ or LoRA-FA optimiser, hands preference pairs
+(``rl: dpo | orpo``) to TRL's DPO/ORPO trainers (:mod:`training.preference`), and adds three speed/ops pieces by extension points:
 the compact LM head (:mod:`training.lm_head`) and callbacks for the JSON-lines log, the
 progress bar and cancellation. The adapter is written atomically with its manifest.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import resource
 import shutil
@@ -96,9 +97,15 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
     from transformers import AutoTokenizer, EarlyStoppingCallback, PrinterCallback
 
     from training.base_models import resolve_model_path
+    from training.config import NO_COMPACT_HEAD
     from training.data import configure_tokenizer, estimate, prepare_data, tokenize_rows
     from training.manifest import build_manifest, staging_dir, write_adapter_files
-    from training.trainer import AdapterSFTTrainer, build_sft_config, load_model
+    from training.trainer import (
+        AdaLoraBudgetCallback,
+        AdapterSFTTrainer,
+        build_sft_config,
+        load_model,
+    )
 
     started = time.monotonic()
     datasets.disable_progress_bars()  # one progress bar (ours) is enough
@@ -150,9 +157,11 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
         ),
     )
     eot = tuple(config.eot_tokens)
-    train_ds = tokenize_rows(data.train, tokenizer, eot)
     eval_rows = data.held_out[: config.eval_max_rows] if config.eval_max_rows else data.held_out
-    eval_ds = tokenize_rows(eval_rows, tokenizer, eot) if eval_rows else None
+    if config.rl is None:  # preference pairs are tokenized by TRL's DPO/ORPO trainers
+        train_ds = tokenize_rows(data.train, tokenizer, eot)
+        eval_ds = tokenize_rows(eval_rows, tokenizer, eot) if eval_rows else None
+    has_eval = bool(eval_rows)
 
     main = is_main_process()
     if progress_bar is not False and main:  # the data summary and estimate, before compute is spent
@@ -160,9 +169,9 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
 
         for event in events.events[-2:]:
             tqdm.write(event["message"], file=sys.stderr)  # the progress bar's own channel
-    events.write("status", message=f"loading {config.base_model} ({config.adapter})")
+    method = config.adapter + (f" + {config.rl}" if config.rl else "")
+    events.write("status", message=f"loading {config.base_model} ({method})")
     torch.manual_seed(config.seed)
-    model = load_model(config, model_path)
 
     throughput = ThroughputTracker()
     jsonl = JsonlLogCallback(events, throughput)
@@ -170,18 +179,35 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
     all_callbacks = [cancel, jsonl, bar, *callbacks]
     if config.early_stopping_patience:
         all_callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
-    trainer = AdapterSFTTrainer(
-        model=model,
-        args=build_sft_config(
-            config, has_eval=eval_ds is not None, steps_per_epoch=work["steps_per_epoch"]
-        ),
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        callbacks=all_callbacks,
-        compact_lm_head=config.compact_lm_head,
-        loraplus_lr_ratio=config.loraplus_lr_ratio,
-    )
+    if config.adapter == "adalora":
+        all_callbacks.append(AdaLoraBudgetCallback())
+    compact = config.compact_lm_head and config.adapter not in NO_COMPACT_HEAD and not config.rl
+    if config.compact_lm_head and not compact:
+        why = (f"rl: {config.rl} scores answers with TRL's own fused head" if config.rl else
+               f"{config.adapter} changes the sequence the head sees")
+        events.write("status", message=f"compact LM head off: {why}")
+    if config.rl:
+        from training.preference import build_preference_trainer
+
+        trainer = build_preference_trainer(
+            config, model_path, tokenizer=tokenizer, train_rows=data.train,
+            eval_rows=eval_rows, callbacks=all_callbacks,
+            steps_per_epoch=work["steps_per_epoch"], total_steps=work["steps"],
+        )
+    else:
+        trainer = AdapterSFTTrainer(
+            model=load_model(config, model_path, total_steps=work["steps"]),
+            args=build_sft_config(
+                config, has_eval=has_eval, steps_per_epoch=work["steps_per_epoch"]
+            ),
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            processing_class=tokenizer,
+            callbacks=all_callbacks,
+            compact_lm_head=compact,
+            loraplus_lr_ratio=config.loraplus_lr_ratio,
+            lorafa=(config.lora_r, config.lora_alpha) if config.adapter == "lora_fa" else None,
+        )
 
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; we have our own bar
 
@@ -203,7 +229,7 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
         if cancel.cancelled.is_set():
             raise TrainingCancelled(cancel.signal_name or "cancelled")
         metrics: dict[str, Any] = {"train_loss": result.training_loss}
-        if eval_ds is not None and not cancel.cancelled.is_set():
+        if has_eval and not cancel.cancelled.is_set():
             events.write("status", message="evaluating held-out loss")
             eval_metrics = trainer.evaluate()
             metrics["eval_loss"] = eval_metrics.get("eval_loss")
@@ -220,7 +246,7 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
         wait_for_everyone()  # until the main process has published the adapter
         return target
     state = trainer.state
-    trained_tokens = int(trainer._total_train_tokens) or throughput.trained_tokens
+    trained_tokens = int(getattr(trainer, "_total_train_tokens", 0)) or throughput.trained_tokens
     manifest = build_manifest(
         config,
         model_path=model_path,
@@ -236,10 +262,8 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
         created_at=events.events[0]["time"],
     )
     with staging_dir(target, overwrite=config.overwrite) as tmp:
-        save = trainer.model.save_pretrained
-        if state_dict is not None:
-            save = functools.partial(save, state_dict=state_dict)
-        write_adapter_files(tmp, save, manifest, data.held_out, data.train)
+        write_adapter_files(tmp, _saver(trainer, tokenizer, config, state_dict), manifest,
+                            [as_chat(r) for r in data.held_out], data.train)
     shutil.rmtree(config.checkpoint_dir, ignore_errors=True)
     wait_for_everyone()
     events.write(
@@ -254,3 +278,26 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
         message=str(target),
     )
     return target
+
+
+def as_chat(row: dict) -> dict:
+    """A held-out row as the evaluation harness reads it: a preference pair becomes its
+    prompt and preferred answer (the answer an evaluation should expect)."""
+    from training.formats import is_preference, preference_conversations
+
+    return {"messages": preference_conversations(row)[0]} if is_preference(row) else row
+
+
+def _saver(trainer, tokenizer, config, state_dict=None):
+    """Writes the trained weights: PEFT's adapter files, or for ``full`` the whole model
+    with its tokenizer (a checkpoint that loads on its own). ``state_dict``: the weights
+    gathered from a sharded (FSDP / ZeRO-3) run, else the model's own."""
+    def save(folder: Path) -> None:
+        if state_dict is not None:
+            trainer.model.save_pretrained(folder, state_dict=state_dict)
+        else:
+            trainer.model.save_pretrained(folder)
+        if config.adapter == "full":
+            tokenizer.save_pretrained(folder)
+
+    return save

@@ -70,6 +70,10 @@ class AdapterInfo:
     target_modules: list[str]
     base_model_name_or_path: str | None
     manifest: dict[str, Any] | None
+    # How it was trained (manifest ``method``, else from ``peft_type``/``use_dora``) and
+    # which engine serves it: "vllm" (LoRA) or "peft" (service/peft_engine.py).
+    method: str = "lora"
+    engine: str = "vllm"
 
 
 def check_name(name: str, base_id: str) -> None:
@@ -115,10 +119,45 @@ def _check_files(folder: Path) -> None:
         raise AdapterRejected(f"{folder} has no {ADAPTER_WEIGHTS}")
 
 
+def _is_full(folder: Path, manifest: dict[str, Any] | None) -> bool:
+    """A full fine-tune (a whole checkpoint): tuneserve's manifest says so, or the folder
+    is a model (``config.json``) without adapter files."""
+    if manifest is not None and "full" in (manifest.get("method"), manifest.get("kind")):
+        return True
+    return (folder / "config.json").is_file() and not (folder / ADAPTER_CONFIG).is_file()
+
+
+def _check_full(folder: Path, manifest: dict[str, Any] | None, base: BaseModelShape
+                ) -> AdapterInfo:
+    """A full fine-tune served on the PEFT engine as its own model: safetensors weights, and
+    the base's architecture and vocabulary (the prompts are the base tokenizer's)."""
+    if not (folder / "config.json").is_file():
+        raise AdapterRejected(f"{folder} has no config.json; a full fine-tune (method 'full') "
+                              "is a whole checkpoint")
+    if not list(folder.glob("*.safetensors")):
+        raise AdapterRejected(f"{folder} has no *.safetensors weights (pickle weights are never "
+                              "loaded)", code="unsafe_weights_format")
+    _check_base({}, manifest, base)
+    mine = _read_json(folder / "config.json", "model config")
+    theirs = json.loads((base.path / "config.json").read_text())
+    mine, theirs = mine.get("text_config", mine), theirs.get("text_config", theirs)
+    for key in ("hidden_size", "num_hidden_layers", "vocab_size"):
+        if mine.get(key) != theirs.get(key):
+            raise AdapterRejected(
+                f"full fine-tune's {key} is {mine.get(key)}, base model {base.name!r} has "
+                f"{theirs.get(key)}: it was made from another base", code="base_model_mismatch")
+    return AdapterInfo(rank=0, alpha=None, target_modules=[], base_model_name_or_path=None,
+                       manifest=manifest, method="full", engine="peft")
+
+
 def _check_config(config: dict[str, Any], max_rank: int) -> tuple[int, list[str]]:
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type != "LORA":
-        raise AdapterRejected(f"only LoRA adapters are served (peft_type is {peft_type or 'missing'})")
+        raise AdapterRejected(
+            f"{peft_type.lower() or 'unknown'} adapters (peft_type {peft_type or 'missing'}) are "
+            "not supported by the engine: only LoRA adapters are served",
+            code="unsupported_adapter_method",
+        )
     if config.get("use_dora"):
         raise AdapterRejected("DoRA adapters (use_dora=true) are not supported by the engine; "
                               "train with use_dora=false")
@@ -207,12 +246,51 @@ def _check_shapes(weights: Path, rank: int, base: BaseModelShape) -> None:
                 raise AdapterRejected(f"tensor {key!r} has a rank above the declared r={rank}")
 
 
+def _method(config: dict[str, Any], manifest: dict[str, Any] | None) -> tuple[str, str]:
+    """(method, engine): vLLM serves plain LoRA; the PEFT engine the PEFT types it knows
+    (DoRA and LoRA with modules_to_save included); anything else is refused by name."""
+    from service.peft_engine import SERVED_PEFT_TYPES
+
+    peft_type = str(config.get("peft_type", "")).upper()
+    method = peft_type.lower() or "missing"
+    if peft_type == "LORA" and config.get("use_dora"):
+        method = "dora"
+    if manifest is not None and isinstance(manifest.get("method"), str):
+        method = manifest["method"]  # the trainer's own name (qlora, lora_fa, ...)
+    plain_lora = peft_type == "LORA" and not config.get("use_dora") \
+        and not config.get("modules_to_save")
+    if plain_lora and (manifest or {}).get("servable_by_vllm") is not False:
+        return method, "vllm"
+    if peft_type in SERVED_PEFT_TYPES:
+        return method, "peft"
+    raise AdapterRejected(
+        f"adapters of method {method!r} (peft_type {peft_type or 'missing'}) are served by "
+        f"neither engine: vLLM serves LoRA, the PEFT engine "
+        f"{', '.join(sorted(t.lower() for t in SERVED_PEFT_TYPES))} and DoRA",
+        code="unsupported_adapter_method",
+    )
+
+
 def check_adapter(folder: Path, base: BaseModelShape, max_rank: int) -> AdapterInfo:
     """Check ``folder`` can be served on ``base``; return what was read, or raise."""
     folder = Path(folder)
+    manifest = _read_json(folder / MANIFEST_FILE, "manifest") if (folder / MANIFEST_FILE).is_file() else None
+    if folder.is_dir() and _is_full(folder, manifest):
+        return _check_full(folder, manifest, base)
     _check_files(folder)
     config = _read_json(folder / ADAPTER_CONFIG, "adapter config")
-    manifest = _read_json(folder / MANIFEST_FILE, "manifest") if (folder / MANIFEST_FILE).is_file() else None
+    method, engine = _method(config, manifest)
+    if engine == "peft":
+        # The PEFT engine's own load is the shape check (PEFT refuses mismatched tensors).
+        _check_base(config, manifest, base)
+        targets = config.get("target_modules")
+        return AdapterInfo(
+            rank=int(config.get("r") or 0), alpha=config.get("lora_alpha"),
+            target_modules=sorted({str(t).rsplit(".", 1)[-1] for t in targets})
+            if isinstance(targets, list) else [],
+            base_model_name_or_path=config.get("base_model_name_or_path"),
+            manifest=manifest, method=method, engine="peft",
+        )
     rank, targets = _check_config(config, max_rank)
     _check_base(config, manifest, base)
     _check_shapes(folder / ADAPTER_WEIGHTS, rank, base)
@@ -222,4 +300,5 @@ def check_adapter(folder: Path, base: BaseModelShape, max_rank: int) -> AdapterI
         target_modules=targets,
         base_model_name_or_path=config.get("base_model_name_or_path"),
         manifest=manifest,
+        method=method,
     )

@@ -28,6 +28,10 @@ class Adapter(BaseModel):
     project: str = Field("default", description="The project that owns it.")
     shared: bool = Field(True, description="Every project may use it (added by an admin, "
                          "published or promoted); else only its project.")
+    method: str = Field("lora", description="How it was trained: lora, dora, ia3, vera, "
+                        "prompt_tuning, prefix_tuning, adalora, ...")
+    engine: Literal["vllm", "peft"] = Field(
+        "vllm", description="What serves it: vLLM (LoRA) or the transformers+PEFT engine.")
 
 
 class AdapterList(BaseModel):

@@ -74,6 +74,10 @@ class AdapterRecord:
     project: str = DEFAULT_PROJECT
     # Every project may use it (admin-added, published or promoted); else only ``project``.
     shared: bool = True
+    # How it was trained (lora, dora, ia3, vera, prompt_tuning, ...) and which engine
+    # serves it ("vllm" or "peft"); read from the folder at every load, not persisted.
+    method: str = "lora"
+    engine: str = "vllm"
 
     def public(self) -> dict[str, Any]:
         """The JSON the API shows (no internal flags)."""
@@ -249,7 +253,8 @@ class AdapterRegistry:
         path = path.expanduser().resolve()
         # File checks read safetensors headers: off the event loop so streams keep flowing.
         info = await asyncio.to_thread(check_adapter, path, self.base, self.max_lora_rank)
-        handle = AdapterHandle(name=name, int_id=next(self._ids), path=str(path))
+        handle = AdapterHandle(name=name, int_id=next(self._ids), path=str(path),
+                               engine=info.engine)
         try:
             await self.engine.add_adapter(handle)
         except ValueError as exc:
@@ -258,6 +263,7 @@ class AdapterRegistry:
             name=name, path=str(path), base_model=self.base.name, rank=info.rank,
             alpha=info.alpha, target_modules=info.target_modules, source=source,
             created=int(time.time()), manifest=info.manifest, owned_path=owned_path,
+            method=info.method, engine=info.engine,
         )
         return record, handle
 

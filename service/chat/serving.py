@@ -93,6 +93,7 @@ class ChatServing:
         tool_plan = plan(request.tools, request.tool_choice)
         prompt_ids = self._prompt_ids(request)
         params = self._params(request, len(prompt_ids), tool_plan)
+        self.gen.check_supported(adapter, params)
         request_id = new_id("chatcmpl")
         admission = self.gen.admitted(request.model, request.n)
         await admission.__aenter__()

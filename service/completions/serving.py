@@ -101,6 +101,8 @@ class CompletionServing:
             raise BadRequest("best_of other than n is not supported", param="best_of")
         prompts = self._prompts(request)
         params = [self._params(request, len(ids)) for _, ids in prompts]
+        for p in params:
+            self.gen.check_supported(adapter, p)
         request_id = new_id("cmpl")
         admission = self.gen.admitted(request.model, request.n * len(prompts))
         await admission.__aenter__()

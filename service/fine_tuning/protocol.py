@@ -2,7 +2,10 @@
 (``openai.types.fine_tuning``: ``FineTuningJob``, ``FineTuningJobEvent``,
 ``FineTuningJobCheckpoint``, ``JobCreateParams``).
 
-Extension: LoRA settings ride in ``method.supervised.hyperparameters`` beside OpenAI's three
+``method.type`` is ``supervised`` or ``dpo`` (TRL's DPOTrainer on preference rows, OpenAI's
+DPO format; ``method.dpo.hyperparameters`` adds ``beta``).
+
+Extension: LoRA settings ride in ``method.<type>.hyperparameters`` beside OpenAI's
 keys – ``lora_rank``, ``lora_alpha``, ``lora_dropout``, ``qlora`` (bool), ``max_steps``,
 ``sequence_len``, ``save_steps``, ``logging_steps``, ``warmup_steps``. The SDK passes them
 through unchanged (its params are TypedDicts) and echoes them back.
@@ -32,10 +35,22 @@ class SupervisedMethod(BaseModel):
     hyperparameters: Hyperparameters | None = None
 
 
+class DpoHyperparameters(Hyperparameters):
+    """OpenAI's DPO hyperparameters (``beta`` besides the three) plus the extension keys."""
+
+    beta: Literal["auto"] | float | None = Field(
+        None, description="DPO's beta (auto = 0.1): how far the model may move from the base."
+    )
+
+
+class DpoMethod(BaseModel):
+    hyperparameters: DpoHyperparameters | None = None
+
+
 class Method(BaseModel):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: DpoMethod | None = None
     reinforcement: dict[str, Any] | None = None
 
 

@@ -71,9 +71,14 @@ class FineTuningService:
                 param="model",
             )
         method = request.method or Method(type="supervised")
-        if method.type != "supervised":
-            raise BadRequest(f"method.type {method.type!r} is not supported; use 'supervised'",
-                             param="method.type")
+        if method.type not in ("supervised", "dpo"):
+            raise BadRequest(f"method.type {method.type!r} is not supported; use 'supervised' "
+                             "or 'dpo'", param="method.type")
+        for other in ("supervised", "dpo", "reinforcement"):
+            if other != method.type and getattr(method, other) is not None:
+                raise BadRequest(f"method.{other} is given but method.type is {method.type!r}",
+                                 param=f"method.{other}")
+        hp_param = f"method.{method.type}.hyperparameters"
         if request.integrations:
             raise BadRequest("integrations are not supported by this server",
                              param="integrations")
@@ -95,17 +100,18 @@ class FineTuningService:
         hp: dict[str, Any] = {}
         if request.hyperparameters is not None:
             hp.update(request.hyperparameters.model_dump(exclude_none=True))
-        if method.supervised and method.supervised.hyperparameters is not None:
-            hp.update(method.supervised.hyperparameters.model_dump(exclude_none=True))
-        hp = resolve_hyperparameters(hp, n_rows - held_out)
+        chosen = getattr(method, method.type)
+        if chosen is not None and chosen.hyperparameters is not None:
+            hp.update(chosen.hyperparameters.model_dump(exclude_none=True))
+        hp = resolve_hyperparameters(hp, n_rows - held_out, method=method.type)
         rank = hp.get("lora_rank")
         if self.max_lora_rank is not None and rank is not None and int(rank) > self.max_lora_rank:
             raise BadRequest(
                 f"lora_rank {rank} is above this server's max_lora_rank ({self.max_lora_rank}); "
                 "the adapter could not be served",
-                param="method.supervised.hyperparameters.lora_rank",
+                param=f"{hp_param}.lora_rank",
             )
-        self._check_processes(hp.get(PROCESSES_KEY))
+        self._check_processes(hp.get(PROCESSES_KEY), hp_param)
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
         job_id = new_id("ftjob")
         try:  # the served id must pass the registry's name rule, checked now, not after training
@@ -126,12 +132,13 @@ class FineTuningService:
                 seed=seed,
                 hyperparameters=hp,
                 output_dir=self.store.runs_dir / job_id / "output",
+                method=method.type,
             )
         except UserError as exc:
-            raise BadRequest(str(exc), param="method.supervised.hyperparameters") from None
+            raise BadRequest(str(exc), param=hp_param) from None
         data_summary = _check_data(config, self.bases[request.model])
 
-        method_out = {"type": "supervised", "supervised": {"hyperparameters": hp}}
+        method_out = {"type": method.type, method.type: {"hyperparameters": hp}}
         openai_hp = {k: hp[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
         self.store.add_job({
             "id": job_id, "created_at": now(), "model": request.model,
@@ -159,11 +166,11 @@ class FineTuningService:
         self.supervisor.wake()
         return self.retrieve(job_id)
 
-    def _check_processes(self, n: Any) -> None:
+    def _check_processes(self, n: Any, hp_param: str) -> None:
         """``num_processes``: a whole number from 1 to this worker's ``max_processes``."""
         if n is None:
             return
-        param = f"method.supervised.hyperparameters.{PROCESSES_KEY}"
+        param = f"{hp_param}.{PROCESSES_KEY}"
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise BadRequest(f"{PROCESSES_KEY} must be a whole number of at least 1, got {n!r}",
                              param=param)

@@ -2,7 +2,8 @@
 
 OpenAI's hyperparameters map onto the Axolotl-style keys of ``training.config.TrainConfig``:
 ``n_epochs`` -> ``num_epochs``, ``batch_size`` -> ``micro_batch_size``,
-``learning_rate_multiplier`` x the default learning rate -> ``learning_rate``.
+``learning_rate_multiplier`` x the default learning rate -> ``learning_rate``; for
+``method.type = dpo``, ``rl: dpo`` with ``beta`` -> ``rl_beta``.
 LoRA settings ride in ``method.supervised.hyperparameters`` as extra keys (the SDK sends
 TypedDict keys it does not know unchanged), see ``EXTENSION_KEYS``.
 """
@@ -18,7 +19,7 @@ from training.auto import (
     auto_batch_size,
     auto_epochs,
 )
-from training.config import TrainConfig, config_from_dict
+from training.config import DEFAULT_RL_BETA, TrainConfig, config_from_dict
 
 # Extension hyperparameters -> TrainConfig keys (documented in docs/fine-tuning.md).
 EXTENSION_KEYS: dict[str, str] = {
@@ -37,17 +38,24 @@ QLORA_KEY = "qlora"
 # against JobsSettings.max_processes when the job is created, read back by the supervisor.
 PROCESSES_KEY = "num_processes"
 OPENAI_KEYS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+# OpenAI's hyperparameters of one method besides OPENAI_KEYS (openai.types.fine_tuning).
+METHOD_KEYS: dict[str, tuple[str, ...]] = {"supervised": (), "dpo": ("beta",)}
 DEFAULT_LEARNING_RATE = TrainConfig.model_fields["learning_rate"].default
 
 
-def resolve_hyperparameters(hp: dict[str, Any], n_train_rows: int) -> dict[str, Any]:
+def resolve_hyperparameters(
+    hp: dict[str, Any], n_train_rows: int, *, method: str = "supervised"
+) -> dict[str, Any]:
     """Replace ``"auto"``/missing OpenAI hyperparameters with the values actually used,
-    chosen from the number of training rows by the rules of ``training.auto``."""
+    chosen from the number of training rows by the rules of ``training.auto`` (and, for
+    ``dpo``, ``beta`` = TRL's default)."""
     auto = {
         "n_epochs": auto_epochs(n_train_rows),
         "batch_size": auto_batch_size(n_train_rows),
         "learning_rate_multiplier": AUTO_LEARNING_RATE_MULTIPLIER,
     }
+    if method == "dpo":
+        auto["beta"] = DEFAULT_RL_BETA
     out = dict(hp)
     for key, value in auto.items():
         if out.get(key) in (None, "auto"):
@@ -65,6 +73,7 @@ def build_train_config(
     seed: int,
     hyperparameters: dict[str, Any],
     output_dir: Path,
+    method: str = "supervised",
 ) -> dict[str, Any]:
     """The validated training config (as a JSON-able dict) for one job.
 
@@ -96,19 +105,23 @@ def build_train_config(
         raw["val_datasets"] = [{"path": str(validation_path)}]
     elif held_out_rows:
         raw["val_set_size"] = held_out_rows
-    known = {*OPENAI_KEYS, *EXTENSION_KEYS, QLORA_KEY, PROCESSES_KEY}
-    unknown = sorted(set(hp) - known)
+    method_keys = METHOD_KEYS[method]
+    if method == "dpo":
+        raw["rl"], raw["rl_beta"] = "dpo", float(hp["beta"])
+    supported = [*OPENAI_KEYS, *method_keys, *EXTENSION_KEYS, QLORA_KEY, PROCESSES_KEY]
+    unknown = sorted(set(hp) - set(supported))
     if unknown:
         from tuneserve.errors import UserError
 
         raise UserError(
-            f"unknown hyperparameter(s) {', '.join(unknown)}; supported: "
-            f"{', '.join([*OPENAI_KEYS, *EXTENSION_KEYS, QLORA_KEY, PROCESSES_KEY])}"
+            f"unknown hyperparameter(s) {', '.join(unknown)} for method {method}; supported: "
+            f"{', '.join(supported)}"
         )
     return config_from_dict(raw).model_dump(mode="json")
 
 
 def job_processes(job: dict[str, Any]) -> int:
     """The training processes a stored job asked for (1 unless ``num_processes`` was set)."""
-    supervised = (job.get("method") or {}).get("supervised") or {}
-    return int((supervised.get("hyperparameters") or {}).get(PROCESSES_KEY) or 1)
+    method = job.get("method") or {}
+    chosen = method.get(method.get("type") or "supervised") or {}
+    return int((chosen.get("hyperparameters") or {}).get(PROCESSES_KEY) or 1)

@@ -24,7 +24,8 @@ class ModelsServing:
 
     def _adapter_card(self, record, alias: str | None = None) -> ModelCard:
         public = record.public()
-        facts = {k: public[k] for k in ("rank", "alpha", "target_modules", "source", "manifest")}
+        facts = {k: public[k] for k in ("rank", "alpha", "target_modules", "source", "manifest",
+                                        "method", "engine")}
         if alias is not None:
             facts["alias_for"] = record.name
         return ModelCard(

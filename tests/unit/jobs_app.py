@@ -28,10 +28,8 @@ BASE_ID = "tiny-base"
 def build_jobs_app(base_path: Path, *, on_success=None, registry=None,
                    **settings: Any) -> FastAPI:
     """``registry``: what the runtime's registry getter gives (the demo job reads it)."""
-    jobs_settings = JobsSettings(
-        train_command=[sys.executable, str(FAKE_TRAINER)],
-        poll_interval_s=0.05, cancel_grace_s=3.0, **settings,
-    )
+    settings.setdefault("train_command", [sys.executable, str(FAKE_TRAINER)])
+    jobs_settings = JobsSettings(poll_interval_s=0.05, cancel_grace_s=3.0, **settings)
 
     async def record(job: dict, adapter: Path) -> None:
         app.state.loaded.append((job["fine_tuned_model"], adapter))

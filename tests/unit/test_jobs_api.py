@@ -171,7 +171,12 @@ def test_adapter_rejected_by_registry_fails_job(make_client):
         ({"validation_file": "file-missing"}, openai.BadRequestError, "validation_file"),
         ({"suffix": "bad/suffix"}, openai.BadRequestError, "suffix"),
         ({"suffix": "s" * 40}, openai.BadRequestError, "suffix"),  # id would pass 64 chars
-        ({"method": {"type": "dpo"}}, openai.BadRequestError, "method.type"),
+        ({"method": {"type": "reinforcement"}}, openai.BadRequestError, "method.type"),
+        ({"method": {"type": "dpo", "supervised": {}}}, openai.BadRequestError,
+         "method.supervised"),
+        ({"method": _hp(beta=0.1)}, openai.BadRequestError, "method.supervised.hyperparameters"),
+        ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"gamma": 1}}}},
+         openai.BadRequestError, "method.dpo.hyperparameters"),
         ({"method": _hp(bogus=1)}, openai.BadRequestError, "method.supervised.hyperparameters"),
         ({"method": _hp(lora_rank=0)}, openai.BadRequestError,
          "method.supervised.hyperparameters"),

@@ -98,15 +98,63 @@ def test_rank_above_limit_rejected(adapter_copy, base):
 
 
 @pytest.mark.parametrize("changes, reason", [
-    ({"use_dora": True}, "DoRA"),
-    ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
     ({"target_modules": ["q_proj", "embed_tokens"]}, "unsupported target modules"),
     ({"target_modules": "all-linear"}, "pattern"),
-    ({"peft_type": "IA3"}, "only LoRA"),
+    ({"peft_type": "LOHA"}, "method 'loha' .* served by neither engine"),
 ])
 def test_unsupported_configs_rejected(adapter_copy, base, changes, reason):
     with pytest.raises(AdapterRejected, match=reason):
         check_adapter(adapter_copy(config_changes=changes), base, 16)
+
+
+@pytest.mark.parametrize("changes, method", [
+    ({"use_dora": True}, "dora"),
+    ({"modules_to_save": ["lm_head"]}, "lora"),
+    ({"peft_type": "IA3"}, "ia3"),
+])
+def test_what_vllm_cannot_serve_goes_to_the_peft_engine(adapter_copy, base, changes, method):
+    info = check_adapter(adapter_copy(config_changes=changes), base, 16)
+    assert (info.method, info.engine) == (method, "peft")
+    assert (check_adapter(adapter_copy("plain"), base, 16).engine) == "vllm"
+
+
+def test_manifest_method_is_the_method_shown(adapter_copy, base):
+    folder = adapter_copy()
+    (folder / "tuneserve.json").write_text(json.dumps({"method": "lora_fa"}))
+    assert (check_adapter(folder, base, 16).method, check_adapter(folder, base, 16).engine) \
+        == ("lora_fa", "vllm")
+
+
+def test_manifest_method_routes_and_a_full_fine_tune_needs_a_checkpoint(adapter_copy, base):
+    """What tuneserve trained is routed by its manifest (servable_by_vllm false → the PEFT
+    engine); a full fine-tune is checked as a whole checkpoint (it has no adapter files)."""
+    folder = adapter_copy()
+    (folder / "tuneserve.json").write_text(json.dumps(
+        {"base_model": "tiny", "method": "dora", "servable_by_vllm": False}))
+    info = check_adapter(folder, base, 16)
+    assert (info.method, info.engine) == ("dora", "peft")
+    (folder / "adapter_config.json").unlink()
+    (folder / "tuneserve.json").write_text(json.dumps(
+        {"base_model": "tiny", "kind": "full", "method": "full", "servable_by_vllm": False}))
+    with pytest.raises(AdapterRejected, match="no config.json; a full fine-tune \\(method 'full'"):
+        check_adapter(folder, base, 16)
+
+
+def test_full_fine_tune_goes_to_the_peft_engine_on_its_base_only(tiny_model_dir, base, tmp_path):
+    folder = tmp_path / "full"
+    shutil.copytree(tiny_model_dir, folder)
+    info = check_adapter(folder, base, 16)
+    assert (info.method, info.engine) == ("full", "peft")
+    config = json.loads((folder / "config.json").read_text())
+    config.get("text_config", config)["vocab_size"] += 1
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(AdapterRejected, match="vocab_size") as exc:
+        check_adapter(folder, base, 16)
+    assert exc.value.code == "base_model_mismatch"
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(AdapterRejected, match="safetensors"):
+        check_adapter(folder, base, 16)
 
 
 def test_adapter_of_another_base_rejected_by_declared_base(tiny_adapter, tmp_path):

@@ -160,7 +160,7 @@ def test_meaningless_keys_warn_once(key):
         ({"hub_model_id": "me/x"}, "nothing is uploaded"),
         ({"chat_template": "chatml"}, "base model's own template"),
         ({"load_in_4bit": True, "load_in_8bit": True}, "not both"),
-        ({"rl": "dpo"}, "SFT only"),
+        ({"rl": "kto"}, "rl: Input should be 'dpo' or 'orpo'"),
         ({"optimizer": "lion"}, "optimizer"),
         ({"name": None}, "name"),
     ],

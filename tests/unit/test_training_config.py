@@ -37,7 +37,7 @@ def test_unknown_key_is_named(tmp_path):
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("adapter: full", "adapter"),
+        ("adapter: dreambooth", "adapter"),
         ("lora_r: 0", "lora_r"),
         ("learning_rate: -1", "learning_rate"),
         ("name: 'bad name!'", "name"),
