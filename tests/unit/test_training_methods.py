@@ -154,6 +154,10 @@ def test_each_method_trains_its_peft_layers(tiny_model_dir, data_file, tmp_path,
     info = check_adapter(adapter, shape, max_rank=16)
     assert (info.method, info.engine) == (method, "vllm" if method == "lora_fa" else "peft")
 
+    # The compact LM head is switched off, with a log line, where it does not apply.
+    log = (tmp_path / "adapters" / "m.train.jsonl").read_text()
+    assert ("compact LM head off" in log) is (method in ("prompt_tuning", "prefix_tuning"))
+
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     trained = _load_trained(adapter, tiny_model_dir, method)
@@ -281,3 +285,46 @@ def test_preference_rows_and_methods_must_match(tiny_model_dir, data_file, tmp_p
         train(make_config(tiny_model_dir, pairs, tmp_path), progress_bar=False)
     with pytest.raises(UserError, match="rl: dpo trains on preference pairs; .* prompt_completion"):
         train(make_config(tiny_model_dir, data_file, tmp_path, rl="dpo"), progress_bar=False)
+
+
+def test_orpo_alpha_is_axolotls_name_for_rl_beta(tiny_model_dir, data_file, tmp_path):
+    config = make_config(tiny_model_dir, data_file, tmp_path, rl="orpo", orpo_alpha=0.3)
+    assert (config.rl, config.rl_beta) == ("orpo", 0.3)
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"prompt": "q", "chosen": "a"}, "missing key(s) 'rejected'"),
+        ({"prompt": "q", "chosen": "a", "rejected": "a"}, "are the same answer"),
+        ({"prompt": "q", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"},
+         "'chosen' must be one assistant message"),
+        ({"prompt": "q", "chosen": "a", "rejected": "b", "score": 1}, "'score'"),
+        ({"input": {"messages": [{"role": "user", "content": "q"}], "tools": [{}]},
+          "preferred_output": [{"role": "assistant", "content": "a"}],
+          "non_preferred_output": [{"role": "assistant", "content": "b"}]}, "input.tools"),
+        ({"input": {"messages": []}, "preferred_output": [], "non_preferred_output": []},
+         "'input.messages' must be a non-empty message list"),
+    ],
+)
+def test_bad_preference_rows_are_refused_by_name(record, message):
+    from training.formats import detect, to_row
+
+    with pytest.raises(ValueError) as info:
+        to_row(record, detect(record))
+    assert message in str(info.value)
+
+
+def test_both_preference_formats_give_the_same_row():
+    from training.formats import detect, to_row
+
+    openai_row = {"input": {"messages": [{"role": "user", "content": "q"}]},
+                  "preferred_output": [{"role": "assistant", "content": "a"}],
+                  "non_preferred_output": [{"role": "assistant", "content": "b"}]}
+    trl_row = {"prompt": "q", "chosen": "a", "rejected": "b"}
+    assert (detect(openai_row), detect(trl_row)) == ("openai_dpo", "preference")
+    assert to_row(openai_row, "openai_dpo") == to_row(trl_row, "preference") == {
+        "prompt": [{"role": "user", "content": "q"}],
+        "chosen": [{"role": "assistant", "content": "a"}],
+        "rejected": [{"role": "assistant", "content": "b"}],
+    }
