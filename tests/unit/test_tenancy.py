@@ -159,6 +159,13 @@ def test_a_jobs_adapter_is_private_to_its_project_until_published(projects):
     assert a.chat.completions.create(model=model, **chat).choices
     assert f'model="{model}"' in projects.http.get("/metrics").text
 
+    # The gate's refusal names the candidate: only its project (and admins) see that.
+    projects.http.app.state.registry.refuse("prod", model, actor="gate", reason="worse")
+    alias = {who: projects.http.get("/v1/aliases/prod", headers={
+        "Authorization": f"Bearer {KEYS[who]}"}) for who in ("a", "b")}
+    assert [d["adapter"] for d in alias["a"].json()["decisions"]] == [model]
+    assert alias["b"].status_code == 404 and model not in alias["b"].text
+
     published = projects.http.post(f"/v1/adapters/{model}/publish", headers={
         "Authorization": f"Bearer {KEYS['admin']}"})
     assert published.status_code == 200 and published.json()["shared"] is True
