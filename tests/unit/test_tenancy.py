@@ -219,3 +219,17 @@ async def test_adapters_registered_before_projects_stay_shared(tmp_path, tiny_mo
         assert {r.name for r in registry.list("a")} == {"old", "mine"}
     finally:
         registry.close()
+
+
+def test_a_jobs_evaluation_uses_a_key_that_sees_the_jobs_private_adapter():
+    from types import SimpleNamespace
+
+    from service.tenancy import project_eval_key
+
+    settings = SimpleNamespace(user_api_keys=[KEYS["b"], KEYS["a"]],
+                               admin_api_keys=[KEYS["admin"]],
+                               key_projects={KEYS["a"]: "a", KEYS["b"]: "b"})
+    assert project_eval_key(settings, "a") == KEYS["a"]  # least privilege: A's own key
+    assert project_eval_key(settings, "c") == KEYS["admin"]  # no key of C: an admin key
+    assert project_eval_key(SimpleNamespace(user_api_keys=[], admin_api_keys=[],
+                                            key_projects={}), "a") is None
