@@ -159,6 +159,13 @@ def test_a_jobs_adapter_is_private_to_its_project_until_published(projects):
     assert a.chat.completions.create(model=model, **chat).choices
     assert f'model="{model}"' in projects.http.get("/metrics").text
 
+    # The gate's refusal names the candidate: only its project (and admins) see that.
+    projects.http.app.state.registry.refuse("prod", model, actor="gate", reason="worse")
+    alias = {who: projects.http.get("/v1/aliases/prod", headers={
+        "Authorization": f"Bearer {KEYS[who]}"}) for who in ("a", "b")}
+    assert [d["adapter"] for d in alias["a"].json()["decisions"]] == [model]
+    assert alias["b"].status_code == 404 and model not in alias["b"].text
+
     published = projects.http.post(f"/v1/adapters/{model}/publish", headers={
         "Authorization": f"Bearer {KEYS['admin']}"})
     assert published.status_code == 200 and published.json()["shared"] is True
@@ -212,3 +219,17 @@ async def test_adapters_registered_before_projects_stay_shared(tmp_path, tiny_mo
         assert {r.name for r in registry.list("a")} == {"old", "mine"}
     finally:
         registry.close()
+
+
+def test_a_jobs_evaluation_uses_a_key_that_sees_the_jobs_private_adapter():
+    from types import SimpleNamespace
+
+    from service.tenancy import project_eval_key
+
+    settings = SimpleNamespace(user_api_keys=[KEYS["b"], KEYS["a"]],
+                               admin_api_keys=[KEYS["admin"]],
+                               key_projects={KEYS["a"]: "a", KEYS["b"]: "b"})
+    assert project_eval_key(settings, "a") == KEYS["a"]  # least privilege: A's own key
+    assert project_eval_key(settings, "c") == KEYS["admin"]  # no key of C: an admin key
+    assert project_eval_key(SimpleNamespace(user_api_keys=[], admin_api_keys=[],
+                                            key_projects={}), "a") is None
