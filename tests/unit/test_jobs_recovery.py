@@ -163,12 +163,12 @@ async def test_store_waits_off_the_event_loop(isolated_home, tmp_path, monkeypat
     # lock. A store call made on the loop would block it until SQLite gives up.
     import sqlite3
 
-    from service.jobs import store as store_module
+    from tuneserve import database
     from service.jobs.settings import JobsSettings
     from service.jobs.store import JobStore, now
     from service.jobs.supervisor import JobSupervisor
 
-    monkeypatch.setattr(store_module, "_BUSY_TIMEOUT_S", 2)  # fail fast without the fix
+    monkeypatch.setattr(database, "SQLITE_BUSY_TIMEOUT_S", 2)  # fail fast without the fix
     store = JobStore(tmp_path / "jobs")
     store.add_job({"id": "ftjob-1", "created_at": now(), "model": BASE_ID,
                    "training_file": "file-1", "seed": 1, "status": "queued",
