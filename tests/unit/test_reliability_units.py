@@ -116,8 +116,8 @@ def test_registry_database_uses_wal(tmp_path, tiny_model_dir):
 def test_jobs_store_reads_while_another_connection_writes(tmp_path, monkeypatch):
     # WAL: a reader (the API) is not blocked by a writer's open transaction (the supervisor,
     # the CLI). Without WAL an exclusive writer locks readers out until SQLite gives up.
-    from tuneserve import database
     from service.jobs.store import JobStore
+    from tuneserve import database
 
     monkeypatch.setattr(database, "SQLITE_BUSY_TIMEOUT_S", 0.2)
     store = JobStore(tmp_path / "jobs")
