@@ -17,11 +17,11 @@ def _job(job_id: str, **fields) -> dict:
 
 def test_files_jobs_events_and_checkpoints_round_trip(database_url, tmp_path):
     store = JobStore(tmp_path / "jobs", url=database_url)
-    for n in range(3):  # same second: upload order is kept
+    for n in (2, 0, 1):  # same second: upload order is kept (not the ids' order)
         store.add_file(file_id=f"file-{n}", filename=f"{n}.jsonl", purpose="fine-tune", size=n,
                        path=tmp_path / f"{n}", rows=n, project="a" if n else "default")
-    assert [f["id"] for f in store.list_files()] == ["file-0", "file-1", "file-2"]
-    assert [f["id"] for f in store.list_files(project="a")] == ["file-1", "file-2"]
+    assert [f["id"] for f in store.list_files()] == ["file-2", "file-0", "file-1"]
+    assert [f["id"] for f in store.list_files(project="a")] == ["file-2", "file-1"]
     assert store.delete_file("file-1") and not store.delete_file("file-1")
     assert store.get_file("file-1") is None
 
