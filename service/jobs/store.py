@@ -1,106 +1,36 @@
-"""The SQLite store behind the Files and Fine-tuning APIs.
+"""The store behind the Files and Fine-tuning APIs, on the storage layer (tuneserve.database).
 
-One database file under ``$TUNESERVE_HOME/jobs/jobs.sqlite`` in WAL mode (readers never block
-the supervisor's writes), four tables: ``files``, ``jobs``, ``events``, ``checkpoints``.
-Every call opens its own short-lived connection, so the store is safe to share between
-threads and the CLI; rows come back as plain dicts.
+Four tables: ``files`` (uploads' metadata; the payloads stay under ``files/``), ``jobs``,
+``events``, ``checkpoints``. ``JobStore(root)`` keeps them in ``root/jobs.sqlite`` (the
+per-pod file the store always used, adopted in place by migration 0003); ``url=`` puts them
+in any database of the layer (PostgreSQL for several workers). The server keeps the per-pod
+file: the uploaded payloads are files on the pod, not yet reachable from other replicas.
+Rows come back as plain dicts. Jobs are handed to workers by ``claim_next``, a lease.
 
-The store is synchronous and a call may wait up to ``_BUSY_TIMEOUT_S`` for another writer
-(the CLI, a second service): keep it off the event loop. Async code goes through
-``asyncio.to_thread`` at the call site and HTTP handlers that only read or write the store
-are plain ``def`` routes, which FastAPI runs in its thread pool. That was chosen over an
-async facade (a second API per method to keep in step) and over one connection per thread
-(opening a connection costs microseconds; the wait on a lock is what blocked the loop).
-Still on the loop: the post-training evaluator's few calls per job (``verdict.py``).
+The store is synchronous and a write may wait for another writer (the CLI, a second
+service): keep it off the event loop. Async code goes through ``asyncio.to_thread`` at the
+call site and HTTP handlers that only read or write the store are plain ``def`` routes,
+which FastAPI runs in its thread pool. That was chosen over an async facade (a second API
+per method to keep in step). Still on the loop: the post-training evaluator's few calls per
+job (``verdict.py``).
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
 from service.ids import new_id
-from service.sqlite import transaction
+from tuneserve.database import engine_for, sqlite_url, write_transaction
+from tuneserve.database.tables import files, job_checkpoints, job_events, jobs
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    id TEXT PRIMARY KEY,
-    filename TEXT NOT NULL,
-    purpose TEXT NOT NULL,
-    bytes INTEGER NOT NULL,
-    created_at INTEGER NOT NULL,
-    path TEXT NOT NULL,
-    rows INTEGER,
-    deleted INTEGER NOT NULL DEFAULT 0,
-    project TEXT NOT NULL DEFAULT 'default'
-);
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT UNIQUE NOT NULL,
-    created_at INTEGER NOT NULL,
-    model TEXT NOT NULL,
-    training_file TEXT NOT NULL,
-    validation_file TEXT,
-    suffix TEXT,
-    seed INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    hyperparameters TEXT NOT NULL,
-    method TEXT NOT NULL,
-    metadata TEXT,
-    train_config TEXT NOT NULL,
-    fine_tuned_model TEXT,
-    finished_at INTEGER,
-    trained_tokens INTEGER,
-    error TEXT,
-    pid INTEGER,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    adapter_path TEXT,
-    log_offset INTEGER NOT NULL DEFAULT 0,
-    result_files TEXT,
-    evaluation TEXT,
-    project TEXT NOT NULL DEFAULT 'default'
-);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT UNIQUE NOT NULL,
-    job_id TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    level TEXT NOT NULL,
-    message TEXT NOT NULL,
-    type TEXT NOT NULL,
-    data TEXT
-);
-CREATE INDEX IF NOT EXISTS events_job ON events(job_id, seq);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT UNIQUE NOT NULL,
-    job_id TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    step_number INTEGER NOT NULL,
-    path TEXT NOT NULL,
-    metrics TEXT NOT NULL,
-    UNIQUE(job_id, step_number)
-);
-"""
-
-# How long a call waits for another connection's write lock before it fails.
-_BUSY_TIMEOUT_S = 30
-
-_JSON_COLUMNS = ("hyperparameters", "method", "metadata", "train_config", "error", "data", "metrics",
-                 "result_files", "evaluation")
-# Columns added after the first release: a database made before them gets them on open
-# (rows made before ``project`` existed belong to the default project).
-_ADDED_COLUMNS = {
-    "jobs": {"result_files": "TEXT", "evaluation": "TEXT",
-             "project": "TEXT NOT NULL DEFAULT 'default'"},
-    "files": {"project": "TEXT NOT NULL DEFAULT 'default'"},
-}
+# A claimed job's lease: a worker renews it while the job runs (``renew_lease``); one that
+# dies stops renewing and the job goes to the next claimer once the lease ran out.
+DEFAULT_LEASE_S = 60
 
 
 def now() -> int:
@@ -110,87 +40,64 @@ def now() -> int:
 class JobStore:
     """Persistence for uploaded files, jobs, their events and checkpoints."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, url: str | None = None) -> None:
         self.root = Path(root)
         self.files_dir = self.root / "files"
         self.runs_dir = self.root / "runs"
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "jobs.sqlite"
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            for table, columns in _ADDED_COLUMNS.items():
-                have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-                for column, kind in columns.items():
-                    if column not in have:
-                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        with transaction(self.db_path, _BUSY_TIMEOUT_S) as db:
-            yield db
+        self.url = url or sqlite_url(self.db_path)
+        self._engine = engine_for(self.url)
 
     @staticmethod
-    def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
-        if row is None:
-            return None
-        out = dict(row)
-        for key in _JSON_COLUMNS:
-            if key in out and out[key] is not None:
-                out[key] = json.loads(out[key])
-        return out
+    def _row(row: sa.RowMapping | None) -> dict[str, Any] | None:
+        return dict(row) if row is not None else None
+
+    def _all(self, query: sa.Select) -> list[dict[str, Any]]:
+        with self._engine.connect() as db:
+            return [dict(r) for r in db.execute(query).mappings()]
+
+    def _first(self, query: sa.Select) -> dict[str, Any] | None:
+        with self._engine.connect() as db:
+            return self._row(db.execute(query).mappings().first())
 
     # ---- files ------------------------------------------------------------------------
     def add_file(self, *, file_id: str, filename: str, purpose: str, size: int, path: Path,
                  rows: int | None, project: str = "default") -> dict[str, Any]:
-        with self._connect() as db:
-            db.execute(
-                "INSERT INTO files (id, filename, purpose, bytes, created_at, path, rows, project)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (file_id, filename, purpose, size, now(), str(path), rows, project),
-            )
+        next_seq = sa.select(sa.func.coalesce(sa.func.max(files.c.seq), 0) + 1).scalar_subquery()
+        with write_transaction(self._engine) as db:
+            db.execute(files.insert().values(
+                id=file_id, filename=filename, purpose=purpose, bytes=size, created_at=now(),
+                path=str(path), rows=rows, project=project, seq=next_seq))
         return self.get_file(file_id)  # type: ignore[return-value]
 
     def get_file(self, file_id: str) -> dict[str, Any] | None:
-        with self._connect() as db:
-            row = db.execute("SELECT * FROM files WHERE id = ? AND deleted = 0", (file_id,))
-            return self._row(row.fetchone())
+        return self._first(sa.select(files).where(files.c.id == file_id, files.c.deleted == 0))
 
     def list_files(self, *, purpose: str | None = None,
                    project: str | None = None) -> list[dict[str, Any]]:
         """All live files (of ``project`` when given), oldest first."""
-        query = "SELECT * FROM files WHERE deleted = 0"
-        params: list[str] = []
+        query = sa.select(files).where(files.c.deleted == 0)
         if purpose:
-            query += " AND purpose = ?"
-            params.append(purpose)
+            query = query.where(files.c.purpose == purpose)
         if project is not None:
-            query += " AND project = ?"
-            params.append(project)
-        with self._connect() as db:
-            return [self._row(r) for r in db.execute(query + " ORDER BY created_at, rowid", params)]
+            query = query.where(files.c.project == project)
+        return self._all(query.order_by(files.c.created_at, files.c.seq, files.c.id))
 
     def delete_file(self, file_id: str) -> bool:
-        with self._connect() as db:
-            cur = db.execute("UPDATE files SET deleted = 1 WHERE id = ? AND deleted = 0", (file_id,))
-            return cur.rowcount > 0
+        with self._engine.begin() as db:
+            return db.execute(files.update().where(files.c.id == file_id, files.c.deleted == 0)
+                              .values(deleted=1)).rowcount > 0
 
     # ---- jobs -------------------------------------------------------------------------
     def add_job(self, job: dict[str, Any]) -> dict[str, Any]:
-        record = dict(job)
-        for key in _JSON_COLUMNS:
-            if key in record and record[key] is not None:
-                record[key] = json.dumps(record[key])
-        cols = ", ".join(record)
-        marks = ", ".join("?" for _ in record)
-        with self._connect() as db:
-            db.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", tuple(record.values()))
+        with self._engine.begin() as db:
+            db.execute(jobs.insert().values(**job))
         return self.get_job(job["id"])  # type: ignore[return-value]
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
-        with self._connect() as db:
-            return self._row(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        return self._first(sa.select(jobs).where(jobs.c.id == job_id))
 
     def list_jobs(self, *, after: str | None = None, limit: int = 20,
                   statuses: frozenset[str] | None = None,
@@ -200,101 +107,115 @@ class JobStore:
 
         Returns (page, has_more).
         """
-        query, params = "SELECT * FROM jobs WHERE 1=1", []
+        query = sa.select(jobs)
         if after:
-            query += " AND seq < (SELECT seq FROM jobs WHERE id = ?)"
-            params.append(after)
+            query = query.where(
+                jobs.c.seq < sa.select(jobs.c.seq).where(jobs.c.id == after).scalar_subquery())
         if statuses:
-            query += f" AND status IN ({', '.join('?' for _ in statuses)})"
-            params.extend(sorted(statuses))
+            query = query.where(jobs.c.status.in_(sorted(statuses)))
         if project is not None:
-            query += " AND project = ?"
-            params.append(project)
-        query += " ORDER BY seq DESC LIMIT ?"
-        params.append(limit + 1)
-        with self._connect() as db:
-            rows = [self._row(r) for r in db.execute(query, params)]
+            query = query.where(jobs.c.project == project)
+        rows = self._all(query.order_by(jobs.c.seq.desc()).limit(limit + 1))
         return rows[:limit], len(rows) > limit
 
-    def next_queued(self) -> dict[str, Any] | None:
-        """The oldest queued job (FIFO)."""
-        with self._connect() as db:
-            row = db.execute("SELECT * FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1")
-            return self._row(row.fetchone())
+    def claim_next(self, owner: str, lease_s: int = DEFAULT_LEASE_S) -> dict[str, Any] | None:
+        """Hand the oldest claimable job to ``owner`` for ``lease_s`` seconds, marked
+        ``running`` (``attempts`` + 1), and return it; None when there is none.
+
+        Claimable: ``queued``, or ``running`` under a lease that ran out (its worker died:
+        the new claimer resumes it from its newest checkpoint). Concurrent claimers never get
+        the same job: on PostgreSQL the row is locked ``FOR UPDATE SKIP LOCKED`` (another
+        claimer takes the next job instead of waiting), on SQLite the claim is one write
+        transaction holding the writer lock. Jobs ``running`` with no lease at all belong to
+        a supervisor's own restart recovery, not to claimers."""
+        t = now()
+        c = jobs.c
+        expired = sa.and_(c.status == "running", c.lease_until.is_not(None), c.lease_until < t)
+        query = (sa.select(jobs).where(sa.or_(c.status == "queued", expired))
+                 .order_by(c.seq).limit(1)
+                 # Rendered on PostgreSQL only (SQLite has no row locks: write_transaction).
+                 .with_for_update(skip_locked=True))
+        with write_transaction(self._engine) as db:
+            row = db.execute(query).mappings().first()
+            if row is None:
+                return None
+            values = {"status": "running", "attempts": row["attempts"] + 1,
+                      "claimed_by": owner, "lease_until": t + lease_s}
+            db.execute(jobs.update().where(c.seq == row["seq"]).values(values))
+        return {**dict(row), **values}
+
+    def renew_lease(self, job_id: str, owner: str, lease_s: int = DEFAULT_LEASE_S) -> bool:
+        """Extend ``owner``'s lease on a running job; False when it holds none any more (its
+        lease ran out and another claimer took the job: it must stop working on it)."""
+        c = jobs.c
+        with self._engine.begin() as db:
+            return db.execute(jobs.update()
+                              .where(c.id == job_id, c.claimed_by == owner,
+                                     c.status == "running")
+                              .values(lease_until=now() + lease_s)).rowcount == 1
 
     def update_job(self, job_id: str, *, only_if_status: set[str] | None = None,
                    **fields: Any) -> bool:
         """Set columns of a job; with ``only_if_status`` only while it has one of those
         statuses (so a cancel and a finishing worker cannot both win). True if updated."""
-        for key in _JSON_COLUMNS:
-            if key in fields and fields[key] is not None:
-                fields[key] = json.dumps(fields[key])
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        query = f"UPDATE jobs SET {sets} WHERE id = ?"
-        params = [*fields.values(), job_id]
+        update = jobs.update().where(jobs.c.id == job_id).values(**fields)
         if only_if_status:
-            query += f" AND status IN ({', '.join('?' for _ in only_if_status)})"
-            params.extend(sorted(only_if_status))
-        with self._connect() as db:
-            return db.execute(query, params).rowcount > 0
+            update = update.where(jobs.c.status.in_(sorted(only_if_status)))
+        with self._engine.begin() as db:
+            return db.execute(update).rowcount > 0
 
     # ---- events -----------------------------------------------------------------------
     def add_event(self, job_id: str, message: str, *, level: str = "info",
                   type: str = "message", data: dict[str, Any] | None = None,
                   created_at: int | None = None) -> dict[str, Any]:
         event_id = new_id("ftevent")
-        with self._connect() as db:
-            db.execute(
-                "INSERT INTO events (id, job_id, created_at, level, message, type, data)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (event_id, job_id, created_at or now(), level, message, type,
-                 json.dumps(data) if data is not None else None),
-            )
+        with self._engine.begin() as db:
+            db.execute(job_events.insert().values(
+                id=event_id, job_id=job_id, created_at=created_at or now(), level=level,
+                message=message, type=type, data=data))
         return {"id": event_id}
 
     def latest_metrics_event(self, job_id: str) -> dict[str, Any] | None:
-        with self._connect() as db:
-            return self._row(db.execute(
-                "SELECT * FROM events WHERE job_id = ? AND type = 'metrics'"
-                " ORDER BY seq DESC LIMIT 1", (job_id,)).fetchone())
+        e = job_events.c
+        return self._first(sa.select(job_events).where(e.job_id == job_id, e.type == "metrics")
+                           .order_by(e.seq.desc()).limit(1))
 
     def update_event(self, event_id: str, *, message: str, data: dict[str, Any]) -> None:
-        with self._connect() as db:
-            db.execute("UPDATE events SET message = ?, data = ? WHERE id = ?",
-                       (message, json.dumps(data), event_id))
+        with self._engine.begin() as db:
+            db.execute(job_events.update().where(job_events.c.id == event_id)
+                       .values(message=message, data=data))
 
     def list_events(self, job_id: str, *, after: str | None = None,
                     limit: int = 20) -> tuple[list[dict[str, Any]], bool]:
         """A job's events newest first (as OpenAI lists them), after the event id ``after``."""
-        return self._page_newest_first("events", job_id, after, limit)
+        return self._page_newest_first(job_events, job_id, after, limit)
 
     # ---- checkpoints ------------------------------------------------------------------
     def add_checkpoint(self, job_id: str, step: int, path: Path,
                        metrics: dict[str, Any]) -> bool:
         """Record a checkpoint once per (job, step); True when it is new."""
-        with self._connect() as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO checkpoints (id, job_id, created_at, step_number, path,"
-                " metrics) VALUES (?, ?, ?, ?, ?, ?)",
-                (new_id("ftckpt"), job_id, now(), step, str(path), json.dumps(metrics)),
-            )
-            return cur.rowcount > 0
+        dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
+        insert = dialect.insert(job_checkpoints).values(
+            id=new_id("ftckpt"), job_id=job_id, created_at=now(), step_number=step,
+            path=str(path), metrics=metrics,
+        ).on_conflict_do_nothing(index_elements=["job_id", "step_number"])
+        # RETURNING, not rowcount: psycopg reports no rowcount for an insert that returns
+        # its generated key.
+        with self._engine.begin() as db:
+            return db.execute(insert.returning(job_checkpoints.c.id)).first() is not None
 
     def list_checkpoints(self, job_id: str, *, after: str | None = None,
                          limit: int = 10) -> tuple[list[dict[str, Any]], bool]:
         """A job's checkpoints newest first, after the checkpoint id ``after``."""
-        return self._page_newest_first("checkpoints", job_id, after, limit)
+        return self._page_newest_first(job_checkpoints, job_id, after, limit)
 
-    def _page_newest_first(self, table: str, job_id: str, after: str | None,
+    def _page_newest_first(self, table: sa.Table, job_id: str, after: str | None,
                            limit: int) -> tuple[list[dict[str, Any]], bool]:
-        """One page of a job's rows in ``table`` (a fixed name, never user input), newest
-        first, after the row id ``after``; plus whether more rows follow."""
-        query, params = f"SELECT * FROM {table} WHERE job_id = ?", [job_id]
+        """One page of a job's rows in ``table`` newest first, after the row id ``after``;
+        plus whether more rows follow."""
+        query = sa.select(table).where(table.c.job_id == job_id)
         if after:
-            query += f" AND seq < (SELECT seq FROM {table} WHERE id = ?)"
-            params.append(after)
-        query += " ORDER BY seq DESC LIMIT ?"
-        params.append(limit + 1)
-        with self._connect() as db:
-            rows = [self._row(r) for r in db.execute(query, params)]
+            query = query.where(table.c.seq < sa.select(table.c.seq)
+                                .where(table.c.id == after).scalar_subquery())
+        rows = self._all(query.order_by(table.c.seq.desc()).limit(limit + 1))
         return rows[:limit], len(rows) > limit

@@ -21,7 +21,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -33,7 +35,7 @@ from typing import Any
 import yaml
 
 from service.jobs.settings import JobsSettings
-from service.jobs.store import JobStore, now
+from service.jobs.store import DEFAULT_LEASE_S, JobStore, now
 from service.jobs.train_config import job_processes
 from service.process_group import signal_group, stop_group
 from training.config import TrainConfig
@@ -102,6 +104,10 @@ class JobSupervisor:
         self._wake = asyncio.Event()
         self._stopping = False
         self._event_loop: asyncio.AbstractEventLoop | None = None
+        # Who holds this supervisor's job leases (unique per process, even after a restart
+        # under the same pid); renewed on every poll, so a lease outlives a few slow polls.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.lease_s = max(DEFAULT_LEASE_S, int(settings.poll_interval_s * 10))
 
     # ---- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
@@ -199,13 +205,9 @@ class JobSupervisor:
             task.add_done_callback(self._tasks.discard)
 
     def _claim_next(self) -> dict[str, Any] | None:
-        """Mark the oldest queued job ``running`` and return it; None when none is queued."""
-        while (job := self.store.next_queued()) is not None:
-            if self.store.update_job(job["id"], only_if_status={"queued"}, status="running",
-                                     attempts=job["attempts"] + 1):
-                return self.store.get_job(job["id"])
-            # else cancelled between the read and the claim: look again
-        return None
+        """Claim the oldest queued job (``running``, leased to this supervisor); None when
+        none is queued."""
+        return self.store.claim_next(self.owner, self.lease_s)
 
     async def _run(self, job: dict[str, Any]) -> None:
         """Run one job to its end. Whatever goes wrong in here (a store error, a bug while
@@ -247,6 +249,8 @@ class JobSupervisor:
     def _poll(self, job: dict[str, Any], run: _Run) -> bool:
         """Ingest the worker's new log lines and checkpoints; True when a cancel is pending
         (one written by another process, the CLI, is honoured this way too)."""
+        if not self.store.renew_lease(job["id"], self.owner, self.lease_s):
+            log.warning("job supervisor: lost the lease on job %s", job["id"])
         current = self.store.get_job(job["id"])
         self._ingest_log(current, run)
         self._record_checkpoints(job, run)

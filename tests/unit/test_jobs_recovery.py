@@ -15,6 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 from jobs_app import BASE_ID, CHAT_ROWS, build_jobs_app, wait_for
 
+from service.jobs.store import now
+
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -163,12 +165,12 @@ async def test_store_waits_off_the_event_loop(isolated_home, tmp_path, monkeypat
     # lock. A store call made on the loop would block it until SQLite gives up.
     import sqlite3
 
-    from service.jobs import store as store_module
     from service.jobs.settings import JobsSettings
     from service.jobs.store import JobStore, now
     from service.jobs.supervisor import JobSupervisor
+    from tuneserve import database
 
-    monkeypatch.setattr(store_module, "_BUSY_TIMEOUT_S", 2)  # fail fast without the fix
+    monkeypatch.setattr(database, "SQLITE_BUSY_TIMEOUT_S", 2)  # fail fast without the fix
     store = JobStore(tmp_path / "jobs")
     store.add_job({"id": "ftjob-1", "created_at": now(), "model": BASE_ID,
                    "training_file": "file-1", "seed": 1, "status": "queued",
@@ -181,3 +183,22 @@ async def test_store_waits_off_the_event_loop(isolated_home, tmp_path, monkeypat
     writer.execute("ROLLBACK")  # runs only if the loop was not blocked
     writer.close()
     assert (await cancel)["status"] == "cancelled"
+
+
+def test_the_supervisor_holds_and_renews_the_running_jobs_lease(isolated_home, tmp_path,
+                                                                monkeypatch):
+    # The job is claimed under the supervisor's owner id, and its lease keeps moving while
+    # the worker runs (a supervisor that stopped renewing would lose it to another claimer).
+    monkeypatch.setenv("FAKE_TRAIN_STEP_S", "0.2")
+    app = build_jobs_app(tmp_path)
+    with TestClient(app) as http:
+        sdk = _sdk(http)
+        job = _create(sdk, max_steps=100, save_steps=100)
+        store = app.state.jobs_store
+        wait_for(lambda: (store.get_job(job.id) or {}).get("pid"))
+        running = store.get_job(job.id)
+        assert running["claimed_by"] == app.state.jobs_supervisor.owner
+        assert running["lease_until"] >= now() + 30
+        wait_for(lambda: store.get_job(job.id)["lease_until"] > running["lease_until"])
+        sdk.fine_tuning.jobs.cancel(job.id)
+        assert _finished(sdk, job.id).status == "cancelled"

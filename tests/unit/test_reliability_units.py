@@ -116,10 +116,10 @@ def test_registry_database_uses_wal(tmp_path, tiny_model_dir):
 def test_jobs_store_reads_while_another_connection_writes(tmp_path, monkeypatch):
     # WAL: a reader (the API) is not blocked by a writer's open transaction (the supervisor,
     # the CLI). Without WAL an exclusive writer locks readers out until SQLite gives up.
-    from service.jobs import store as store_module
     from service.jobs.store import JobStore
+    from tuneserve import database
 
-    monkeypatch.setattr(store_module, "_BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(database, "SQLITE_BUSY_TIMEOUT_S", 0.2)
     store = JobStore(tmp_path / "jobs")
     store.add_file(file_id="file-1", filename="a.jsonl", purpose="fine-tune", size=1,
                    path=tmp_path / "a.jsonl", rows=1)

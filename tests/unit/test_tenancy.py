@@ -19,7 +19,6 @@ import pytest
 
 from service.adapters.checks import BaseModelShape
 from service.adapters.registry import AdapterRegistry
-from service.jobs.store import JobStore
 from tests.unit.jobs_app import FAKE_TRAINER
 from tests.unit.service_fake_engine import FakeEngine
 from tests.unit.service_lora import make_lora_adapter
@@ -181,19 +180,6 @@ def test_publishing_needs_an_admin_key(projects):
     response = projects.http.post("/v1/adapters/anything/publish", headers={
         "Authorization": f"Bearer {KEYS['a']}"})
     assert response.status_code == 403
-
-
-def test_rows_made_before_projects_stay_readable_as_the_default_projects(tmp_path):
-    store = JobStore(tmp_path)
-    store.add_file(file_id="file-old", filename="x.jsonl", purpose="fine-tune", size=1,
-                   path=tmp_path / "x", rows=1)
-    with sqlite3.connect(store.db_path) as db:  # the schema before the project column
-        db.execute("ALTER TABLE files DROP COLUMN project")
-        db.execute("ALTER TABLE jobs DROP COLUMN project")
-    reopened = JobStore(tmp_path)
-    assert reopened.get_file("file-old")["project"] == "default"
-    assert reopened.list_files(project="default")[0]["id"] == "file-old"
-    assert reopened.list_jobs(project="a") == ([], False)
 
 
 async def test_adapters_registered_before_projects_stay_shared(tmp_path, tiny_model_dir,

@@ -68,3 +68,82 @@ batch_requests = sa.Table(
     sa.Column("claimed_by", sa.Text),
     sa.Column("lease_until", sa.BigInteger),
 )
+
+# service/jobs/store.py: uploaded files' metadata, fine-tuning jobs, their events and
+# checkpoints. Flags stay INTEGER 0/1 and JSON stays TEXT on SQLite, as in the jobs file
+# from before the layer (adopted in place by migration 0003).
+files = sa.Table(
+    "files",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("filename", sa.Text, nullable=False),
+    sa.Column("purpose", sa.Text, nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("rows", sa.Integer),
+    sa.Column("deleted", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("project", sa.Text, nullable=False, server_default="default"),
+    # Upload order within one second (the old file ordered by SQLite's rowid).
+    sa.Column("seq", sa.BigInteger),
+)
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.Text, nullable=False, unique=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("training_file", sa.Text, nullable=False),
+    sa.Column("validation_file", sa.Text),
+    sa.Column("suffix", sa.Text),
+    sa.Column("seed", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("hyperparameters", _JSON, nullable=False),
+    sa.Column("method", _JSON, nullable=False),
+    sa.Column("metadata", _JSON),
+    sa.Column("train_config", _JSON, nullable=False),
+    sa.Column("fine_tuned_model", sa.Text),
+    sa.Column("finished_at", sa.BigInteger),
+    sa.Column("trained_tokens", sa.BigInteger),
+    sa.Column("error", _JSON),
+    sa.Column("pid", sa.Integer),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cancel_requested", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("adapter_path", sa.Text),
+    sa.Column("log_offset", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("result_files", _JSON),
+    sa.Column("evaluation", _JSON),
+    sa.Column("project", sa.Text, nullable=False, server_default="default"),
+    # A claim (JobStore.claim_next): which worker runs the job, until when (epoch seconds).
+    sa.Column("claimed_by", sa.Text),
+    sa.Column("lease_until", sa.BigInteger),
+    sqlite_autoincrement=True,
+)
+job_events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.Text, nullable=False, unique=True),
+    sa.Column("job_id", sa.Text, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("level", sa.Text, nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("data", _JSON),
+    sa.Index("events_job", "job_id", "seq"),
+    sqlite_autoincrement=True,
+)
+job_checkpoints = sa.Table(
+    "checkpoints",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.Text, nullable=False, unique=True),
+    sa.Column("job_id", sa.Text, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("step_number", sa.Integer, nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("metrics", _JSON, nullable=False),
+    sa.UniqueConstraint("job_id", "step_number"),
+    sqlite_autoincrement=True,
+)
