@@ -15,6 +15,7 @@ from pathlib import Path
 from training.config import DEFAULT_RL_BETA, TrainConfig
 from training.trainer import (
     load_base_model,
+    lorafa_args,
     method_optimizer,
     peft_config,
     training_arguments,
@@ -54,31 +55,22 @@ def build_preference_trainer(
     train_ds = preference_dataset(train_rows)
     eval_ds = preference_dataset(eval_rows) if eval_rows else None
     if config.rl == "dpo":
-        from trl import DPOConfig, DPOTrainer
-
-        trainer = DPOTrainer(
-            model=model,
-            args=DPOConfig(**common, beta=beta),
-            train_dataset=train_ds,
-            eval_dataset=eval_ds,
-            processing_class=tokenizer,
-            callbacks=callbacks,
-            peft_config=peft,
-        )
+        from trl import DPOConfig as ArgsClass
+        from trl import DPOTrainer as TrainerClass
     else:
-        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-
-        trainer = ORPOTrainer(
-            model=model,
-            args=ORPOConfig(**common, beta=beta),
-            train_dataset=train_ds,
-            eval_dataset=eval_ds,
-            processing_class=tokenizer,
-            callbacks=callbacks,
-            peft_config=peft,
-        )
-    lorafa = (config.lora_r, config.lora_alpha) if config.adapter == "lora_fa" else None
+        from trl.experimental.orpo import ORPOConfig as ArgsClass
+        from trl.experimental.orpo import ORPOTrainer as TrainerClass
+    trainer = TrainerClass(
+        model=model,
+        args=ArgsClass(**common, beta=beta),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        peft_config=peft,
+    )
     trainer.optimizer = method_optimizer(
-        trainer.model, trainer.args, loraplus_lr_ratio=config.loraplus_lr_ratio, lorafa=lorafa
+        trainer.model, trainer.args, loraplus_lr_ratio=config.loraplus_lr_ratio,
+        lorafa=lorafa_args(config),
     )
     return trainer

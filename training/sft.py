@@ -105,6 +105,7 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
         AdapterSFTTrainer,
         build_sft_config,
         load_model,
+        lorafa_args,
     )
 
     started = time.monotonic()
@@ -206,7 +207,7 @@ def _train(config, events: EventLog, callbacks, cancel: CancelCallback, progress
             callbacks=all_callbacks,
             compact_lm_head=compact,
             loraplus_lr_ratio=config.loraplus_lr_ratio,
-            lorafa=(config.lora_r, config.lora_alpha) if config.adapter == "lora_fa" else None,
+            lorafa=lorafa_args(config),
         )
 
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; we have our own bar

@@ -76,6 +76,11 @@ class AdapterSFTTrainer(SFTTrainer):
         return super().create_optimizer(model)
 
 
+def lorafa_args(config: TrainConfig) -> tuple[int, int] | None:
+    """(r, lora_alpha) for a LoRA-FA run's optimiser; None for every other method."""
+    return (config.lora_r, config.lora_alpha) if config.adapter == "lora_fa" else None
+
+
 def method_optimizer(model, args, *, loraplus_lr_ratio=None, lorafa=None):
     """PEFT's optimiser for LoRA+ (B learns ``ratio`` x faster) or LoRA-FA (A frozen, B's
     gradient projected; ``lorafa`` = (r, lora_alpha)); None = the trainer's own."""
