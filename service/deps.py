@@ -27,7 +27,7 @@ def _matches(candidate: str, keys: list[str]) -> bool:
     return found
 
 
-def _presented_key(request: Request) -> str | None:
+def presented_key(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
@@ -40,7 +40,7 @@ def role_of(request: Request) -> Role:
     settings = request.app.state.settings
     if not settings.auth_enabled:
         return "anonymous"
-    key = _presented_key(request)
+    key = presented_key(request)
     if key is None:
         raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
     if _matches(key, settings.admin_api_keys):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse
 
-from service.deps import UserAuth, _presented_key
+from service.deps import UserAuth, presented_key
 from service.errors import ErrorResponse
 from service.reports.protocol import ReportList, ScheduleList
 from service.reports.runs import EvalRun, EvalRunList, EvalRunRequest, EvalRuns, server_url_of
@@ -77,7 +77,7 @@ async def start_evaluation(body: EvalRunRequest, request: Request, role: UserAut
     """Start an evaluation run of ``suite`` on ``models`` (the first is the baseline) in a
     worker subprocess that calls this server with the caller's key; poll its id."""
     project, _ = _owner(request, role)
-    return _runs(request).start(body, project, scope_of(request), _presented_key(request),
+    return _runs(request).start(body, project, scope_of(request), presented_key(request),
                                 server_url_of(request))
 
 
