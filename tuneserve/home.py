@@ -2,6 +2,9 @@
 
 Everything lives under one folder, ``$TUNESERVE_HOME`` (default ``~/.cache/tuneserve``),
 so a deployment mounts one volume and a test points the variable at a temp dir.
+Several replicas share what every one of them must read (uploaded files, job runs, the
+adapter store) under ``$TUNESERVE_SHARED_DIR``, a folder they all mount (a ReadWriteMany
+volume); it defaults to ``$TUNESERVE_HOME``, so one process changes nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +18,16 @@ def tuneserve_home() -> Path:
     home = Path(os.environ.get("TUNESERVE_HOME") or Path.home() / ".cache" / "tuneserve")
     home.mkdir(parents=True, exist_ok=True)
     return home
+
+
+def shared_dir() -> Path:
+    """The folder every replica mounts: ``$TUNESERVE_SHARED_DIR``, else ``$TUNESERVE_HOME``."""
+    configured = os.environ.get("TUNESERVE_SHARED_DIR", "").strip()
+    if not configured:
+        return tuneserve_home()
+    shared = Path(configured)
+    shared.mkdir(parents=True, exist_ok=True)
+    return shared
 
 
 def models_dir() -> Path:
