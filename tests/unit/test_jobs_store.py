@@ -61,14 +61,25 @@ def test_claimers_in_threads_get_every_job_exactly_once(database_url, tmp_path):
         store.add_job(_job(f"ftjob-{n:02d}"))
     owners = [f"w{n}" for n in range(4)]
     claimed: dict[str, list[str]] = {owner: [] for owner in owners}
-    start = threading.Barrier(len(owners))
+    # A timeout: a claimer that fails must break the barrier, not hang the others.
+    start, first_claimed = (threading.Barrier(len(owners), timeout=60) for _ in range(2))
+
+    def claim(store: JobStore, owner: str) -> bool:
+        job = store.claim_next(owner)
+        if job is not None:
+            claimed[owner].append(job["id"])
+            assert job["status"] == "running" and job["claimed_by"] == owner
+        return job is not None
 
     def work(owner: str) -> None:
         mine = JobStore(tmp_path / "jobs", url=database_url)
         start.wait()
-        while (job := mine.claim_next(owner)) is not None:
-            claimed[owner].append(job["id"])
-            assert job["status"] == "running" and job["claimed_by"] == owner
+        # Every claimer's first claim races the others' (the scheduler cannot let one
+        # thread drain the queue alone: each waits here for all four first claims).
+        claim(mine, owner)
+        first_claimed.wait()
+        while claim(mine, owner):
+            pass
 
     threads = [threading.Thread(target=work, args=(owner,)) for owner in owners]
     for t in threads:
@@ -77,7 +88,7 @@ def test_claimers_in_threads_get_every_job_exactly_once(database_url, tmp_path):
         t.join()
     every = [job_id for ids in claimed.values() for job_id in ids]
     assert sorted(every) == [f"ftjob-{n:02d}" for n in range(24)]  # each once, none lost
-    assert sum(1 for ids in claimed.values() if ids) >= 2  # the claims ran side by side
+    assert all(claimed.values())  # four concurrent first claims got four different jobs
     for job_id in every:
         row = store.get_job(job_id)
         assert row["attempts"] == 1 and claimed[row["claimed_by"]].count(job_id) == 1
