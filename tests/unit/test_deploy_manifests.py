@@ -973,3 +973,53 @@ def test_postgres_overlay_runs_a_database_the_dsn_reaches(rendered) -> None:
         if obj["kind"] != "StatefulSet":
             for container in pod_spec(obj)["containers"]:
                 assert _env_refs(container).get("PGPASSWORD") == password, obj["metadata"]["name"]
+
+
+def test_postgres_overlay_dsn_and_password_reach_a_real_server(
+    rendered, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real PostgreSQL set up as the official image sets itself up from the StatefulSet's
+    env (POSTGRES_USER the superuser with POSTGRES_PASSWORD, scram-sha-256, POSTGRES_DB
+    created), reached the way a tuneserve pod reaches it: the rendered DSN (host and port
+    mapped to the loopback server) with the password only in PGPASSWORD. The stores'
+    engine migrates the schema there; without the password, or with another, it is refused."""
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    from tests.postgres import PostgresServer, find_bin_dir
+    from tuneserve.database import dispose_engines, engine_for, normalize_url
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        message = "PostgreSQL server binaries not found (apt-get install postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    objects = rendered["overlays/postgres"]
+    env = _env_refs(pod_spec(one(objects, "StatefulSet", POSTGRES))["containers"][0])
+    password = "p" * 24  # what `kubectl create secret generic tuneserve-postgres` holds
+    server = PostgresServer(bin_dir, user=env["POSTGRES_USER"], password=password)
+    try:
+        server.start()
+        server.create_database(env["POSTGRES_DB"])
+        dsn = one(objects, "Secret", "tuneserve-database")["stringData"]["url"]
+        url = make_url(normalize_url(dsn)).set(host="127.0.0.1", port=server.port)
+        url = url.render_as_string(hide_password=False)
+        for wrong in (None, "not-the-password"):
+            if wrong is None:
+                monkeypatch.delenv("PGPASSWORD", raising=False)
+            else:
+                monkeypatch.setenv("PGPASSWORD", wrong)
+            engine = sa.create_engine(url)
+            with pytest.raises(sa.exc.OperationalError, match="password"):
+                engine.connect().close()
+            engine.dispose()
+        monkeypatch.setenv("PGPASSWORD", password)
+        engine = engine_for(url)
+        with engine.connect() as conn:
+            who = conn.exec_driver_sql("SELECT current_user, current_database()").one()
+        assert tuple(who) == (env["POSTGRES_USER"], env["POSTGRES_DB"])
+        assert sa.inspect(engine).get_table_names(), "the schema was not created"
+    finally:
+        dispose_engines()
+        server.stop()
