@@ -44,11 +44,15 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    """``start()`` / ``stop()``; ``url(database)`` is a SQLAlchemy URL on the loopback port."""
+    """``start()`` / ``stop()``; ``url(database)`` is a SQLAlchemy URL on the loopback port.
 
-    def __init__(self, bin_dir: Path) -> None:
+    With ``password`` the superuser gets it and every connection must give it
+    (scram-sha-256, as the official postgres image sets up); the URL carries none."""
+
+    def __init__(self, bin_dir: Path, user: str = "tuneserve", password: str | None = None) -> None:
         self.bin_dir = bin_dir
-        self.user = "tuneserve"  # the superuser initdb creates (trust auth, loopback only)
+        self.user = user  # the superuser initdb creates (trust auth unless a password)
+        self.password = password
         self.port = _free_port()
         # Not under pytest's tmp dir: that is 0700 root's, which the server user cannot enter.
         self.root = Path(tempfile.mkdtemp(prefix="tuneserve-pg-"))
@@ -68,8 +72,15 @@ class PostgresServer:
             entry = pwd.getpwnam(self._run_as)
             for path in (self.root, self.socket_dir):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
+        auth = ["--auth=trust"]
+        if self.password is not None:
+            pwfile = self.root / "pwfile"
+            pwfile.write_text(self.password + "\n")
+            if self._run_as:
+                os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+            auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
         subprocess.run(
-            self._cmd("initdb", "-D", str(self.data), "-U", self.user, "--auth=trust",
+            self._cmd("initdb", "-D", str(self.data), "-U", self.user, *auth,
                       "--encoding=UTF8", "--no-sync"),
             check=True, capture_output=True, text=True,
         )
@@ -98,13 +109,15 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self) -> str:
+    def create_database(self, name: str | None = None) -> str:
         """A new empty database (each test gets its own); returns its URL."""
         import sqlalchemy as sa
 
         self._databases += 1
-        name = f"test_{self._databases}"
-        engine = sa.create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        name = name or f"test_{self._databases}"
+        connect_args = {"password": self.password} if self.password is not None else {}
+        engine = sa.create_engine(self.url(), isolation_level="AUTOCOMMIT",
+                                  connect_args=connect_args)
         try:
             with engine.connect() as conn:
                 conn.exec_driver_sql(f"CREATE DATABASE {name}")

@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -341,6 +342,42 @@ def test_healthcheck_fails_when_nothing_listens() -> None:
         [sys.executable, str(HEALTHCHECK)], env=env, capture_output=True, text=True, timeout=30
     )
     assert done.returncode == 1 and "failed" in done.stderr
+
+
+def _sleeping_cli(tmp_path: Path, *args: str) -> subprocess.Popen:
+    """A process that looks like the image's ``tuneserve ARGS`` (a console script)."""
+    script = tmp_path / "bin" / "tuneserve"
+    script.parent.mkdir(exist_ok=True)
+    script.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(60)\n")
+    script.chmod(0o755)
+    return subprocess.Popen([str(script), *args])
+
+
+def _worker_check(pid: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(HEALTHCHECK), "--worker", "--pid", str(pid)],
+        capture_output=True, text=True, timeout=30,
+    )
+
+
+def test_worker_liveness_check_sees_the_worker_process(tmp_path: Path) -> None:
+    """The worker Deployment's exec probe: healthy for a running `tuneserve worker`,
+    unhealthy for another command, a stopped process and a pid that is gone."""
+    worker = _sleeping_cli(tmp_path, "worker")
+    server = _sleeping_cli(tmp_path, "serve")
+    try:
+        assert _worker_check(worker.pid).returncode == 0
+        other = _worker_check(server.pid)
+        assert other.returncode == 1 and "not `tuneserve worker`" in other.stderr
+        os.kill(worker.pid, signal.SIGSTOP)
+        stopped = _worker_check(worker.pid)
+        assert stopped.returncode == 1 and "state T" in stopped.stderr
+    finally:
+        for process in (worker, server):
+            process.kill()
+            process.wait()
+    gone = _worker_check(worker.pid)
+    assert gone.returncode == 1 and "unreadable" in gone.stderr
 
 
 def test_builder_copies_every_packaged_folder(dockerfile: str) -> None:

@@ -35,7 +35,13 @@ IMAGE_APP_DIR = "/app"
 # schema package ships.
 MIN_K8S = "1.30"
 IMAGE_UID = 10001
-SERVER_OVERLAYS = ("cpu", "gpu", "gpu-autoscale")
+# Several replicas on one database + a fine-tuning worker (components/replicas): the DSN
+# Secret out of band (replicas, gpu-replicas) or a PostgreSQL in the cluster (postgres).
+REPLICA_OVERLAYS = ("replicas", "gpu-replicas", "postgres")
+SERVER_OVERLAYS = ("cpu", "gpu", "gpu-autoscale", *REPLICA_OVERLAYS)
+SERVER, WORKER, POSTGRES = "tuneserve", "tuneserve-worker", "tuneserve-postgres"
+# The official postgres image's own user (Debian images).
+POSTGRES_UID = 999
 TRAINING_OVERLAYS = ("cpu", "gpu-fsdp", "gpu-deepspeed")
 MULTINODE_OVERLAY = "training/overlays/multinode-fsdp"
 # The Kubeflow Training Operator's PyTorchJob CRD schema (excerpt; its header says how).
@@ -193,7 +199,7 @@ def test_validators_reject_broken_objects(rendered) -> None:
     """The schema checks above are strict enough to catch typos and wrong types."""
     import kubernetes_validate
 
-    deployment = one(rendered["overlays/cpu"], "Deployment")
+    deployment = one(rendered["overlays/cpu"], "Deployment", SERVER)
     typo = copy.deepcopy(deployment)
     typo["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["paht"] = "/x"
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -202,6 +208,16 @@ def test_validators_reject_broken_objects(rendered) -> None:
     wrong_type["spec"]["replicas"] = "two"
     with pytest.raises(kubernetes_validate.ValidationError):
         validate_k8s(wrong_type, _newest_k8s())
+    statefulset = one(rendered["overlays/postgres"], "StatefulSet", POSTGRES)
+    typo = copy.deepcopy(statefulset)
+    typo["spec"]["volumeClaimTemplates"][0]["spec"]["accesModes"] = ["ReadWriteOnce"]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_k8s(typo, _newest_k8s())
+    worker = one(rendered["overlays/replicas"], "Deployment", WORKER)
+    typo = copy.deepcopy(worker)
+    typo["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["exec"]["cmd"] = ["x"]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_k8s(typo, _newest_k8s())
 
     monitor = one(rendered["overlays/cpu"], "ServiceMonitor")
     bad_interval = copy.deepcopy(monitor)
@@ -262,7 +278,7 @@ def test_hpa_is_optional_and_targets_the_deployment(rendered) -> None:
     assert not [o for o in rendered["overlays/gpu"] if o["kind"] == "HorizontalPodAutoscaler"]
     objects = rendered["overlays/gpu-autoscale"]
     hpa = one(objects, "HorizontalPodAutoscaler")
-    deployment = one(objects, "Deployment")
+    deployment = one(objects, "Deployment", SERVER)
     ref = hpa["spec"]["scaleTargetRef"]
     assert (ref["kind"], ref["name"]) == ("Deployment", deployment["metadata"]["name"])
     assert hpa["spec"]["minReplicas"] >= 2  # the PDB and rollouts assume >= 2 replicas
@@ -298,7 +314,9 @@ def test_hpa_component_composes_with_the_cpu_overlay(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("overlay", SERVER_OVERLAYS)
 def test_probes(rendered, overlay: str) -> None:
-    container = pod_spec(one(rendered[f"overlays/{overlay}"], "Deployment"))["containers"][0]
+    container = pod_spec(one(rendered[f"overlays/{overlay}"], "Deployment", SERVER))[
+        "containers"
+    ][0]
     port_names = {p["name"] for p in container["ports"]}
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
@@ -314,17 +332,17 @@ def _limits(container: dict) -> dict:
 
 
 def test_gpu_overlay_asks_for_a_gpu_and_cpu_overlay_does_not(rendered) -> None:
-    gpu = pod_spec(one(rendered["overlays/gpu"], "Deployment"))["containers"][0]
+    gpu = pod_spec(one(rendered["overlays/gpu"], "Deployment", SERVER))["containers"][0]
     assert int(_limits(gpu)["nvidia.com/gpu"]) >= 1
     assert gpu["image"].endswith(":gpu")
-    cpu = pod_spec(one(rendered["overlays/cpu"], "Deployment"))["containers"][0]
+    cpu = pod_spec(one(rendered["overlays/cpu"], "Deployment", SERVER))["containers"][0]
     assert "nvidia.com/gpu" not in _limits(cpu)
     assert cpu["image"].endswith(":cpu")
     # Guaranteed QoS (integer CPUs, requests == limits) lets the CPU manager pin cores.
     assert cpu["resources"]["requests"] == cpu["resources"]["limits"]
     for overlay in SERVER_OVERLAYS:
         for obj in rendered[f"overlays/{overlay}"]:
-            if obj["kind"] in ("Deployment", "CronJob"):
+            if obj["kind"] in ("Deployment", "CronJob", "StatefulSet"):
                 for c in pod_spec(obj)["containers"]:
                     assert c["resources"].get("requests"), f"{overlay} {c['name']}: no requests"
                     assert _limits(c).get("memory"), f"{overlay} {c['name']}: no memory limit"
@@ -346,7 +364,7 @@ def _pod_objects(rendered) -> list[tuple[str, dict]]:
     out = []
     for root, objects in rendered.items():
         for obj in objects:
-            if obj["kind"] in ("Deployment", "CronJob", "Job"):
+            if obj["kind"] in ("Deployment", "StatefulSet", "CronJob", "Job"):
                 out.append((f"{root}:{obj['kind']}", obj))
             elif obj["kind"] == "PyTorchJob":  # one pod template per replica type
                 for kind, spec in obj["spec"]["pytorchReplicaSpecs"].items():
@@ -406,8 +424,10 @@ def test_pods_run_as_the_image_user_without_privileges(rendered) -> None:
     assert f"USER {IMAGE_UID}:{IMAGE_UID}" in dockerfile
     for where, obj in _pod_objects(rendered):
         spec = pod_spec(obj)
+        database = obj["kind"] == "StatefulSet"  # the official postgres image, its own user
         assert spec["securityContext"]["runAsNonRoot"] is True, where
-        assert spec["securityContext"]["runAsUser"] == IMAGE_UID, where
+        uid = POSTGRES_UID if database else IMAGE_UID
+        assert spec["securityContext"]["runAsUser"] == uid, where
         for c in spec["containers"]:
             sc = c["securityContext"]
             assert sc["allowPrivilegeEscalation"] is False, where
@@ -415,7 +435,8 @@ def test_pods_run_as_the_image_user_without_privileges(rendered) -> None:
             # A read-only root needs writable scratch where the libraries write.
             if sc.get("readOnlyRootFilesystem"):
                 mounts = {m["mountPath"] for m in c["volumeMounts"]}
-                assert {"/tmp", "/home/tuneserve"} <= mounts, where
+                needed = {"/tmp", "/var/run/postgresql"} if database else {"/tmp", "/home/tuneserve"}
+                assert needed <= mounts, where
 
 
 # --- wiring between objects -------------------------------------------------------------
@@ -425,11 +446,31 @@ def _matches(selector: dict, labels: dict) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
+# Secrets an overlay references but does not render: created out of band (deploy/README.md),
+# so a missing one keeps the pods waiting and `kubectl apply -k` never overwrites it.
+OUT_OF_BAND_SECRETS = {
+    "replicas": ("tuneserve-database",),
+    "gpu-replicas": ("tuneserve-database",),
+    "postgres": ("tuneserve-postgres",),
+}
+
+
+def _readme_secret_commands() -> set[tuple[str, str]]:
+    """(secret, key) pairs of the README's ``kubectl create secret generic NAME ...
+    --from-literal=KEY=...`` commands (continuation lines joined)."""
+    text = (DEPLOY / "README.md").read_text().replace("\\\n", " ")
+    pairs = set()
+    for command in re.findall(r"kubectl create secret generic (\S+)([^\n]*)", text):
+        name, rest = command
+        pairs |= {(name, key) for key in re.findall(r"--from-literal=([\w.-]+)=", rest)}
+    return pairs
+
+
 @pytest.mark.parametrize("overlay", SERVER_OVERLAYS)
 def test_objects_refer_to_each_other(rendered, overlay: str) -> None:
     objects = rendered[f"overlays/{overlay}"]
-    deployment = one(objects, "Deployment")
-    service = one(objects, "Service")
+    deployment = one(objects, "Deployment", SERVER)
+    service = one(objects, "Service", SERVER)
     template_labels = deployment["spec"]["template"]["metadata"]["labels"]
     container = pod_spec(deployment)["containers"][0]
     container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -445,6 +486,12 @@ def test_objects_refer_to_each_other(rendered, overlay: str) -> None:
         "labels"
     ]
     assert not _matches(service["spec"]["selector"], cron_labels)
+    # Nor the worker's or the database's pods (they answer no HTTP): only the servers.
+    for obj in objects:
+        if obj["kind"] in ("Deployment", "StatefulSet") and obj is not deployment:
+            labels = obj["spec"]["template"]["metadata"]["labels"]
+            assert not _matches(service["spec"]["selector"], labels), obj["metadata"]["name"]
+            assert not _matches(pdb["spec"]["selector"]["matchLabels"], labels)
 
     monitor = one(objects, "ServiceMonitor")
     assert _matches(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
@@ -455,6 +502,9 @@ def test_objects_refer_to_each_other(rendered, overlay: str) -> None:
 
     names = {(o["kind"], o["metadata"]["name"]) for o in objects}
     secrets = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
+    # An out-of-band Secret rendered too would overwrite the real one at every apply.
+    for name in OUT_OF_BAND_SECRETS.get(overlay, ()):
+        assert name not in secrets, f"{overlay} renders Secret {name}, created out of band"
     for _, obj in _pod_objects({overlay: objects}):
         spec = pod_spec(obj)
         for volume in spec.get("volumes", []):
@@ -466,10 +516,17 @@ def test_objects_refer_to_each_other(rendered, overlay: str) -> None:
                 assert ("ConfigMap", source["configMapRef"]["name"]) in names
             for var in c.get("env", []):
                 ref = var.get("valueFrom", {}).get("secretKeyRef")
-                if ref:
+                if ref and ref["name"] in secrets:
                     secret = secrets[ref["name"]]
                     keys = {**secret.get("data", {}), **secret.get("stringData", {})}
                     assert ref["key"] in keys, f"secret key {ref['key']} missing"
+                elif ref:
+                    # Not from git: the README says how to create it, with this key.
+                    assert ref["name"] in OUT_OF_BAND_SECRETS.get(overlay, ()), ref
+                    assert (ref["name"], ref["key"]) in _readme_secret_commands(), (
+                        f"deploy/README.md shows no `kubectl create secret generic "
+                        f"{ref['name']} --from-literal={ref['key']}=...`"
+                    )
 
 
 @pytest.mark.parametrize("overlay", ("cpu", "gpu"))
@@ -495,11 +552,15 @@ def _configmap_env(objects: list[dict], container: dict) -> dict[str, str]:
 
 
 def _secret_env(objects: list[dict], container: dict, replace: dict[str, str]) -> dict[str, str]:
+    """The container's ``env`` values; a Secret's key is taken from ``replace`` when given
+    there, and must be for a Secret the overlay does not render."""
     secrets = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
     env = {}
     for var in container.get("env", []):
         ref = var.get("valueFrom", {}).get("secretKeyRef")
-        if ref:
+        if ref and ref["name"] not in secrets:  # created out of band: the test supplies it
+            env[var["name"]] = replace[ref["key"]]
+        elif ref:
             value = secrets[ref["name"]]["stringData"][ref["key"]]
             env[var["name"]] = replace.get(ref["key"], value)
         elif "value" in var:
@@ -540,7 +601,14 @@ def _run_script_with_shim(
     return [json.loads(line) for line in record.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("overlay", ("cpu", "gpu"))
+# What the out-of-band Secrets hold in a real install (deploy/README.md).
+OUT_OF_BAND_VALUES = {
+    "url": "postgresql://tuneserve:pw@postgres.db:5432/tuneserve",
+    "password": "p" * 24,
+}
+
+
+@pytest.mark.parametrize("overlay", ("cpu", "gpu", "replicas", "gpu-replicas", "postgres"))
 def test_server_pod_starts_serve_with_the_manifest_settings(
     rendered, overlay: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -552,11 +620,11 @@ def test_server_pod_starts_serve_with_the_manifest_settings(
     from tuneserve.errors import UserError
 
     objects = rendered[f"overlays/{overlay}"]
-    deployment = one(objects, "Deployment")
+    deployment = one(objects, "Deployment", SERVER)
     container = pod_spec(deployment)["containers"][0]
     assert "command" not in container and "args" not in container, "must run the image CMD"
     cmd = json.loads(re.search(r"^CMD (\[.*\])$", (REPO / "Dockerfile").read_text(), re.M)[1])
-    real_keys = {"user-api-keys": "u" * 24, "admin-api-keys": "a" * 24}
+    real_keys = {"user-api-keys": "u" * 24, "admin-api-keys": "a" * 24, **OUT_OF_BAND_VALUES}
     env = {
         **_dockerfile_env(),
         **_configmap_env(objects, container),
@@ -591,19 +659,33 @@ def test_server_pod_starts_serve_with_the_manifest_settings(
     linked = env.get("TUNESERVE_SHARED_ITEMS", "adapters models reports datasets").split()
     assert {"adapters", "models", "reports"} <= set(linked)
     assert settings.auth_enabled
-    if overlay == "gpu":
+    if overlay.startswith("gpu"):
         assert settings.dtype == "bfloat16"
     else:
         assert settings.dtype == "float32"
-    # Every TUNESERVE_ variable in the ConfigMap is read by something: a Settings field,
-    # TUNESERVE_HOME, or the entrypoint.
+    # Several replicas: one database, one shared folder, and no training in the serving pods
+    # (the worker Deployment trains); one replica alone keeps its own job supervisor.
+    from service.jobs.settings import JobsSettings
+    from tuneserve.database import normalize_url
+
+    if overlay in REPLICA_OVERLAYS:
+        assert JobsSettings().enabled is False
+        assert env["TUNESERVE_SHARED_DIR"] == mounts["data"]
+        assert normalize_url(env["TUNESERVE_DATABASE_URL"]).startswith("postgresql+psycopg://")
+    else:
+        assert JobsSettings().enabled is True
+    # Every TUNESERVE_ variable in the ConfigMap is read by something: a Settings or
+    # JobsSettings field, tuneserve.home (TUNESERVE_HOME, TUNESERVE_SHARED_DIR), or the
+    # entrypoint.
     from service.settings import Settings
 
     fields = {f"TUNESERVE_{name.upper()}" for name in Settings.model_fields}
-    entrypoint = (REPO / "deploy" / "docker" / "entrypoint.sh").read_text()
+    fields |= {f"TUNESERVE_JOBS_{name.upper()}" for name in JobsSettings.model_fields}
+    readers = (REPO / "deploy" / "docker" / "entrypoint.sh").read_text()
+    readers += (REPO / "tuneserve" / "home.py").read_text()
     for key in _configmap_env(objects, container):
-        if key.startswith("TUNESERVE_") and key not in fields | {"TUNESERVE_HOME"}:
-            assert key in entrypoint, f"{key} is neither a server setting nor an entrypoint one"
+        if key.startswith("TUNESERVE_") and key not in fields:
+            assert key in readers, f"{key} is neither a server setting nor read by the image"
 
     # The Secret as committed holds placeholders: the server must refuse to start with them.
     monkeypatch.setenv("TUNESERVE_USER_API_KEYS", "changeme")
@@ -718,14 +800,226 @@ def test_training_job_command_is_accepted_by_accelerate_and_tuneserve(
 
 
 def test_every_pod_runs_the_overlay_image(rendered) -> None:
-    """The `images:` transformer reached every container (no bare placeholder left), and
-    within one kustomization every pod runs the same image."""
+    """The `images:` transformer (and components/replicas' replacement) reached every
+    tuneserve container (no bare placeholder left), and within one kustomization every
+    tuneserve pod runs the same image; the database runs the official postgres image,
+    pinned by version."""
     for root, objects in rendered.items():
-        images = {
-            c["image"]
-            for _, obj in _pod_objects({root: objects})
-            for c in pod_spec(obj)["containers"]
-        }
+        images = set()
+        for _, obj in _pod_objects({root: objects}):
+            for c in pod_spec(obj)["containers"]:
+                if obj["kind"] == "StatefulSet":
+                    assert re.fullmatch(r"postgres:\d+\.\d+(-\w+)?", c["image"]), c["image"]
+                else:
+                    images.add(c["image"])
         for image in images:
             assert "/" in image and ":" in image, f"{root}: unreplaced image {image}"
         assert len(images) <= 1, f"{root}: several images {images}"
+
+
+# --- several replicas: the worker, the shared database and volume ----------------------
+
+
+def _env_refs(container: dict) -> dict[str, dict]:
+    """name -> the env entry's value or secretKeyRef."""
+    out = {}
+    for var in container.get("env", []):
+        out[var["name"]] = var.get("valueFrom", {}).get("secretKeyRef") or var.get("value")
+    return out
+
+
+def _mounts_by_claim(spec: dict, container: dict) -> dict[str, str]:
+    """PVC claim name -> where the container mounts it."""
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in spec.get("volumes", [])
+        if "persistentVolumeClaim" in v
+    }
+    return {claims[m["name"]]: m["mountPath"] for m in container["volumeMounts"]
+            if m["name"] in claims}
+
+
+@pytest.mark.parametrize("overlay", REPLICA_OVERLAYS)
+def test_worker_and_serving_pods_share_database_volume_and_settings(
+    rendered, overlay: str
+) -> None:
+    """The worker trains what the servers accept, so both must see one database (the same
+    Secret key), one RWX volume at the shared dir, one ConfigMap and one image; the servers
+    never train, the worker does; at least two servers."""
+    objects = rendered[f"overlays/{overlay}"]
+    server_obj, worker_obj = one(objects, "Deployment", SERVER), one(objects, "Deployment", WORKER)
+    server, worker = pod_spec(server_obj), pod_spec(worker_obj)
+    (server_c,), (worker_c,) = server["containers"], worker["containers"]
+    server_env, worker_env = _env_refs(server_c), _env_refs(worker_c)
+
+    assert server_obj["spec"]["replicas"] >= 2
+    assert server_env["TUNESERVE_JOBS_ENABLED"] == "false"
+    assert worker_env.get("TUNESERVE_JOBS_ENABLED", "true") != "false"
+    dsn = server_env["TUNESERVE_DATABASE_URL"]
+    assert isinstance(dsn, dict) and worker_env["TUNESERVE_DATABASE_URL"] == dsn
+    cron_env = _env_refs(pod_spec(one(objects, "CronJob"))["containers"][0])
+    assert cron_env["TUNESERVE_DATABASE_URL"] == dsn
+    assert worker_env.get("PGPASSWORD") == server_env.get("PGPASSWORD")
+
+    claims = _mounts_by_claim(server, server_c)
+    assert claims and _mounts_by_claim(worker, worker_c) == claims
+    for claim in claims:
+        pvc = one(objects, "PersistentVolumeClaim", claim)
+        assert pvc["spec"]["accessModes"] == ["ReadWriteMany"], claim
+    config = _configmap_env(objects, server_c)
+    assert worker_c["envFrom"] == server_c["envFrom"]
+    assert config["TUNESERVE_SHARED_DIR"] in claims.values()
+    # $TUNESERVE_HOME: a per-pod emptyDir at the same place in both.
+    for spec, c in ((server, server_c), (worker, worker_c)):
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        (home,) = [m["name"] for m in c["volumeMounts"] if m["mountPath"] == config["TUNESERVE_HOME"]]
+        assert "emptyDir" in volumes[home]
+    assert worker_c["image"] == server_c["image"]
+
+
+@pytest.mark.parametrize("overlay", REPLICA_OVERLAYS)
+def test_worker_runs_tuneserve_worker_without_a_port(rendered, overlay: str) -> None:
+    """`tuneserve worker` through the image ENTRYPOINT (it links the base model training
+    needs), no port and no Service, an exec liveness probe that the image can run, a grace
+    period that outlasts the supervisor's stop, post-training evaluation through the
+    Service, and a GPU count that matches the processes a job may ask for."""
+    from service.jobs.settings import JobsSettings
+
+    objects = rendered[f"overlays/{overlay}"]
+    worker = pod_spec(one(objects, "Deployment", WORKER))
+    (c,) = worker["containers"]
+    env = _env_refs(c)
+    assert "command" not in c and c["args"] == ["tuneserve", "worker"]
+    assert "ports" not in c and "readinessProbe" not in c
+    probe = c["livenessProbe"]["exec"]["command"]
+    script = next(a for a in probe if a.endswith(".py"))
+    assert (REPO / Path(script).relative_to(IMAGE_APP_DIR)).is_file(), script
+    assert "--worker" in probe
+    cancel_grace_s = float(env.get("TUNESERVE_JOBS_CANCEL_GRACE_S")
+                           or JobsSettings.model_fields["cancel_grace_s"].default)
+    # SIGTERM -> the training group gets cancel_grace_s, the supervisor waits 5 s more
+    # (JobSupervisor.stop), then writes the job back; SIGKILL must not cut that short.
+    assert worker["terminationGracePeriodSeconds"] >= cancel_grace_s + 5 + 30
+    service = one(objects, "Service", SERVER)
+    port = service["spec"]["ports"][0]["port"]
+    assert env["TUNESERVE_WORKER_SERVER_URL"] == f"http://{SERVER}:{port}/v1"
+    assert env["TUNESERVE_API_KEY"] == {"name": "tuneserve-api-keys", "key": "eval-api-key"}
+    labels = one(objects, "Deployment", WORKER)["spec"]["template"]["metadata"]["labels"]
+    for svc in (o for o in objects if o["kind"] == "Service"):
+        assert not _matches(svc["spec"]["selector"], labels), svc["metadata"]["name"]
+    gpus = int(_limits(c).get("nvidia.com/gpu", 0))
+    if overlay.startswith("gpu"):
+        assert gpus >= 1 and int(env["TUNESERVE_JOBS_MAX_PROCESSES"]) == gpus
+        assert any(t["key"] == "nvidia.com/gpu" for t in worker["tolerations"])
+    else:
+        assert gpus == 0
+
+
+def test_worker_command_is_a_tuneserve_subcommand(rendered) -> None:
+    """The worker's args parse with the real CLI (once `tuneserve worker` exists)."""
+    from tuneserve.cli import build_parser
+
+    args = pod_spec(one(rendered["overlays/replicas"], "Deployment", WORKER))["containers"][0][
+        "args"
+    ]
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    if "worker" not in commands:
+        pytest.skip("`tuneserve worker` is not on this branch yet (issue #17)")
+    assert parser.parse_args(args[1:]).command == "worker"
+
+
+def test_postgres_overlay_runs_a_database_the_dsn_reaches(rendered) -> None:
+    """The in-cluster PostgreSQL: a headless Service for the StatefulSet, data on a
+    volumeClaimTemplate at PGDATA, a pg_isready readiness probe for its own user/database;
+    the DSN Secret names that Service, port, user and database, and every tuneserve pod
+    gets the password from the Secret key the server was initialised with."""
+    from sqlalchemy.engine import make_url
+
+    from tuneserve.database import normalize_url
+
+    objects = rendered["overlays/postgres"]
+    statefulset = one(objects, "StatefulSet", POSTGRES)
+    service = one(objects, "Service", POSTGRES)
+    spec = pod_spec(statefulset)
+    (c,) = spec["containers"]
+    env = _env_refs(c)
+
+    assert service["spec"]["clusterIP"] == "None"
+    assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]
+    assert _matches(service["spec"]["selector"], statefulset["spec"]["template"]["metadata"]["labels"])
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    (svc_port,) = service["spec"]["ports"]
+    assert svc_port["targetPort"] in ports
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    mount = next(m["mountPath"] for m in c["volumeMounts"] if m["name"] == claim["metadata"]["name"])
+    assert env["PGDATA"].startswith(mount + "/")
+    assert c["readinessProbe"]["exec"]["command"][0] == "pg_isready"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        argv = c[probe]["exec"]["command"]
+        assert argv[argv.index("-U") + 1] == env["POSTGRES_USER"]
+        assert argv[argv.index("-d") + 1] == env["POSTGRES_DB"]
+        assert argv[argv.index("-p") + 1] == str(ports["postgres"])
+
+    secret = one(objects, "Secret", "tuneserve-database")
+    url = make_url(normalize_url(secret["stringData"]["url"]))
+    assert url.drivername == "postgresql+psycopg"
+    assert (url.host, url.port) == (service["metadata"]["name"], svc_port["port"])
+    assert (url.username, url.database) == (env["POSTGRES_USER"], env["POSTGRES_DB"])
+    assert url.password is None, "the password comes from the Secret, as PGPASSWORD"
+    password = env["POSTGRES_PASSWORD"]
+    assert isinstance(password, dict)
+    for _, obj in _pod_objects({"postgres": objects}):
+        if obj["kind"] != "StatefulSet":
+            for container in pod_spec(obj)["containers"]:
+                assert _env_refs(container).get("PGPASSWORD") == password, obj["metadata"]["name"]
+
+
+def test_postgres_overlay_dsn_and_password_reach_a_real_server(
+    rendered, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real PostgreSQL set up as the official image sets itself up from the StatefulSet's
+    env (POSTGRES_USER the superuser with POSTGRES_PASSWORD, scram-sha-256, POSTGRES_DB
+    created), reached the way a tuneserve pod reaches it: the rendered DSN (host and port
+    mapped to the loopback server) with the password only in PGPASSWORD. The stores'
+    engine migrates the schema there; without the password, or with another, it is refused."""
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    from tests.postgres import PostgresServer, find_bin_dir
+    from tuneserve.database import dispose_engines, engine_for, normalize_url
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        message = "PostgreSQL server binaries not found (apt-get install postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    objects = rendered["overlays/postgres"]
+    env = _env_refs(pod_spec(one(objects, "StatefulSet", POSTGRES))["containers"][0])
+    password = "p" * 24  # what `kubectl create secret generic tuneserve-postgres` holds
+    server = PostgresServer(bin_dir, user=env["POSTGRES_USER"], password=password)
+    try:
+        server.start()
+        server.create_database(env["POSTGRES_DB"])
+        dsn = one(objects, "Secret", "tuneserve-database")["stringData"]["url"]
+        url = make_url(normalize_url(dsn)).set(host="127.0.0.1", port=server.port)
+        url = url.render_as_string(hide_password=False)
+        for wrong in (None, "not-the-password"):
+            if wrong is None:
+                monkeypatch.delenv("PGPASSWORD", raising=False)
+            else:
+                monkeypatch.setenv("PGPASSWORD", wrong)
+            engine = sa.create_engine(url)
+            with pytest.raises(sa.exc.OperationalError, match="password"):
+                engine.connect().close()
+            engine.dispose()
+        monkeypatch.setenv("PGPASSWORD", password)
+        engine = engine_for(url)
+        with engine.connect() as conn:
+            who = conn.exec_driver_sql("SELECT current_user, current_database()").one()
+        assert tuple(who) == (env["POSTGRES_USER"], env["POSTGRES_DB"])
+        assert sa.inspect(engine).get_table_names(), "the schema was not created"
+    finally:
+        dispose_engines()
+        server.stop()
