@@ -2,16 +2,24 @@
 a real ``tuneserve train`` worker), driven by the official openai SDK: two projects A and B
 from a keys file. A's file, job, batch and the job's adapter are invisible to B (list,
 retrieve and chat with the model id give 404); B cannot cancel A's job; an admin sees both.
+Then schemathesis with a key of each role (admin, A, B), B's requests carrying A's real
+ids: no 5xx, no cross-project leak, A's objects intact.
 The fast versions of every rule are in tests/unit/test_tenancy.py."""
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, seed, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation import GenerationMode
 
 from tests.integration.conftest import start_server, stop_server
 
@@ -95,3 +103,180 @@ def test_project_a_objects_are_invisible_to_project_b(server):
     assert admin.batches.retrieve(batch.id).id == batch.id
     assert model in {m.id for m in admin.models.list().data}
     assert [f.id for f in b.files.list().data] == [b_upload.id]
+
+
+# --- Fuzzing with a key of each role -------------------------------------------------------
+# Schemathesis (positive cases) over every operation of the server's own OpenAPI schema,
+# once per role: the admin key, A's user key and B's user key. A's real ids (files, job,
+# checkpoints, batch, the job's private adapter) are put into B's path parameters and
+# reference fields, so B really probes A's objects; each such request is sent again with
+# an absent id of the same shape, and both answers must be alike (404 on a path; 403 only
+# where the route is admin-only, which it answers before looking anything up).
+FUZZ_SEED = 20261203
+FUZZ_EXAMPLES = 6  # per (operation, role): ~40 operations x 3 roles, about a minute on 2 cores
+# Request fields that name an object (besides every path parameter).
+REFERENCE_FIELDS = {"model", "model_id", "training_file", "validation_file", "input_file_id",
+                    "file_id", "job_id", "batch_id", "lora_name", "after"}
+# Documented exception (docs/reliability.md, threat model): `/metrics` is unauthenticated
+# and names the models of requests that succeeded, every project's.
+LEAK_EXEMPT = {"/metrics"}
+
+
+@dataclass
+class ProjectA:
+    files: list[str]
+    job: str
+    checkpoints: list[str]
+    batch: str
+    model: str
+    base: str  # not A's: the model a body names when another field carries A's id
+
+    @property
+    def ids(self) -> list[str]:
+        return [*self.files, self.job, *self.checkpoints, self.batch, self.model]
+
+    def for_field(self, name: str) -> list[str]:
+        """A's ids that fit a parameter or field called ``name`` (every id when unknown)."""
+        name = name.lower()
+        for kind, ids in (("file", self.files), ("job", [self.job]), ("batch", [self.batch]),
+                          ("model", [self.model]), ("name", [self.model])):
+            if kind in name:
+                return ids
+        return self.ids
+
+
+def _absent(value: str) -> str:
+    """An id of the same shape that names nothing."""
+    return value[:-1] + ("1" if value[-1] == "0" else "0")
+
+
+def _seed_project_a(server) -> ProjectA:
+    """Real objects of project A through the SDK: a file, a trained job (its adapter is
+    A's private model), a completed batch."""
+    a = _sdk(server, "a")
+    base = server.model_id
+    upload = a.files.create(file=("train.jsonl", ROWS), purpose="fine-tune")
+    hp = {"n_epochs": 1, "batch_size": 4, "max_steps": 2, "lora_rank": 8}
+    job = a.fine_tuning.jobs.create(model=base, training_file=upload.id,
+                                    method={"type": "supervised",
+                                            "supervised": {"hyperparameters": hp}})
+    batch_input = json.dumps({"custom_id": "r0", "method": "POST",
+                              "url": "/v1/chat/completions",
+                              "body": {"model": base, **CHAT}}).encode() + b"\n"
+    batch_file = a.files.create(file=("in.jsonl", batch_input), purpose="batch")
+    batch = a.batches.create(input_file_id=batch_file.id, endpoint="/v1/chat/completions",
+                             completion_window="24h")
+    done = _wait(lambda: a.fine_tuning.jobs.retrieve(job.id),
+                 lambda j: j.status in ("succeeded", "failed", "cancelled"), 300)
+    assert done.status == "succeeded", (done.error, server.log_tail())
+    batch = _wait(lambda: a.batches.retrieve(batch.id),
+                  lambda b: b.status in ("completed", "failed", "expired", "cancelled"), 120)
+    assert batch.status == "completed" and batch.output_file_id, batch
+    checkpoints = [c.id for c in a.fine_tuning.jobs.checkpoints.list(job.id).data]
+    return ProjectA([upload.id, batch_file.id, batch.output_file_id], job.id, checkpoints,
+                    batch.id, done.fine_tuned_model, base)
+
+
+def _references(case, a: ProjectA, example: int, *, paths_only: bool) -> list[tuple]:
+    """Where A's ids go in ``case``: (container, key, value), cycling through the ids
+    that fit each place from one example to the next."""
+    places = [(case.path_parameters, name) for name in case.path_parameters]
+    body_fields: list[str] = []
+    if not paths_only:
+        places += [(case.query, name) for name in case.query if name in REFERENCE_FIELDS]
+        if isinstance(case.body, dict) and (case.media_type or "").endswith("json"):
+            body_fields = [name for name in case.body if name in REFERENCE_FIELDS]
+            places += [(case.body, name) for name in body_fields]
+    refs = [(box, name, (ids := a.for_field(name))[example % len(ids)])
+            for box, name in places]
+    if "model" in body_fields and len(body_fields) > 1:
+        # A job on the base from A's file: the file is what must be refused, not the model.
+        refs = [(box, name, a.base if box is case.body and name == "model" else value)
+                for box, name, value in refs]
+    return refs
+
+
+def _sent(case) -> str:
+    return repr((case.path_parameters, case.query, case.body))
+
+
+def _role_fuzz(server, operation, role: str, a: ProjectA, stats: dict):
+    key = {"admin": server.admin_key, "a": KEYS["a"], "b": KEYS["b"]}[role]
+    # The n-th distinct case (a replay while Hypothesis reports gets the same ids).
+    examples: dict[str, int] = {}
+
+    @seed(FUZZ_SEED)
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE))
+    def check(case):
+        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {key}"}
+        example = examples.setdefault(_sent(case), len(examples))
+        # Every other example addresses A's objects; the admin's run is the plain fuzz
+        # (it may delete what it addresses), A addresses its own only to read them.
+        refs = []
+        if example % 2 == 0 and (role == "b" or (role == "a" and case.method == "GET")):
+            refs = _references(case, a, example // 2, paths_only=role == "a")
+        for box, name, value in refs:
+            box[name] = value
+        response = case.call(base_url=server.base_url, timeout=120)
+        stats["requests"] += 1
+        case.validate_response(response, checks=[not_a_server_error])
+        if role == "a" and refs and not case.query and case.path_parameters:
+            # A reads its own objects (routes whose parameter names one of them).
+            if any(kind in case.path for kind in ("{file_id}", "{job_id}", "{batch_id}",
+                                                  "{model_id}", "/v1/adapters/{name}")):
+                assert response.status_code == 200, (case.path, response.text[:300])
+                stats["a_reads"] += 1
+        if role != "b" or case.path in LEAK_EXEMPT:
+            return
+        seen = response.text + repr(response.headers)
+        leaked = [i for i in a.ids if i in seen and i not in _sent(case)]
+        assert not leaked, f"{case.method} {case.formatted_path}: B sees {leaked}"
+        if not refs:
+            return
+        for box, name, value in refs:
+            box[name] = _absent(value) if value in a.ids else value
+        twin = case.call(base_url=server.base_url, timeout=120)
+        assert response.status_code == twin.status_code, (
+            f"{case.method} {case.path}: A's id -> {response.status_code}, an absent id -> "
+            f"{twin.status_code}: {response.text[:300]}")
+        if case.path_parameters:
+            assert response.status_code in (403, 404), (case.path, response.text[:300])
+        stats["b_404"] += response.status_code == 404
+        stats["b_probed"].add(f"{case.method} {case.path} {response.status_code}")
+
+    return check
+
+
+def test_fuzz_with_a_key_of_each_role_no_5xx_no_cross_project_leak(server):
+    a = _seed_project_a(server)
+    raw = httpx.get(f"{server.base_url}/openapi.json", timeout=30).json()
+    operations = [result.ok() for result in schemathesis.openapi.from_dict(raw)
+                  .get_all_operations()]
+    operations = [op for op in operations if not op.path.startswith("/ui")]
+    assert len(operations) >= 15, [op.label for op in operations]
+    stats = {"requests": 0, "a_reads": 0, "b_404": 0, "b_probed": set()}
+    failures: list[str] = []
+    for role in ("admin", "a", "b"):
+        for operation in operations:
+            try:
+                _role_fuzz(server, operation, role, a, stats)()
+            except Exception as exc:  # collect every operation's failure, then report
+                failures.append(f"{operation.label} [{role}]: {str(exc)[:1500]}")
+    print(f"role fuzz: {stats}")  # what was covered, shown with -s
+    assert not failures, f"{len(failures)} failing (sent {stats}):\n" + "\n\n".join(failures)
+    # The probes were real: B addressed A's objects on many routes, A read its own.
+    assert stats["b_404"] >= 10 and stats["a_reads"] >= 5, stats
+
+    # B's deletes and cancels left A's objects as they were.
+    sdk = _sdk(server, "a")
+    assert sdk.files.content(a.files[0]).read() == ROWS
+    for file_id in a.files:
+        assert sdk.files.retrieve(file_id).id == file_id
+    job = sdk.fine_tuning.jobs.retrieve(a.job)
+    assert (job.status, job.fine_tuned_model) == ("succeeded", a.model)
+    assert sdk.batches.retrieve(a.batch).status == "completed"
+    assert a.model in {m.id for m in sdk.models.list().data}
+    assert sdk.chat.completions.create(model=a.model, **CHAT).choices[0].message is not None
+    assert a.model not in {m.id for m in _sdk(server, "b").models.list().data}
