@@ -159,3 +159,64 @@ def test_a_cancel_on_another_replica_stops_the_running_job(shared, tmp_path, mon
         wait_for(lambda: store.get_job(job_id)["status"] == "cancelled", timeout=15)
         assert not _alive(pid)
     assert "Job cancelled." in _events(job_id)
+
+
+def test_the_worker_trains_what_an_api_only_replica_queued(shared, tmp_path, monkeypatch):
+    import asyncio
+
+    from service.jobs.worker import run_worker
+
+    monkeypatch.setenv("FAKE_TRAIN_STEP_S", "0.02")
+    api = build_jobs_app(tmp_path, enabled=False)
+    with TestClient(api) as http:
+        job_id = _create(_sdk(http), max_steps=4)
+    published: list[tuple[str, Path]] = []
+
+    async def publish(job, adapter):
+        published.append((job["fine_tuned_model"], adapter))
+
+    async def main():
+        stop = asyncio.Event()
+        settings = JobsSettings(train_command=api.state.jobs_supervisor.settings.train_command,
+                                poll_interval_s=0.05, replica_id="worker-1")
+        worker = asyncio.create_task(run_worker(settings, stop=stop, on_success=publish))
+        store = jobs_store()
+        while store.get_job(job_id)["status"] not in TERMINAL:
+            await asyncio.sleep(0.05)
+        stop.set()
+        await worker
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    job = jobs_store().get_job(job_id)
+    assert job["status"] == "succeeded" and job["claimed_by"].startswith("worker-1:")
+    assert published == [(job["fine_tuned_model"], Path(job["adapter_path"]))]
+
+
+def test_tuneserve_worker_claims_jobs_and_requeues_on_sigterm(shared, tmp_path, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("FAKE_TRAIN_STEP_S", "0.2")
+    api = build_jobs_app(tmp_path, enabled=False)
+    with TestClient(api) as http:
+        job_id = _create(_sdk(http), max_steps=200, save_steps=2)
+    env = {**os.environ, "TUNESERVE_JOBS_POLL_INTERVAL_S": "0.1",
+           "TUNESERVE_JOBS_REPLICA_ID": "worker-cli",
+           "TUNESERVE_JOBS_TRAIN_COMMAND": json.dumps(
+               api.state.jobs_supervisor.settings.train_command)}
+    worker = subprocess.Popen([sys.executable, "-m", "tuneserve.cli", "worker"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        store = jobs_store()
+        wait_for(lambda: store.list_checkpoints(job_id)[0], timeout=60)
+        assert store.get_job(job_id)["claimed_by"].startswith("worker-cli:")
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0, output
+    assert "automatic evaluation skipped: TUNESERVE_JOBS_WORKER_SERVER_URL is unset" in output
+    job = store.get_job(job_id)
+    assert job["status"] == "queued", job  # resumes from its checkpoint on the next claim
