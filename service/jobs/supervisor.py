@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -50,7 +49,7 @@ from service.jobs.store import JobStore, now
 from service.jobs.train_config import job_processes
 from service.process_group import signal_group, stop_group
 from training.config import TrainConfig
-from tuneserve.home import tuneserve_home
+from tuneserve.home import replica_id
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +57,6 @@ log = logging.getLogger(__name__)
 OnSuccess = Callable[[dict[str, Any], Path], Awaitable[None]]
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 _ERROR_TAIL_CHARS = 1500
-
-
-def default_replica_id() -> str:
-    """This host and home folder: a restarted process of the same replica gets the same id,
-    two replicas on one host (different ``TUNESERVE_HOME``s) or two pods get different ones."""
-    home = hashlib.sha1(str(tuneserve_home().resolve()).encode()).hexdigest()[:8]
-    return f"{socket.gethostname()}/{home}"
 
 
 def owner_replica(owner: str | None) -> str | None:
@@ -131,7 +123,7 @@ class JobSupervisor:
         self._event_loop: asyncio.AbstractEventLoop | None = None
         # Who holds this supervisor's job leases: its replica, then a part unique per process
         # (even after a restart under the same pid); renewed on every poll.
-        self.replica_id = settings.replica_id or default_replica_id()
+        self.replica_id = settings.replica_id or replica_id()
         self.owner = f"{self.replica_id}:{os.getpid()}:{secrets.token_hex(4)}"
         self.lease_s = settings.lease_s
 
