@@ -47,8 +47,9 @@ class JobsSettings(BaseSettings):
         "of the same replica left, and leaves other replicas' jobs to their leases.",
     )
     worker_server_url: str | None = Field(
-        None, description="`tuneserve worker` only: the server that evaluates each succeeded "
-        "job's adapter (automatic evaluation); unset, the worker skips the evaluation.",
+        None, description="`tuneserve worker` only: the server that serves the worker's "
+        "adapters, for their evaluation (the worker does not run the automatic evaluation "
+        "itself yet: it names this server in its start-up log line).",
     )
     max_resume_attempts: int = Field(
         1, ge=0, description="Times an interrupted job is resumed from its last checkpoint."

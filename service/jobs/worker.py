@@ -9,8 +9,9 @@ train on dedicated worker pods while its serving pods run with
 A succeeded job's adapter is published without an engine:
 ``service.adapters.catalog.register_trained_adapter`` copies it into the shared adapter
 store and inserts a private registry row; the serving replicas load it on their next sync.
-The automatic evaluation needs a server that serves the adapter:
-``TUNESERVE_JOBS_WORKER_SERVER_URL``; unset, the worker skips it (one log line at start).
+The automatic evaluation (service/jobs/verdict.py) needs a server that serves the adapter
+and the alias registry for its promotion; the worker does not run it yet and says so in one
+log line at start (naming ``TUNESERVE_JOBS_WORKER_SERVER_URL`` when set).
 """
 
 from __future__ import annotations
