@@ -373,13 +373,23 @@ class JobSupervisor:
             log.warning("job supervisor: lost the lease on job %s as its worker exited; "
                         "leaving its outcome to the supervisor that claimed it", job["id"])
             return
-        adapter = adapter_dir(job)
-        if (not job["cancel_requested"] and not self._stopping and rc == 0
-                and (adapter / "adapter_config.json").is_file()):
-            await asyncio.to_thread(self.store.update_job, job["id"], pid=None)
-            await self._succeed(job, adapter, run)
-        else:
-            await asyncio.to_thread(self._settle_unsuccessful, job, rc)
+        # Registering the adapter may take longer than a lease: keep renewing meanwhile.
+        keeper = asyncio.create_task(self._keep_lease(job["id"]))
+        try:
+            adapter = adapter_dir(job)
+            if (not job["cancel_requested"] and not self._stopping and rc == 0
+                    and (adapter / "adapter_config.json").is_file()):
+                await asyncio.to_thread(self.store.update_job, job["id"], pid=None)
+                await self._succeed(job, adapter, run)
+            else:
+                await asyncio.to_thread(self._settle_unsuccessful, job, rc)
+        finally:
+            keeper.cancel()
+
+    async def _keep_lease(self, job_id: str) -> None:
+        """Renew the lease on a job every poll until cancelled (while it is being settled)."""
+        while await asyncio.to_thread(self.store.renew_lease, job_id, self.owner, self.lease_s):
+            await asyncio.sleep(self.settings.poll_interval_s)
 
     def _settle_unsuccessful(self, job: dict[str, Any], rc: int | None) -> None:
         """A worker that exited without an adapter: cancelled, stopped with the service,
@@ -410,22 +420,27 @@ class JobSupervisor:
                                     f"{exc}", "adapter_rejected")
             return
         tokens = run.last_metrics.get("trained_tokens", job["trained_tokens"])
-        await asyncio.to_thread(self._record_success, job, name, adapter, tokens)
-        if self.after_success is not None:
+        recorded = await asyncio.to_thread(self._record_success, job, name, adapter, tokens)
+        if recorded and self.after_success is not None:
             self.after_success(job_id)
 
     # ---- outcomes ---------------------------------------------------------------------
     # The events go in before the status: a client that sees the final status (it reads
     # from another thread) then finds the events that go with it.
     def _record_success(self, job: dict[str, Any], name: str, adapter: Path,
-                        tokens: int | None) -> None:
+                        tokens: int | None) -> bool:
         job_id = job["id"]
+        if not self.store.renew_lease(job_id, job["claimed_by"], self.lease_s):
+            log.warning("job supervisor: lost the lease on job %s while registering its "
+                        "adapter; the supervisor that claimed it records the outcome", job_id)
+            return False
         self.store.add_event(job_id, f"New fine-tuned model created: {name}")
         self.store.add_event(job_id, "The job has successfully completed.")
         self.store.update_job(job_id, owner=job["claimed_by"], status="succeeded",
                               fine_tuned_model=name,
                               finished_at=now(), adapter_path=str(adapter),
                               trained_tokens=tokens)
+        return True
 
     def _resume_or_fail(self, job: dict[str, Any], reason: str) -> None:
         job_id = job["id"]

@@ -30,7 +30,7 @@ from tests.unit.service_lora import make_lora_adapter
 
 pytestmark = pytest.mark.slow
 TERMINAL = {"succeeded", "failed", "cancelled"}
-LEASE_S = 4
+LEASE_S = 6
 ROWS = [{"messages": [{"role": "user", "content": f"stop container web-{i}"},
                       {"role": "assistant", "content": f"docker stop web-{i}"}]}
         for i in range(16)]

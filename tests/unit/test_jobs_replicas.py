@@ -220,3 +220,26 @@ def test_tuneserve_worker_claims_jobs_and_requeues_on_sigterm(shared, tmp_path, 
     assert "automatic evaluation skipped: TUNESERVE_JOBS_WORKER_SERVER_URL is unset" in output
     job = store.get_job(job_id)
     assert job["status"] == "queued", job  # resumes from its checkpoint on the next claim
+
+
+def test_the_lease_is_kept_while_a_slow_adapter_registration_runs(shared, tmp_path,
+                                                                   monkeypatch):
+    # Registering the adapter (a hot-load, a copy to the shared store) may outlast the lease:
+    # the other replica must not take the finished job over meanwhile.
+    import asyncio
+
+    monkeypatch.setenv("FAKE_TRAIN_STEP_S", "0.02")
+
+    async def slow_registration(job, adapter):
+        await asyncio.sleep(3)
+
+    apps = [build_jobs_app(tmp_path, replica_id=f"replica-{n}", lease_s=2,
+                           on_success=slow_registration) for n in (1, 2)]
+    with ExitStack() as stack:
+        sdks = [_sdk(stack.enter_context(TestClient(app))) for app in apps]
+        job_id = _create(sdks[0], max_steps=2)
+        store = jobs_store()
+        wait_for(lambda: store.get_job(job_id)["status"] in TERMINAL, timeout=30)
+    job = store.get_job(job_id)
+    assert job["status"] == "succeeded" and job["attempts"] == 1, job
+    assert _events(job_id).count("The job has successfully completed.") == 1
