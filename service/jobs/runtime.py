@@ -9,7 +9,8 @@ job's project. The runtime puts
 for the routers. Tests and embedders pass ``on_success`` instead of a registry.
 
 The store is ``jobs_store()``: the ``TUNESERVE_DATABASE_URL`` database (else the SQLite file
-``jobs.sqlite``) with payloads and runs under ``shared_dir()/jobs``, so every replica lists
+``$TUNESERVE_HOME/jobs/jobs.sqlite``) with payloads and runs under ``shared_dir()/jobs``, so
+with a shared database every replica lists
 the same files and jobs and any replica's supervisor (or ``tuneserve worker``,
 service/jobs/worker.py) can run any job. With ``TUNESERVE_JOBS_ENABLED=false`` the runtime
 serves the APIs but never trains (a worker Deployment does).
@@ -34,21 +35,23 @@ from service.jobs.verdict import JobEvaluator
 from service.reports.eval_subprocess import app_reports_root, local_server_url
 from service.tenancy import project_eval_key
 from tuneserve.database import database_url
-from tuneserve.home import shared_dir
+from tuneserve.home import shared_dir, tuneserve_home
 
 log = logging.getLogger(__name__)
 
 
 def jobs_root() -> Path:
-    """Where uploaded files and job runs live (and the jobs database without
-    ``TUNESERVE_DATABASE_URL``): ``jobs/`` in the folder all replicas mount."""
+    """Where uploaded files and job runs live: ``jobs/`` in the folder all replicas mount."""
     return shared_dir() / "jobs"
 
 
 def jobs_store() -> JobStore:
-    """The jobs store every replica and worker of this deployment shares."""
-    root = jobs_root()
-    return JobStore(root, url=database_url(default_sqlite=root / "jobs.sqlite"))
+    """The jobs store every replica and worker of this deployment shares: the
+    ``TUNESERVE_DATABASE_URL`` database, else this process's SQLite file
+    ``$TUNESERVE_HOME/jobs/jobs.sqlite`` (never on the shared volume: SQLite's locks do not
+    hold on a network file system)."""
+    default = tuneserve_home() / "jobs" / "jobs.sqlite"
+    return JobStore(jobs_root(), url=database_url(default_sqlite=default))
 
 
 RegistryGetter = Callable[[], Awaitable[Any]]

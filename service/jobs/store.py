@@ -4,9 +4,10 @@ Four tables: ``files`` (uploads' metadata; the payloads stay under ``files/``), 
 ``events``, ``checkpoints``. ``JobStore(root)`` keeps them in ``root/jobs.sqlite`` (the
 file the store always used, adopted in place by migration 0003); ``url=`` puts them in any
 database of the layer. The server opens ``JobStore(shared_dir()/"jobs", url=<the
-TUNESERVE_DATABASE_URL database>)`` (service/jobs/runtime.py): with PostgreSQL and a shared
-folder every replica sees the same files and jobs, and the payloads (``files/``) and job runs
-(``runs/``) it records by absolute path are readable from every replica.
+TUNESERVE_DATABASE_URL database>)`` (``jobs_store`` in service/jobs/runtime.py): with
+PostgreSQL and a shared folder every replica sees the same files and jobs, and the payloads
+(``files/``) and job runs (``runs/``) it records by absolute path are readable from every
+replica.
 Rows come back as plain dicts. Jobs are handed to supervisors by ``claim_next``, a lease
 that the claimer renews (``renew_lease``) and that guards its writes (``update_job(owner=)``).
 
