@@ -114,11 +114,10 @@ async def _start_serving(app: FastAPI, factory: EngineFactory,
 
 def _add_batches(state: Any, settings: Settings) -> None:
     """The Batch API's store and runner; the runner starts once the engine serves."""
-    # Per-pod SQLite even when TUNESERVE_DATABASE_URL is set: its input and output files are
-    # in the per-pod job store, and the runner does not claim requests yet (see
-    # docs/architecture.md, "Storage"), so a shared database would let another replica's
-    # runner pick up a batch whose files it cannot read.
-    store = BatchStore(tuneserve_home() / "batches" / "batches.sqlite")
+    # The configured database (TUNESERVE_DATABASE_URL, else the per-pod SQLite file): its
+    # input and output files are in the shared jobs store, and every replica's runner claims
+    # requests, so the replicas share each batch's work exactly once.
+    store = BatchStore()
     # The FilesService comes from the jobs runtime (the fine-tuning router's lifespan).
     runner = BatchRunner(store, lambda: state.files_service, execute=None,
                          concurrency=settings.batch_concurrency)

@@ -1,4 +1,5 @@
-"""``tuneserve serve``: run the OpenAI-compatible server for one base model + adapters.
+"""``tuneserve serve``: run the OpenAI-compatible server for one base model + adapters;
+``tuneserve worker``: run only the fine-tuning job supervisor (service/jobs/worker.py).
 
 Settings come from ``TUNESERVE_*`` environment variables; flags override them. API keys
 are read only from the environment or ``--api-keys-file`` (never flags, which other users
@@ -54,6 +55,18 @@ def add_commands(subparsers: Any) -> None:
     )
     parser.set_defaults(func=run_serve)
 
+    worker = subparsers.add_parser(
+        "worker",
+        help="run only the fine-tuning job supervisor (no engine, no API), claiming jobs from "
+        "the shared database",
+        description="Train the jobs that serving replicas queue: claims jobs from "
+        "TUNESERVE_DATABASE_URL (files and runs under TUNESERVE_SHARED_DIR) under a lease "
+        "(TUNESERVE_JOBS_LEASE_S), publishes each trained adapter to the shared adapter store. "
+        "Run the serving pods with TUNESERVE_JOBS_ENABLED=false. Stops on SIGTERM (a running "
+        "job is re-queued to resume from its last checkpoint).",
+    )
+    worker.set_defaults(func=run_worker)
+
 
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -100,3 +113,21 @@ def run_serve(args: argparse.Namespace) -> int:
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
                 timeout_graceful_shutdown=5)
     return 1 if app.state.engine_error else 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from service.jobs.settings import JobsSettings
+    from service.jobs.worker import run_worker as supervise
+
+    try:
+        settings = JobsSettings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "TUNESERVE_JOBS_*"
+        raise UserError(f"{where}: {first.get('msg')}") from None
+    asyncio.run(supervise(settings))
+    return 0

@@ -9,7 +9,9 @@ volume); it defaults to ``$TUNESERVE_HOME``, so one process changes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
 from pathlib import Path
 
 
@@ -28,6 +30,15 @@ def shared_dir() -> Path:
     shared = Path(configured)
     shared.mkdir(parents=True, exist_ok=True)
     return shared
+
+
+def replica_id() -> str:
+    """Which replica this process is, stable across its restarts: the host name and a hash
+    of ``$TUNESERVE_HOME``. Two replicas on one host (different homes) or two pods differ;
+    the job supervisor and batch runner name their leases after it, so a restarted process
+    settles what its predecessor held at once and leaves other replicas' work alone."""
+    home = hashlib.sha1(str(tuneserve_home().resolve()).encode()).hexdigest()[:8]
+    return f"{socket.gethostname()}/{home}"
 
 
 def models_dir() -> Path:

@@ -5,8 +5,9 @@ storage layer (tuneserve.database: the ``TUNESERVE_DATABASE_URL`` database, else
 A request row turns ``done`` exactly once (``UPDATE … WHERE status = 'pending'``) in the
 same statement that stores its response, so a server killed mid-batch resumes with exactly
 the requests that have no stored answer: nothing is lost and nothing is answered twice.
-``claim`` hands pending requests to one of several workers (row locks skipped by the others
-on PostgreSQL, the single writer lock on SQLite), each for a lease.
+``claim`` hands pending requests to one of several runners (one per replica; row locks
+skipped by the others on PostgreSQL, the single writer lock on SQLite), each for a lease;
+``start`` and ``begin_finalizing`` let exactly one runner validate and finalize a batch.
 Calls are short and synchronous; async callers run them with ``asyncio.to_thread``.
 """
 
@@ -90,10 +91,16 @@ class BatchStore:
             return db.execute(update).rowcount == 1
 
     # -- requests -------------------------------------------------------------------
-    def start(self, batch_id: str, requests: list[BatchLine]) -> None:
+    def start(self, batch_id: str, requests: list[BatchLine]) -> bool:
         """Store the batch's requests and mark it in progress, in one transaction (a
-        restart during validation validates again from scratch)."""
-        with self._engine.begin() as db:
+        restart during validation validates again from scratch). False, storing nothing,
+        when the batch is no longer ``validating`` (another replica's runner started it:
+        the row lock on PostgreSQL, the writer lock on SQLite, make that check exact)."""
+        with write_transaction(self._engine) as db:
+            status = db.execute(sa.select(batches.c.status).where(batches.c.id == batch_id)
+                                .with_for_update()).scalar()
+            if status != "validating":
+                return False
             db.execute(batch_requests.delete().where(batch_requests.c.batch_id == batch_id))
             if requests:
                 db.execute(batch_requests.insert(), [
@@ -102,6 +109,19 @@ class BatchStore:
             db.execute(batches.update()
                        .where(batches.c.id == batch_id, batches.c.status == "validating")
                        .values(status="in_progress", in_progress_at=now()))
+        return True
+
+    def begin_finalizing(self, batch_id: str, lease_s: int = DEFAULT_LEASE_S) -> bool:
+        """Move an in-progress batch to ``finalizing``; True for the one runner (of all
+        replicas) that did, which then writes the output. A batch left ``finalizing`` for
+        ``lease_s`` (its finalizer died) may be taken over the same way."""
+        c = batches.c
+        t = now()
+        claimable = sa.or_(c.status == "in_progress",
+                           sa.and_(c.status == "finalizing", c.finalizing_at < t - lease_s))
+        with self._engine.begin() as db:
+            return db.execute(batches.update().where(c.id == batch_id, claimable)
+                              .values(status="finalizing", finalizing_at=t)).rowcount == 1
 
     def _requests(self, batch_id: str, status: str) -> list[dict[str, Any]]:
         query = (sa.select(batch_requests)

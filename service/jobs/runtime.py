@@ -7,6 +7,13 @@ engine cannot start). Finished adapters go through
 job's project. The runtime puts
 ``jobs_store``, ``jobs_supervisor``, ``files_service`` and ``fine_tuning`` on the app state
 for the routers. Tests and embedders pass ``on_success`` instead of a registry.
+
+The store is ``jobs_store()``: the ``TUNESERVE_DATABASE_URL`` database (else the SQLite file
+``$TUNESERVE_HOME/jobs/jobs.sqlite``) with payloads and runs under ``shared_dir()/jobs``, so
+with a shared database every replica lists
+the same files and jobs and any replica's supervisor (or ``tuneserve worker``,
+service/jobs/worker.py) can run any job. With ``TUNESERVE_JOBS_ENABLED=false`` the runtime
+serves the APIs but never trains (a worker Deployment does).
 """
 
 from __future__ import annotations
@@ -27,14 +34,24 @@ from service.jobs.supervisor import JobSupervisor, OnSuccess
 from service.jobs.verdict import JobEvaluator
 from service.reports.eval_subprocess import app_reports_root, local_server_url
 from service.tenancy import project_eval_key
-from tuneserve.home import tuneserve_home
+from tuneserve.database import database_url
+from tuneserve.home import shared_dir, tuneserve_home
 
 log = logging.getLogger(__name__)
 
 
 def jobs_root() -> Path:
-    """Where the jobs database, uploaded files and job runs live."""
-    return tuneserve_home() / "jobs"
+    """Where uploaded files and job runs live: ``jobs/`` in the folder all replicas mount."""
+    return shared_dir() / "jobs"
+
+
+def jobs_store() -> JobStore:
+    """The jobs store every replica and worker of this deployment shares: the
+    ``TUNESERVE_DATABASE_URL`` database, else this process's SQLite file
+    ``$TUNESERVE_HOME/jobs/jobs.sqlite`` (never on the shared volume: SQLite's locks do not
+    hold on a network file system)."""
+    default = tuneserve_home() / "jobs" / "jobs.sqlite"
+    return JobStore(jobs_root(), url=database_url(default_sqlite=default))
 
 
 RegistryGetter = Callable[[], Awaitable[Any]]
@@ -67,7 +84,7 @@ async def jobs_runtime(state: Any, *, registry: RegistryGetter | None = None,
                                              project=job.get("project", "default"),
                                              shared=False)
 
-    store = JobStore(jobs_root())
+    store = jobs_store()
     files = FilesService(store, max_upload_bytes=int(settings.max_upload_mb * 1e6))
     evaluator: JobEvaluator | None = None
     if serving and settings.evaluate_on_success:

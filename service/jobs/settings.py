@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,6 +35,21 @@ class JobsSettings(BaseSettings):
     )
     cancel_grace_s: float = Field(
         10.0, gt=0, description="Seconds between SIGTERM and SIGKILL when a job is cancelled."
+    )
+    lease_s: int = Field(
+        60, ge=2, description="Seconds a supervisor's claim on a running job lasts without "
+        "renewal (it renews every poll). Another replica's supervisor takes over a job whose "
+        "lease ran out (its claimer died) and resumes it from its newest checkpoint.",
+    )
+    replica_id: str | None = Field(
+        None, description="Who this supervisor is across restarts (default: the host name "
+        "and TUNESERVE_HOME): at start it settles at once the running jobs a previous process "
+        "of the same replica left, and leaves other replicas' jobs to their leases.",
+    )
+    worker_server_url: str | None = Field(
+        None, description="`tuneserve worker` only: the server that serves the worker's "
+        "adapters, for their evaluation (the worker does not run the automatic evaluation "
+        "itself yet: it names this server in its start-up log line).",
     )
     max_resume_attempts: int = Field(
         1, ge=0, description="Times an interrupted job is resumed from its last checkpoint."
@@ -70,3 +85,12 @@ class JobsSettings(BaseSettings):
         None, ge=1, description="Cap on the demo job's optimiser steps (default: none, the "
         "`auto` rule decides as for any job)."
     )
+
+    @model_validator(mode="after")
+    def _lease_outlives_polls(self) -> JobsSettings:
+        # The lease is renewed once per poll: a lease shorter than two polls would be lost
+        # by a healthy supervisor.
+        if self.lease_s < 2 * self.poll_interval_s:
+            raise ValueError(f"lease_s ({self.lease_s}) must be at least twice poll_interval_s "
+                             f"({self.poll_interval_s})")
+        return self

@@ -2,10 +2,14 @@
 
 Four tables: ``files`` (uploads' metadata; the payloads stay under ``files/``), ``jobs``,
 ``events``, ``checkpoints``. ``JobStore(root)`` keeps them in ``root/jobs.sqlite`` (the
-per-pod file the store always used, adopted in place by migration 0003); ``url=`` puts them
-in any database of the layer (PostgreSQL for several workers). The server keeps the per-pod
-file: the uploaded payloads are files on the pod, not yet reachable from other replicas.
-Rows come back as plain dicts. Jobs are handed to workers by ``claim_next``, a lease.
+file the store always used, adopted in place by migration 0003); ``url=`` puts them in any
+database of the layer. The server opens ``JobStore(shared_dir()/"jobs", url=<the
+TUNESERVE_DATABASE_URL database>)`` (``jobs_store`` in service/jobs/runtime.py): with
+PostgreSQL and a shared folder every replica sees the same files and jobs, and the payloads
+(``files/``) and job runs (``runs/``) it records by absolute path are readable from every
+replica.
+Rows come back as plain dicts. Jobs are handed to supervisors by ``claim_next``, a lease
+that the claimer renews (``renew_lease``) and that guards its writes (``update_job(owner=)``).
 
 The store is synchronous and a write may wait for another writer (the CLI, a second
 service): keep it off the event loop. Async code goes through ``asyncio.to_thread`` at the
@@ -142,7 +146,9 @@ class JobStore:
             values = {"status": "running", "attempts": row["attempts"] + 1,
                       "claimed_by": owner, "lease_until": t + lease_s}
             db.execute(jobs.update().where(c.seq == row["seq"]).values(values))
-        return {**dict(row), **values}
+        # taken_over_from: the claimer whose lease ran out (None for a queued job).
+        taken_over = row["claimed_by"] if row["status"] == "running" else None
+        return {**dict(row), **values, "taken_over_from": taken_over}
 
     def renew_lease(self, job_id: str, owner: str, lease_s: int = DEFAULT_LEASE_S) -> bool:
         """Extend ``owner``'s lease on a running job; False when it holds none any more (its
@@ -155,12 +161,16 @@ class JobStore:
                               .values(lease_until=now() + lease_s)).rowcount == 1
 
     def update_job(self, job_id: str, *, only_if_status: set[str] | None = None,
-                   **fields: Any) -> bool:
+                   owner: str | None = None, **fields: Any) -> bool:
         """Set columns of a job; with ``only_if_status`` only while it has one of those
-        statuses (so a cancel and a finishing worker cannot both win). True if updated."""
+        statuses (so a cancel and a finishing worker cannot both win); with ``owner`` only
+        while ``owner`` holds the job's claim (a supervisor whose lease was taken over
+        writes nothing). True if updated."""
         update = jobs.update().where(jobs.c.id == job_id).values(**fields)
         if only_if_status:
             update = update.where(jobs.c.status.in_(sorted(only_if_status)))
+        if owner is not None:
+            update = update.where(jobs.c.claimed_by == owner)
         with self._engine.begin() as db:
             return db.execute(update).rowcount > 0
 

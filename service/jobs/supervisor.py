@@ -1,14 +1,24 @@
 """The job supervisor: runs queued jobs as ``tuneserve train`` worker processes.
 
-It lives as an asyncio task in the serving process but never trains there: each job is a
-subprocess in its own process group (``start_new_session``), so an OOM or crash in training
-cannot take the API down and a cancel can signal the whole group. The queue is the
-``jobs`` table, so a restart loses nothing:
+It lives as an asyncio task in the serving process (or alone in ``tuneserve worker``) but
+never trains there: each job is a subprocess in its own process group
+(``start_new_session``), so an OOM or crash in training cannot take the API down and a
+cancel can signal the whole group. The queue is the ``jobs`` table, so a restart loses
+nothing, and several supervisors (one per replica) share it exactly once:
 
-- ``start()`` first recovers jobs left ``running`` by a dead service: a leftover worker is
-  killed, then the job is re-queued to resume from its newest checkpoint (at most
-  ``max_resume_attempts`` times) or marked failed with the reason. Never left running.
+- A job is claimed (``JobStore.claim_next``) under a lease of ``lease_s`` seconds held by
+  this supervisor's ``owner`` id and renewed at every poll. A supervisor whose renewal fails
+  (its lease ran out and another claimed the job) SIGKILLs its worker at once and writes no
+  outcome; every outcome write is conditional on the claim it read.
+- A job whose claimer died (its lease ran out) is claimed by the next supervisor, which
+  resumes it from its newest checkpoint (or fails it with the reason, as below).
+- ``start()`` first recovers the jobs a previous process of the same replica
+  (``replica_id``) left ``running``: a leftover worker is killed, then the job is re-queued
+  to resume from its newest checkpoint (at most ``max_resume_attempts`` times) or marked
+  failed with the reason. Jobs of other replicas are left to their leases.
 - A worker that dies on a signal we did not send (kill -9, OOM killer) is resumed the same way.
+- A cancel recorded by any replica (``cancel_requested``) is seen by the owner at its next
+  poll.
 - ``cancel()`` sends SIGTERM to the group (SIGKILL after ``cancel_grace_s``) and removes any
   adapter or checkpoint the job wrote.
 - The worker's JSON-lines log (contract #1) becomes the job's events; checkpoint folders
@@ -35,10 +45,11 @@ from typing import Any
 import yaml
 
 from service.jobs.settings import JobsSettings
-from service.jobs.store import DEFAULT_LEASE_S, JobStore, now
+from service.jobs.store import JobStore, now
 from service.jobs.train_config import job_processes
 from service.process_group import signal_group, stop_group
 from training.config import TrainConfig
+from tuneserve.home import replica_id
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +57,11 @@ log = logging.getLogger(__name__)
 OnSuccess = Callable[[dict[str, Any], Path], Awaitable[None]]
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 _ERROR_TAIL_CHARS = 1500
+
+
+def owner_replica(owner: str | None) -> str | None:
+    """The replica id of an owner id ``<replica>:<pid>:<token>``."""
+    return owner.rsplit(":", 2)[0] if owner and owner.count(":") >= 2 else None
 
 
 def fine_tuned_model_name(base: str, suffix: str | None, job_id: str) -> str:
@@ -83,6 +99,7 @@ def checkpoint_steps(job: dict[str, Any]) -> list[tuple[int, Path]]:
 class _Run:
     process: asyncio.subprocess.Process
     terminating: bool = False
+    lease_lost: bool = False
     last_metrics: dict[str, Any] = field(default_factory=dict)
     kill_task: asyncio.Task | None = None
 
@@ -104,10 +121,11 @@ class JobSupervisor:
         self._wake = asyncio.Event()
         self._stopping = False
         self._event_loop: asyncio.AbstractEventLoop | None = None
-        # Who holds this supervisor's job leases (unique per process, even after a restart
-        # under the same pid); renewed on every poll, so a lease outlives a few slow polls.
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.lease_s = max(DEFAULT_LEASE_S, int(settings.poll_interval_s * 10))
+        # Who holds this supervisor's job leases: its replica, then a part unique per process
+        # (even after a restart under the same pid); renewed on every poll.
+        self.replica_id = settings.replica_id or replica_id()
+        self.owner = f"{self.replica_id}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.lease_s = settings.lease_s
 
     # ---- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
@@ -141,10 +159,19 @@ class JobSupervisor:
             self._event_loop.call_soon_threadsafe(self._wake.set)
 
     def recover(self) -> None:
-        """Settle jobs that a dead or stopped service left ``running`` or ``validating_files``."""
+        """Settle the jobs a previous process of this replica left ``running`` (or with no
+        claim at all), and ``validating_files`` jobs whose creator died mid-way.
+
+        Never a job another replica holds: a live one renews its lease, a dead one's job
+        is claimed once its lease ran out (``claim_next``, resumed in ``_run``)."""
+        stale = now() - self.lease_s  # a create validates in seconds, not a whole lease
         for job in self._jobs_with_status("validating_files"):
-            self.store.update_job(job["id"], status="queued")
+            if job["created_at"] < stale:
+                self.store.update_job(job["id"], only_if_status={"validating_files"},
+                                      status="queued")
         for job in self._jobs_with_status("running"):
+            if job["claimed_by"] and owner_replica(job["claimed_by"]) != self.replica_id:
+                continue
             self._kill_leftover_worker(job)
             self._ingest_log(job, None)
             if job["cancel_requested"]:
@@ -215,6 +242,8 @@ class JobSupervisor:
         is never left ``running`` with an orphaned worker and an exception nobody saw."""
         job_id = job["id"]
         try:
+            if job.get("taken_over_from") and not await asyncio.to_thread(self._take_over, job):
+                return
             await self._run_job(job)
         except Exception as exc:
             log.exception("job supervisor: job %s broke while it was being supervised", job_id)
@@ -227,6 +256,24 @@ class JobSupervisor:
                 only_if_status={"running"})
         finally:
             self.wake()
+
+    def _take_over(self, job: dict[str, Any]) -> bool:
+        """A job claimed after its previous claimer's lease ran out (that replica died):
+        record what its worker logged, then go on from the newest checkpoint (True) or
+        settle it, cancelled or failed with the reason (False)."""
+        self._ingest_log(job, None)
+        if job["cancel_requested"]:
+            self._settle_cancelled(job)
+            return False
+        reason = (f"the supervisor running the job ({job['taken_over_from']}) stopped renewing "
+                  f"its lease of {self.lease_s}s")
+        detail = self._resume_refusal(job, attempts=job["attempts"] - 1)
+        if detail is None:
+            self.store.add_event(job["id"], f"{reason[0].upper()}{reason[1:]}; this "
+                                 f"supervisor ({self.owner}) took the job over.", level="warn")
+            return True
+        self._fail(job, f"{reason}; {detail}", "interrupted")
+        return False
 
     def _prepare_run(self, job: dict[str, Any]) -> Path:
         """Write the worker's config (resuming when a checkpoint exists); returns its path."""
@@ -247,10 +294,14 @@ class JobSupervisor:
         return config_path
 
     def _poll(self, job: dict[str, Any], run: _Run) -> bool:
-        """Ingest the worker's new log lines and checkpoints; True when a cancel is pending
-        (one written by another process, the CLI, is honoured this way too)."""
+        """Renew the lease, ingest the worker's new log lines and checkpoints; True when a
+        cancel is pending (one recorded by another replica or the CLI is honoured this way
+        too). A lost lease sets ``run.lease_lost`` and records nothing."""
         if not self.store.renew_lease(job["id"], self.owner, self.lease_s):
-            log.warning("job supervisor: lost the lease on job %s", job["id"])
+            log.warning("job supervisor: lost the lease on job %s (another supervisor claimed "
+                        "it); stopping its training process", job["id"])
+            run.lease_lost = True
+            return False
         current = self.store.get_job(job["id"])
         self._ingest_log(current, run)
         self._record_checkpoints(job, run)
@@ -282,6 +333,14 @@ class JobSupervisor:
                 with contextlib.suppress(TimeoutError):
                     rc = await asyncio.wait_for(process.wait(), self.settings.poll_interval_s)
                 cancel_pending = await asyncio.to_thread(self._poll, job, run)
+                if run.lease_lost:
+                    # Another supervisor owns the job now: stop training at once (two
+                    # workers must never write one job's checkpoints) and record nothing.
+                    if rc is None:
+                        signal_group(process.pid, signal.SIGKILL)
+                        await process.wait()
+                    self._runs.pop(job_id, None)
+                    return
                 if rc is not None:
                     break
                 if cancel_pending and not run.terminating:
@@ -309,23 +368,39 @@ class JobSupervisor:
             run.kill_task.cancel()
 
     async def _finish(self, job: dict[str, Any], rc: int, run: _Run) -> None:
-        adapter = adapter_dir(job)
-        if (not job["cancel_requested"] and not self._stopping and rc == 0
-                and (adapter / "adapter_config.json").is_file()):
-            await asyncio.to_thread(self.store.update_job, job["id"], pid=None)
-            await self._succeed(job, adapter, run)
-        else:
-            await asyncio.to_thread(self._settle_unsuccessful, job, rc)
+        if not await asyncio.to_thread(self.store.renew_lease, job["id"], self.owner,
+                                       self.lease_s):
+            log.warning("job supervisor: lost the lease on job %s as its worker exited; "
+                        "leaving its outcome to the supervisor that claimed it", job["id"])
+            return
+        # Registering the adapter may take longer than a lease: keep renewing meanwhile.
+        keeper = asyncio.create_task(self._keep_lease(job["id"]))
+        try:
+            adapter = adapter_dir(job)
+            if (not job["cancel_requested"] and not self._stopping and rc == 0
+                    and (adapter / "adapter_config.json").is_file()):
+                await asyncio.to_thread(self.store.update_job, job["id"], pid=None)
+                await self._succeed(job, adapter, run)
+            else:
+                await asyncio.to_thread(self._settle_unsuccessful, job, rc)
+        finally:
+            keeper.cancel()
+
+    async def _keep_lease(self, job_id: str) -> None:
+        """Renew the lease on a job every poll until cancelled (while it is being settled)."""
+        while await asyncio.to_thread(self.store.renew_lease, job_id, self.owner, self.lease_s):
+            await asyncio.sleep(self.settings.poll_interval_s)
 
     def _settle_unsuccessful(self, job: dict[str, Any], rc: int | None) -> None:
         """A worker that exited without an adapter: cancelled, stopped with the service,
         killed (resumable) or failed."""
         job_id = job["id"]
-        self.store.update_job(job_id, pid=None)
+        self.store.update_job(job_id, pid=None, owner=job["claimed_by"])
         if job["cancel_requested"]:
             self._settle_cancelled(job)
         elif self._stopping:
-            self.store.update_job(job_id, only_if_status={"running"}, status="queued")
+            self.store.update_job(job_id, only_if_status={"running"}, owner=job["claimed_by"],
+                                  status="queued")
             self.store.add_event(job_id, "The service stopped during training; the job resumes "
                                  "from its last checkpoint when the service starts again.",
                                  level="warn")
@@ -345,43 +420,58 @@ class JobSupervisor:
                                     f"{exc}", "adapter_rejected")
             return
         tokens = run.last_metrics.get("trained_tokens", job["trained_tokens"])
-        await asyncio.to_thread(self._record_success, job_id, name, adapter, tokens)
-        if self.after_success is not None:
+        recorded = await asyncio.to_thread(self._record_success, job, name, adapter, tokens)
+        if recorded and self.after_success is not None:
             self.after_success(job_id)
 
     # ---- outcomes ---------------------------------------------------------------------
     # The events go in before the status: a client that sees the final status (it reads
     # from another thread) then finds the events that go with it.
-    def _record_success(self, job_id: str, name: str, adapter: Path, tokens: int | None) -> None:
+    def _record_success(self, job: dict[str, Any], name: str, adapter: Path,
+                        tokens: int | None) -> bool:
+        job_id = job["id"]
+        if not self.store.renew_lease(job_id, job["claimed_by"], self.lease_s):
+            log.warning("job supervisor: lost the lease on job %s while registering its "
+                        "adapter; the supervisor that claimed it records the outcome", job_id)
+            return False
         self.store.add_event(job_id, f"New fine-tuned model created: {name}")
         self.store.add_event(job_id, "The job has successfully completed.")
-        self.store.update_job(job_id, status="succeeded", fine_tuned_model=name,
+        self.store.update_job(job_id, owner=job["claimed_by"], status="succeeded",
+                              fine_tuned_model=name,
                               finished_at=now(), adapter_path=str(adapter),
                               trained_tokens=tokens)
+        return True
 
     def _resume_or_fail(self, job: dict[str, Any], reason: str) -> None:
         job_id = job["id"]
-        checkpoints = checkpoint_steps(job)
-        if checkpoints and job["attempts"] <= self.settings.max_resume_attempts:
-            self.store.update_job(job_id, status="queued", pid=None)
-            self.store.add_event(job_id, f"{reason[0].upper()}{reason[1:]}; the job is queued "
-                                 f"to resume from the checkpoint at step {checkpoints[-1][0]}.",
-                                 level="warn")
+        detail = self._resume_refusal(job, attempts=job["attempts"])
+        if detail is None:
+            step = checkpoint_steps(job)[-1][0]
+            if self.store.update_job(job_id, owner=job["claimed_by"], status="queued", pid=None):
+                self.store.add_event(job_id, f"{reason[0].upper()}{reason[1:]}; the job is "
+                                     f"queued to resume from the checkpoint at step {step}.",
+                                     level="warn")
             self.wake()
             return
-        if not checkpoints:
-            detail = "no checkpoint had been saved yet, so it cannot resume; start a new job"
-        else:
-            detail = (f"it was already resumed {job['attempts'] - 1} time(s) "
-                      f"(max_resume_attempts={self.settings.max_resume_attempts})")
         self._fail(job, f"{reason}; {detail}", "interrupted")
+
+    def _resume_refusal(self, job: dict[str, Any], *, attempts: int) -> str | None:
+        """Why a job interrupted after ``attempts`` runs cannot resume; None when it can."""
+        checkpoints = checkpoint_steps(job)
+        if not checkpoints:
+            return "no checkpoint had been saved yet, so it cannot resume; start a new job"
+        if attempts > self.settings.max_resume_attempts:
+            return (f"it was already resumed {attempts - 1} time(s) "
+                    f"(max_resume_attempts={self.settings.max_resume_attempts})")
+        return None
 
     def _fail(self, job: dict[str, Any], message: str, code: str, *,
               only_if_status: set[str] | None = None) -> None:
         if only_if_status and self.store.get_job(job["id"])["status"] not in only_if_status:
             return
         self.store.add_event(job["id"], f"Fine-tuning job failed: {message}", level="error")
-        self.store.update_job(job["id"], only_if_status=only_if_status, status="failed",
+        self.store.update_job(job["id"], only_if_status=only_if_status,
+                              owner=job.get("claimed_by"), status="failed",
                               finished_at=now(), pid=None,
                               error={"code": code, "message": message, "param": None})
 
@@ -390,7 +480,8 @@ class JobSupervisor:
         shutil.rmtree(adapter_dir(job), ignore_errors=True)
         shutil.rmtree(checkpoints_dir(job), ignore_errors=True)
         self.store.add_event(job["id"], "Job cancelled.")
-        self.store.update_job(job["id"], status="cancelled", finished_at=now(), pid=None)
+        self.store.update_job(job["id"], owner=job.get("claimed_by"), status="cancelled",
+                              finished_at=now(), pid=None)
 
     def _failure_reason(self, job: dict[str, Any], rc: int | None) -> str:
         """The worker's own error event if it wrote one, else the tail of its output."""

@@ -38,6 +38,10 @@ class JobsServer:
 
     def start(self, timeout: float = 300.0) -> JobsServer:
         """Start the server and wait until /v1/models answers 200 (engine ready)."""
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> JobsServer:
+        """Start the server process without waiting (several start at once)."""
         self.log_path = self.home / f"serve-{self.port}-{int(time.time())}.log"
         env = {**os.environ, "TUNESERVE_HOME": str(self.home), **self.env}
         self.process = subprocess.Popen(
@@ -46,6 +50,10 @@ class JobsServer:
             cwd=REPO_ROOT, env=env, stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        return self
+
+    def wait_ready(self, timeout: float = 300.0) -> JobsServer:
+        """Wait until /v1/models answers 200 (engine ready); stop the server otherwise."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

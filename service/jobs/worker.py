@@ -1,0 +1,76 @@
+"""``tuneserve worker``: the job supervisor alone, no engine and no HTTP API.
+
+It claims jobs from the shared jobs database (``TUNESERVE_DATABASE_URL``, payloads and runs
+under ``TUNESERVE_SHARED_DIR``) exactly as a serving replica's supervisor does (leases,
+takeover of a dead claimer's job, cancels recorded by any replica), so a deployment can
+train on dedicated worker pods while its serving pods run with
+``TUNESERVE_JOBS_ENABLED=false``.
+
+A succeeded job's adapter is published without an engine:
+``service.adapters.catalog.register_trained_adapter`` copies it into the shared adapter
+store and inserts a private registry row; the serving replicas load it on their next sync.
+The automatic evaluation (service/jobs/verdict.py) needs a server that serves the adapter
+and the alias registry for its promotion; the worker does not run it yet and says so in one
+log line at start (naming ``TUNESERVE_JOBS_WORKER_SERVER_URL`` when set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+from service.jobs.runtime import jobs_store
+from service.jobs.settings import JobsSettings
+from service.jobs.supervisor import JobSupervisor, OnSuccess
+
+log = logging.getLogger(__name__)
+
+
+async def publish_adapter(job: dict[str, Any], adapter: Path) -> None:
+    """Publish a succeeded job's adapter for the serving replicas (private to its project)."""
+    # Lazy: the catalog pulls in the adapter checks (and the registry's database) only once a
+    # job succeeds.
+    from service.adapters.catalog import register_trained_adapter
+
+    await asyncio.to_thread(register_trained_adapter, job["fine_tuned_model"], adapter,
+                            base_model=job["model"], project=job.get("project", "default"))
+
+
+async def run_worker(settings: JobsSettings | None = None, *,
+                     stop: asyncio.Event | None = None,
+                     on_success: OnSuccess | None = None) -> None:
+    """Supervise jobs until ``stop`` is set (SIGTERM / SIGINT when not given); a running job
+    is stopped and re-queued to resume from its last checkpoint, as on a server shutdown."""
+    settings = settings or JobsSettings()
+    if not settings.enabled:
+        log.warning("TUNESERVE_JOBS_ENABLED=false: this worker will take no job")
+    if settings.evaluate_on_success:
+        # The evaluation calls a server that serves the new adapter (the worker has no engine).
+        log.info("automatic evaluation skipped: %s", "TUNESERVE_JOBS_WORKER_SERVER_URL is unset"
+                 if not settings.worker_server_url else
+                 "not run by `tuneserve worker` yet; evaluate with `tuneserve eval run` against "
+                 f"{settings.worker_server_url}")
+    store = await asyncio.to_thread(jobs_store)
+    supervisor = JobSupervisor(store, settings, on_success=on_success or publish_adapter)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    log.info("job worker %s: claiming jobs from %s (lease %ss)", supervisor.owner,
+             _redacted(store.url), settings.lease_s)
+    if settings.enabled:
+        await supervisor.start()
+    try:
+        await stop.wait()
+    finally:
+        await supervisor.stop()
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
