@@ -154,9 +154,10 @@ def test_a_jobs_adapter_is_private_to_its_project_until_published(projects):
     assert batch.output_file_id is None
 
     # No metrics label names A's model for B's refused requests.
-    assert model not in projects.http.get("/metrics").text
+    metrics = {"Authorization": f"Bearer {KEYS['admin']}"}
+    assert model not in projects.http.get("/metrics", headers=metrics).text
     assert a.chat.completions.create(model=model, **chat).choices
-    assert f'model="{model}"' in projects.http.get("/metrics").text
+    assert f'model="{model}"' in projects.http.get("/metrics", headers=metrics).text
 
     # The gate's refusal names the candidate: only its project (and admins) see that.
     projects.http.app.state.registry.refuse("prod", model, actor="gate", reason="worse")
