@@ -159,6 +159,10 @@ class Settings(BaseSettings):
             self.metrics_api_keys = [*self.metrics_api_keys, *keys.metrics]
             self.key_projects = {**self.key_projects, **keys.projects_of_keys}
             self.project_limits = {**self.project_limits, **keys.project_limits}
+        from service.tenancy import schedule_eval_key
+
+        for entry in self.eval_schedules:  # refused now, not at the first fire
+            schedule_eval_key(self, entry.project)
         for key in [*self.user_api_keys, *self.admin_api_keys, *self.metrics_api_keys]:
             if key.lower() in _PLACEHOLDER_KEYS or len(key) < _MIN_KEY_LENGTH:
                 # Never echo the key itself: it may be a real (weak) secret.

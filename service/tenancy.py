@@ -102,3 +102,19 @@ def project_eval_key(settings: Any, project: str) -> str | None:
            if settings.key_projects.get(k, DEFAULT_PROJECT) == project]
     keys = [*own, *settings.admin_api_keys]
     return keys[0] if keys else None
+
+
+def schedule_eval_key(settings: Any, project: str | None) -> str | None:
+    """The key a scheduled evaluation runs with: its project's (``project_eval_key``), or an
+    admin key for an entry without a project; None on a server without keys. ValueError,
+    at startup, when there is no such key."""
+    if not settings.auth_enabled:
+        return None
+    key = (project_eval_key(settings, project) if project is not None
+           else next(iter(settings.admin_api_keys), None))
+    if key is None:
+        raise ValueError(
+            f"an eval schedule {'for project ' + repr(project) if project else 'without a project'}"
+            " needs " + (f"a user key of project {project!r} or an admin key" if project else
+                         "an admin key; or name the project it runs for (its key is used)"))
+    return key

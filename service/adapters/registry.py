@@ -151,15 +151,16 @@ class AdapterRegistry:
     # -- aliases -----------------------------------------------------------------------
     def promote(self, alias: str, adapter: str, *, actor: str, reason: str,
                 evidence: dict[str, Any] | None = None, project: str | None = None) -> Decision:
-        """Point ``alias`` at the served adapter ``adapter`` (creating the alias, owned by
-        ``project``; None: shared). Who may move whose alias: ``service.tenancy``."""
+        """Point ``alias`` at the served adapter ``adapter``. ``project``: the project
+        promoting (a job's), which owns an alias this creates and shares nothing; None: an
+        admin's promotion (a new alias is shared). Who may move whose alias:
+        ``service.tenancy.alias_refusal``, checked by the caller."""
         self._check_alias_name(alias)
         if self.get(adapter) is None:
             raise NotFound(f"no adapter named {adapter!r} is served", param="adapter",
                            code="adapter_not_found")
-        owner = self.aliases.owner(alias) if self.aliases.target(alias) else project
-        if owner is None:
-            self.publish(adapter)  # a shared alias serves every project: so must its target
+        if project is None:
+            self.publish(adapter)  # an admin's alias may serve every project: share its target
         decision = self.aliases.record(alias, "promote", adapter=adapter, actor=actor,
                                        reason=reason, evidence=evidence, project=project)
         self._set_alias_metric(alias, decision.previous, adapter)

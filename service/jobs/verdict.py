@@ -119,10 +119,7 @@ class JobEvaluator:
         metadata = job.get("metadata") or {}
         alias = metadata.get(ALIAS_KEY)
         current = registry.aliases.target(alias) if alias else None
-        refusal = alias and alias_refusal(alias, current is not None,
-                                          registry.aliases.owner(alias),
-                                          self.alias_scope(job.get("project", DEFAULT_PROJECT)))
-        if current == job["fine_tuned_model"] or refusal:
+        if current == job["fine_tuned_model"] or (alias and self._not_ours(registry, job, alias)):
             current = None  # another project's target is not this job's to compare with
         self._set(job_id, status="running", rows=len(held_out), metric=plan.primary)
         self.store.add_event(job_id, f"Evaluating {job['fine_tuned_model']} against the base"
@@ -141,7 +138,7 @@ class JobEvaluator:
         self.store.add_event(job_id, figures, data=summary["figures"])
         verdict = "beats the base" if decision.beats_base else "does not beat the base"
         promoted = alias is not None and self._promote(registry, job, alias, decision, summary,
-                                                       result.id, refusal or None)
+                                                       result.id)
         self._set(job_id, status="done", verdict=verdict, promoted=promoted,
                   alias=alias, report=summary["report"], result_file=result.id,
                   decision=evidence, figures=summary["figures"])
@@ -180,11 +177,12 @@ class JobEvaluator:
         return record["path"]
 
     def _promote(self, registry: Any, job: dict[str, Any], alias: str, decision: Any,
-                 summary: dict[str, Any], result_file: str, refusal: str | None) -> bool:
+                 summary: dict[str, Any], result_file: str) -> bool:
         name, actor = job["fine_tuned_model"], f"job:{job['id']}"
         evidence = {"report": summary["report"], "result_file": result_file,
                     "gate": summary["decision"]}
         auto = str((job.get("metadata") or {}).get(AUTO_PROMOTE_KEY, "true")).lower() != "false"
+        refusal = self._not_ours(registry, job, alias)
         if refusal:  # not this job's alias to move, whatever the gate says; adapter stays private
             registry.refuse(alias, name, actor=actor, reason=refusal, evidence=evidence)
             self.store.add_event(job["id"], f"Not promoted to alias {alias}: {refusal}.",
@@ -206,6 +204,12 @@ class JobEvaluator:
                          project=self.alias_scope(job.get("project", DEFAULT_PROJECT)))
         self.store.add_event(job["id"], f"Promoted: alias {alias} now serves {name}.")
         return True
+
+    def _not_ours(self, registry: Any, job: dict[str, Any], alias: str) -> str | None:
+        """Why this job may not move ``alias`` (another project's, or shared), or None."""
+        return alias_refusal(alias, registry.aliases.target(alias) is not None,
+                             registry.aliases.owner(alias),
+                             self.alias_scope(job.get("project", DEFAULT_PROJECT)))
 
     def _summary(self, job, record, plan, decision, report_dir, alias, current) -> dict[str, Any]:
         labels = {m["label"]: m["model_id"] for m in record["models"]}

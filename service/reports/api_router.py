@@ -13,7 +13,7 @@ from service.reports.protocol import ReportList, ScheduleList
 from service.reports.runs import EvalRun, EvalRunList, EvalRunRequest, EvalRuns, server_url_of
 from service.reports.schedule import describe
 from service.reports.serving import ReportsServing
-from service.tenancy import report_visible, scope_of
+from service.tenancy import in_scope, report_visible, scope_of
 
 router = APIRouter(tags=["reports"])
 
@@ -44,7 +44,14 @@ async def list_reports(request: Request, _: UserAuth, limit: int = 100) -> Repor
 @router.get("/reports/schedules", response_model=ScheduleList)
 async def list_schedules(request: Request, _: UserAuth) -> ScheduleList:
     scheduler = getattr(request.app.state, "eval_scheduler", None)
-    return describe(scheduler) if scheduler is not None else ScheduleList(data=[])
+    if scheduler is None:
+        return ScheduleList(data=[])
+    scope, state = scope_of(request), request.app.state
+    # A project sees its own entries, and an admin's whose models it may all use.
+    return describe(scheduler, lambda entry: scope is None or (
+        in_scope(entry.project, scope) if entry.project else
+        report_visible(state, [state.base_id if m == "base" else m for m in entry.model_ids],
+                       scope)))
 
 
 @router.get("/reports/{report_id}", include_in_schema=False)
