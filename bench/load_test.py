@@ -17,6 +17,7 @@ by exactly what the clients saw. The report is JSON (``--json PATH``) and a summ
 
     # against a running server
     python bench/load_test.py --base-url http://127.0.0.1:8000 --key $USER_KEY \\
+        --metrics-key $ADMIN_KEY \\
         --models gemma-3-270m,a1,a2,a3 --server-pid $(pgrep -f 'tuneserve.cli serve' | head -1)
     # start one on the real base with three adapters (what docs/reliability.md records)
     flock /tmp/tuneserve-heavy.lock python bench/load_test.py --start-server gemma-3-270m \\
@@ -130,9 +131,13 @@ def _rss_mb(pids: list[int]) -> float:
     return round(total / 2**20, 1)
 
 
-def _metrics(base_url: str) -> dict[str, float]:
-    """Sums per metric name + status label of the counters the check uses."""
-    text = httpx.get(f"{base_url}/metrics", timeout=30).text
+def _metrics(base_url: str, metrics_key: str | None) -> dict[str, float]:
+    """Sums per metric name + status label of the counters the check uses (``/metrics``
+    needs an admin or metrics key on a server with keys)."""
+    headers = {"Authorization": f"Bearer {metrics_key}"} if metrics_key else {}
+    response = httpx.get(f"{base_url}/metrics", headers=headers, timeout=30)
+    response.raise_for_status()
+    text = response.text
     out: Counter[str] = Counter()
     for line in text.splitlines():
         if line.startswith("#") or not line:
@@ -225,10 +230,10 @@ async def _burst(base_url: str, key: str, models: list[str], burst: int,
             _one(client, models[i % len(models)], "burst", max_tokens) for i in range(burst))))
 
 
-def _wait_idle(base_url: str, timeout_s: float = 60.0) -> bool:
+def _wait_idle(base_url: str, metrics_key: str | None, timeout_s: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        m = _metrics(base_url)
+        m = _metrics(base_url, metrics_key)
         if not any(m.get(k, 0) for k in ("tuneserve_requests_in_flight",
                                           "vllm:num_requests_running",
                                           "vllm:num_requests_waiting")):
@@ -239,8 +244,10 @@ def _wait_idle(base_url: str, timeout_s: float = 60.0) -> bool:
 
 def run_load(base_url: str, key: str, models: list[str], *, clients: int = 64,
              duration_s: float = 60.0, burst: int = 256, max_tokens: int = 8,
-             server_pids: list[int] | None = None, settle_s: float = 5.0) -> LoadReport:
-    """Run the phases against ``base_url`` and return the report (see the module doc)."""
+             server_pids: list[int] | None = None, settle_s: float = 5.0,
+             metrics_key: str | None = None) -> LoadReport:
+    """Run the phases against ``base_url`` and return the report (see the module doc);
+    ``metrics_key``: an admin or metrics key for ``/metrics``."""
     check_loopback(base_url)
     pids = server_pids or []
     report = LoadReport(clients, duration_s, burst, max_tokens, models)
@@ -249,7 +256,7 @@ def run_load(base_url: str, key: str, models: list[str], *, clients: int = 64,
         if warm.kind != "ok":
             raise RuntimeError(f"warm-up request to {model} failed: {warm}")
     report.rss_mb["before"] = _rss_mb(pids)
-    before = _metrics(base_url)
+    before = _metrics(base_url, metrics_key)
     started = time.perf_counter()
     outcomes = asyncio.run(_steady(base_url, key, models, clients, duration_s, max_tokens))
     steady_s = time.perf_counter() - started
@@ -257,10 +264,10 @@ def run_load(base_url: str, key: str, models: list[str], *, clients: int = 64,
     burst_outcomes = asyncio.run(_burst(base_url, key, models, burst, max_tokens))
     outcomes += burst_outcomes
     report.rss_mb["after_burst"] = _rss_mb(pids)
-    report.idle_after = _wait_idle(base_url)
+    report.idle_after = _wait_idle(base_url, metrics_key)
     time.sleep(settle_s)
     report.rss_mb["settled"] = _rss_mb(pids)
-    after = _metrics(base_url)
+    after = _metrics(base_url, metrics_key)
 
     kinds = Counter(o.kind for o in outcomes)
     report.sent = len(outcomes)
@@ -322,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--start-server", metavar="MODEL",
                         help="start `tuneserve serve` on MODEL (name or folder) for the run")
     parser.add_argument("--key", help="user API key of --base-url")
+    parser.add_argument("--metrics-key", help="admin or metrics API key of --base-url, for "
+                        "its /metrics")
     parser.add_argument("--models", help="comma list of model ids (with --base-url)")
     parser.add_argument("--server-pid", type=int, action="append", default=[])
     parser.add_argument("--adapters", type=int, default=3, help="with --start-server")
@@ -341,15 +350,18 @@ def main(argv: list[str] | None = None) -> int:
         server, models = _start_server(args.start_server, args.adapters, workdir,
                                        args.max_in_flight)
         base_url, key, pids = server.base_url, server.user_key, [server.process.pid]
+        metrics_key = server.admin_key
     else:
         if not (args.key and args.models):
             parser.error("--base-url needs --key and --models")
         base_url, key, pids = args.base_url, args.key, args.server_pid
+        metrics_key = args.metrics_key
         models = args.models.split(",")
     try:
         report = run_load(base_url, key, models, clients=args.clients,
                           duration_s=args.duration, burst=args.burst,
-                          max_tokens=args.max_tokens, server_pids=pids)
+                          max_tokens=args.max_tokens, server_pids=pids,
+                          metrics_key=metrics_key)
     finally:
         if server is not None:
             stop_server(server)

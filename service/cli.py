@@ -25,7 +25,8 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "--host": ("host", str, "interface to bind (default 127.0.0.1)"),
     "--port": ("port", int, "TCP port (default 8000)"),
     "--adapters-dir": ("adapters_dir", Path, "folder scanned and watched for adapters"),
-    "--api-keys-file": ("api_keys_file", Path, 'JSON {"user": [...], "admin": [...]}'),
+    "--api-keys-file": ("api_keys_file", Path, 'JSON {"user": [...], "admin": [...], '
+                        '"metrics": [...]} or {"keys": [{"key", "project", "role"}]}'),
     "--max-lora-rank": ("max_lora_rank", int, "largest adapter rank served (default 16)"),
     "--max-loras": ("max_loras", int, "adapters per batch (default 4)"),
     "--max-cpu-loras": ("max_cpu_loras", int, "adapters kept loaded (default 16)"),

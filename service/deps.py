@@ -1,7 +1,8 @@
 """FastAPI dependencies as ``Annotated`` aliases: the API-key checks.
 
 ``UserAuth`` admits a user or an admin key (inference); ``AdminAuth`` only an admin key
-(adapter changes). Keys come as ``Authorization: Bearer KEY`` (what the OpenAI SDK sends)
+(adapter changes); ``MetricsAuth`` an admin or a scrape-only ``metrics`` key, which no
+other route admits. Keys come as ``Authorization: Bearer KEY`` (what the OpenAI SDK sends)
 and are compared in constant time; they are never logged. With no keys configured the
 server is bound to localhost and both checks pass.
 """
@@ -16,7 +17,7 @@ from fastapi import Depends, Request
 from service.audit import key_id
 from service.errors import Forbidden, Unauthorized
 
-Role = Literal["user", "admin", "anonymous"]
+Role = Literal["user", "admin", "metrics", "anonymous"]
 
 
 def _matches(candidate: str, keys: list[str]) -> bool:
@@ -47,6 +48,8 @@ def role_of(request: Request) -> Role:
         role: Role = "admin"
     elif _matches(key, settings.user_api_keys):
         role = "user"
+    elif _matches(key, getattr(settings, "metrics_api_keys", [])):
+        role = "metrics"
     else:
         raise Unauthorized("invalid API key")
     # The key is known (matched in constant time above): its project is a plain lookup.
@@ -57,18 +60,28 @@ def role_of(request: Request) -> Role:
 
 
 def require_user(request: Request) -> Role:
-    return role_of(request)
+    role = role_of(request)
+    if role == "metrics":
+        raise Forbidden("a metrics API key may only read /metrics")
+    return role
 
 
 def require_admin(request: Request) -> Role:
     role = role_of(request)
-    if role == "user":
+    if role in ("user", "metrics"):
         raise Forbidden("this operation needs an admin API key")
     return role
 
 
-def require_job_creator(request: Request) -> Role:
+def require_metrics(request: Request) -> Role:
     role = role_of(request)
+    if role == "user":  # served model ids, private adapters included: not a project's to see
+        raise Forbidden("/metrics needs an admin or a metrics API key")
+    return role
+
+
+def require_job_creator(request: Request) -> Role:
+    role = require_user(request)
     if role == "user" and request.app.state.settings.job_creators == "admin":
         raise Forbidden("creating fine-tuning jobs needs an admin API key on this server "
                         "(TUNESERVE_JOB_CREATORS=admin)")
@@ -78,3 +91,4 @@ def require_job_creator(request: Request) -> Role:
 UserAuth = Annotated[Role, Depends(require_user)]
 JobCreatorAuth = Annotated[Role, Depends(require_job_creator)]
 AdminAuth = Annotated[Role, Depends(require_admin)]
+MetricsAuth = Annotated[Role, Depends(require_metrics)]

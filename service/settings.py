@@ -67,10 +67,17 @@ class Settings(BaseSettings):
         description="Comma-separated keys allowed to call inference and change adapters.",
         repr=False,
     )
+    metrics_api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated scrape-only keys: they may read /metrics and nothing "
+        "else (an admin key may read it too).",
+        repr=False,
+    )
     api_keys_file: Path | None = Field(
-        None, description='JSON file with more keys: {"user": [...], "admin": [...]} (project '
-        '"default"), and/or {"keys": [{"key", "project", "role"}], "projects": {name: '
-        '{"requests_per_minute", "tokens_per_minute"}}}.'
+        None, description='JSON file with more keys: {"user": [...], "admin": [...], '
+        '"metrics": [...]} (project "default"), and/or {"keys": [{"key", "project", "role"}], '
+        '"projects": {name: {"requests_per_minute", "tokens_per_minute"}}}; role is user, '
+        'admin or metrics (scrape-only).'
     )
     # Filled from the keys file: which project each key belongs to (keys of the plain
     # lists and of the environment belong to "default"), and per-project limits.
@@ -120,7 +127,7 @@ class Settings(BaseSettings):
         f'"models"}}, ...] or {COMPACT_FORM}; entries separated by ";" or newlines.',
     )
 
-    @field_validator("user_api_keys", "admin_api_keys", mode="before")
+    @field_validator("user_api_keys", "admin_api_keys", "metrics_api_keys", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         return _split_keys(value)
@@ -149,9 +156,14 @@ class Settings(BaseSettings):
             keys = load_keys_file(self.api_keys_file)
             self.user_api_keys = [*self.user_api_keys, *keys.user]
             self.admin_api_keys = [*self.admin_api_keys, *keys.admin]
+            self.metrics_api_keys = [*self.metrics_api_keys, *keys.metrics]
             self.key_projects = {**self.key_projects, **keys.projects_of_keys}
             self.project_limits = {**self.project_limits, **keys.project_limits}
-        for key in [*self.user_api_keys, *self.admin_api_keys]:
+        from service.tenancy import schedule_eval_key
+
+        for entry in self.eval_schedules:  # refused now, not at the first fire
+            schedule_eval_key(self, entry.project)
+        for key in [*self.user_api_keys, *self.admin_api_keys, *self.metrics_api_keys]:
             if key.lower() in _PLACEHOLDER_KEYS or len(key) < _MIN_KEY_LENGTH:
                 # Never echo the key itself: it may be a real (weak) secret.
                 raise ValueError(
@@ -170,30 +182,33 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         """Whether any API key is configured (otherwise the server is localhost-only)."""
-        return bool(self.user_api_keys or self.admin_api_keys)
+        return bool(self.user_api_keys or self.admin_api_keys or self.metrics_api_keys)
 
 
 class _KeyEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     key: str
     project: str = Field("default", min_length=1, max_length=64, pattern=r"^[\w.-]+$")
-    role: Literal["user", "admin"] = "user"
+    # metrics: a scrape-only key (GET /metrics and nothing else; its project is unused).
+    role: Literal["user", "admin", "metrics"] = "user"
 
 
 class KeysFile(BaseModel):
-    """The API keys file. ``user``/``admin``: plain lists (project "default"); ``keys``:
-    entries with their project and role; ``projects``: per-project rate limits."""
+    """The API keys file. ``user``/``admin``/``metrics``: plain lists (project "default");
+    ``keys``: entries with their project and role; ``projects``: per-project rate limits."""
 
     model_config = ConfigDict(extra="forbid")
     user: list[str] = Field(default_factory=list)
     admin: list[str] = Field(default_factory=list)
+    metrics: list[str] = Field(default_factory=list)
     keys: list[_KeyEntry] = Field(default_factory=list)
     projects: dict[str, ProjectLimits] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _entries_into_lists(self) -> KeysFile:
         for entry in self.keys:
-            (self.admin if entry.role == "admin" else self.user).append(entry.key)
+            {"admin": self.admin, "metrics": self.metrics, "user": self.user}[
+                entry.role].append(entry.key)
         return self
 
     @property

@@ -18,7 +18,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS aliases (
     name TEXT PRIMARY KEY,
     adapter TEXT NOT NULL,
-    updated INTEGER NOT NULL
+    updated INTEGER NOT NULL,
+    project TEXT
 );
 CREATE TABLE IF NOT EXISTS alias_decisions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -60,11 +61,16 @@ class AliasTable:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
         self._db.executescript(_SCHEMA)
+        # The owning project (NULL: shared, an admin's) came later; older aliases stay shared.
+        if "project" not in {r[1] for r in self._db.execute("PRAGMA table_info(aliases)")}:
+            self._db.execute("ALTER TABLE aliases ADD COLUMN project TEXT")
         self._db.commit()
         # Every inference request resolves its model through target(): kept in memory, not
         # queried; record() is the only writer (one server process owns a registry file).
         self._targets: dict[str, str] = dict(
             self._db.execute("SELECT name, adapter FROM aliases ORDER BY name"))
+        self._owners: dict[str, str | None] = dict(
+            self._db.execute("SELECT name, project FROM aliases"))
 
     def all(self) -> dict[str, str]:
         return dict(sorted(self._targets.items()))
@@ -72,21 +78,27 @@ class AliasTable:
     def target(self, name: str) -> str | None:
         return self._targets.get(name)
 
+    def owner(self, name: str) -> str | None:
+        """The project that owns the alias; None: shared (or no such alias)."""
+        return self._owners.get(name)
+
     def aliases_of(self, adapter: str) -> list[str]:
         return sorted(name for name, target in self._targets.items() if target == adapter)
 
     def record(self, alias: str, action: str, *, adapter: str | None, actor: str, reason: str,
-               evidence: dict[str, Any] | None = None) -> Decision:
+               evidence: dict[str, Any] | None = None, project: str | None = None) -> Decision:
         """Append a decision and apply it in one transaction: promote/rollback point the
-        alias at ``adapter``, delete removes the alias, refused changes nothing."""
+        alias at ``adapter``, delete removes the alias, refused changes nothing. ``project``:
+        the owner of an alias this creates (None: shared); a moved alias keeps its owner."""
         if action not in ACTIONS:
             raise ValueError(f"unknown alias action {action!r}")
         previous = self.target(alias)
+        owner = self._owners.get(alias) if previous is not None else project
         created = int(time.time())
         with self._db:
             if action in ("promote", "rollback"):
-                self._db.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?, ?)",
-                                 (alias, adapter, created))
+                self._db.execute("INSERT OR REPLACE INTO aliases (name, adapter, updated, "
+                                 "project) VALUES (?, ?, ?, ?)", (alias, adapter, created, owner))
             elif action == "delete":
                 self._db.execute("DELETE FROM aliases WHERE name = ?", (alias,))
             cur = self._db.execute(
@@ -97,8 +109,10 @@ class AliasTable:
             )
         if action in ("promote", "rollback"):
             self._targets[alias] = adapter  # type: ignore[assignment]
+            self._owners[alias] = owner
         elif action == "delete":
             self._targets.pop(alias, None)
+            self._owners.pop(alias, None)
         return Decision(int(cur.lastrowid or 0), alias, action, adapter, previous, actor,
                         reason, evidence, created)
 

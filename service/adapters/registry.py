@@ -150,15 +150,19 @@ class AdapterRegistry:
 
     # -- aliases -----------------------------------------------------------------------
     def promote(self, alias: str, adapter: str, *, actor: str, reason: str,
-                evidence: dict[str, Any] | None = None) -> Decision:
-        """Point ``alias`` at the served adapter ``adapter`` (creating the alias)."""
+                evidence: dict[str, Any] | None = None, project: str | None = None) -> Decision:
+        """Point ``alias`` at the served adapter ``adapter``. ``project``: the project
+        promoting (a job's), which owns an alias this creates and shares nothing; None: an
+        admin's promotion (a new alias is shared). Who may move whose alias:
+        ``service.tenancy.alias_refusal``, checked by the caller."""
         self._check_alias_name(alias)
         if self.get(adapter) is None:
             raise NotFound(f"no adapter named {adapter!r} is served", param="adapter",
                            code="adapter_not_found")
-        self.publish(adapter)  # an alias serves every project: its target is shared
+        if project is None:
+            self.publish(adapter)  # an admin's alias may serve every project: share its target
         decision = self.aliases.record(alias, "promote", adapter=adapter, actor=actor,
-                                       reason=reason, evidence=evidence)
+                                       reason=reason, evidence=evidence, project=project)
         self._set_alias_metric(alias, decision.previous, adapter)
         logger.info("alias %s -> %s (%s: %s)", alias, adapter, actor, reason)
         return decision

@@ -14,6 +14,7 @@ from service.adapters.checks import check_name
 from service.adapters.protocol import Adapter, AdapterList
 from service.adapters.registry import AdapterRecord, AdapterRegistry
 from service.errors import AdapterRejected
+from service.tenancy import resolve_visible
 
 
 def to_adapter(record: AdapterRecord) -> Adapter:
@@ -33,8 +34,8 @@ class AdaptersServing:
         """An adapter by name, or the adapter an alias points at (so an evaluation that
         names an alias finds the manifest of whatever it serves now); another project's
         private adapter is 404 as if absent."""
-        record = self.registry.resolve(name)
-        if record is None or not record.visible_to(scope):
+        record = resolve_visible(self.registry, name, scope)
+        if record is None:
             from service.errors import NotFound
 
             raise NotFound(f"no adapter named {name!r} is served", param="name",

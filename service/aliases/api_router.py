@@ -1,7 +1,8 @@
 """Alias routes: list and read with a user key; promote, roll back and delete with an
 admin key (each is one call, and each is recorded with its reason). A promoted adapter is
 shared; a user key does not see decisions about other projects' private adapters (the
-gate's refusals name them)."""
+gate's refusals name them), nor another project's aliases (a job's promotion makes an alias
+owned by its project: ``service.tenancy``)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from service.aliases.protocol import (
 )
 from service.deps import AdminAuth, UserAuth
 from service.errors import ErrorResponse, NotFound
-from service.tenancy import scope_of
+from service.tenancy import alias_visible, scope_of
 
 router = APIRouter(tags=["aliases"])
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409)}
@@ -37,6 +38,8 @@ def _shown(registry, adapter: str | None, scope: str | None) -> bool:
 
 
 def _alias(registry, name: str, scope: str | None = None) -> Alias:
+    if not alias_visible(registry, name, scope):  # another project's alias: as if absent
+        raise NotFound(f"no alias named {name!r}", param="alias", code="alias_not_found")
     target = registry.aliases.target(name)
     decisions = [AliasDecision(**d.to_dict()) for d in registry.aliases.decisions(name)
                  if _shown(registry, d.adapter, scope)]
@@ -47,8 +50,9 @@ def _alias(registry, name: str, scope: str | None = None) -> Alias:
 
 @router.get("/v1/aliases", response_model=AliasList)
 async def list_aliases(request: Request, _: UserAuth) -> AliasList:
-    registry = _registry(request)
-    return AliasList(data=[Alias(name=n, adapter=a) for n, a in registry.aliases.all().items()])
+    registry, scope = _registry(request), scope_of(request)
+    return AliasList(data=[Alias(name=n, adapter=a) for n, a in registry.aliases.all().items()
+                           if alias_visible(registry, n, scope)])
 
 
 @router.get("/v1/aliases/{name}", response_model=Alias, responses=_ERRORS)

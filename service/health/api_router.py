@@ -1,4 +1,5 @@
-"""``/health`` (process alive), ``/ready`` (engine ready) and ``/metrics`` (Prometheus)."""
+"""``/health`` (process alive), ``/ready`` (engine ready) and ``/metrics`` (Prometheus; an
+admin or metrics key when keys are configured)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from service.deps import MetricsAuth
+from service.errors import ErrorResponse
 from service.vllm_plugin import lora_ops_path
 
 router = APIRouter(tags=["health"])
@@ -34,6 +37,8 @@ async def ready(request: Request) -> JSONResponse:
                          "adapters": len(state.registry.list())})
 
 
-@router.get("/metrics")
-async def metrics() -> Response:
+@router.get("/metrics", responses={code: {"model": ErrorResponse} for code in (401, 403)})
+async def metrics(_: MetricsAuth) -> Response:
+    """Prometheus metrics: they name served model ids (private adapters included), so with
+    keys configured only an admin or a scrape-only metrics key reads them."""
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

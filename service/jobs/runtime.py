@@ -33,7 +33,7 @@ from service.jobs.store import JobStore
 from service.jobs.supervisor import JobSupervisor, OnSuccess
 from service.jobs.verdict import JobEvaluator
 from service.reports.eval_subprocess import app_reports_root, local_server_url
-from service.tenancy import project_eval_key
+from service.tenancy import job_alias_scope, project_eval_key
 from tuneserve.database import database_url
 from tuneserve.home import shared_dir, tuneserve_home
 
@@ -93,7 +93,9 @@ async def jobs_runtime(state: Any, *, registry: RegistryGetter | None = None,
                                                              state.settings.port),
                                  api_key=lambda project: project_eval_key(state.settings,
                                                                           project),
-                                 reports_root=lambda: app_reports_root(state))
+                                 reports_root=lambda: app_reports_root(state),
+                                 alias_scope=lambda project: job_alias_scope(state.settings,
+                                                                             project))
     supervisor = JobSupervisor(store, settings, on_success=on_success,
                                after_success=evaluator.submit if evaluator else None)
     state.jobs_store = store

@@ -15,7 +15,10 @@ event loop, never in the engine's process), on the job's held-out rows:
 Then ``evaluation.gate.decide`` gives the verdict, which becomes job events, a
 ``fine-tune-results`` file in the job's ``result_files`` and the job's ``evaluation``
 field. With ``metadata.alias`` set, a passing candidate is promoted to that alias (unless
-``metadata.auto_promote`` is ``"false"``); a failing one is recorded as refused. The job's
+``metadata.auto_promote`` is ``"false"``); a failing one is recorded as refused. Only an
+alias the job's project owns (or a new one, which it then owns; the adapter stays private)
+may be moved by a job, unless jobs are an admin decision (``service.tenancy.
+job_alias_scope``); another project's or a shared alias is refused with that reason. The job's
 ``evaluation.status`` (pending → running → done | skipped | failed) survives a restart: a
 pending or running evaluation is run again when the service starts.
 """
@@ -37,6 +40,7 @@ from evaluation.gate import EvalPlan, decide, plan_for_references
 from service.files.serving import FilesService
 from service.jobs.store import JobStore
 from service.reports.eval_subprocess import eval_env, run_subprocess
+from service.tenancy import DEFAULT_PROJECT, alias_refusal
 from training.manifest import read_held_out
 
 log = logging.getLogger(__name__)
@@ -51,7 +55,8 @@ class JobEvaluator:
     def __init__(self, store: JobStore, files: FilesService,
                  registry: Callable[[], Awaitable[Any]], *, server_url: str,
                  api_key: Callable[[str], str | None],
-                 reports_root: Callable[[], Path]) -> None:
+                 reports_root: Callable[[], Path],
+                 alias_scope: Callable[[str], str | None] = lambda project: project) -> None:
         self.store = store
         self.files = files
         # Awaited before each evaluation: the adapter registry once the engine is up (after
@@ -61,6 +66,8 @@ class JobEvaluator:
         # project -> the key to evaluate with: one that can see the job's private adapter.
         self.api_key = api_key
         self.reports_root = reports_root  # the folder /reports serves, looked up when used
+        # project -> whose aliases its jobs may promote to (None: any; service.tenancy).
+        self.alias_scope = alias_scope
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._task: asyncio.Task | None = None
 
@@ -112,8 +119,8 @@ class JobEvaluator:
         metadata = job.get("metadata") or {}
         alias = metadata.get(ALIAS_KEY)
         current = registry.aliases.target(alias) if alias else None
-        if current == job["fine_tuned_model"]:
-            current = None
+        if current == job["fine_tuned_model"] or (alias and self._not_ours(registry, job, alias)):
+            current = None  # another project's target is not this job's to compare with
         self._set(job_id, status="running", rows=len(held_out), metric=plan.primary)
         self.store.add_event(job_id, f"Evaluating {job['fine_tuned_model']} against the base"
                              + (f" and {current} (alias {alias})" if current else "")
@@ -175,6 +182,12 @@ class JobEvaluator:
         evidence = {"report": summary["report"], "result_file": result_file,
                     "gate": summary["decision"]}
         auto = str((job.get("metadata") or {}).get(AUTO_PROMOTE_KEY, "true")).lower() != "false"
+        refusal = self._not_ours(registry, job, alias)
+        if refusal:  # not this job's alias to move, whatever the gate says; adapter stays private
+            registry.refuse(alias, name, actor=actor, reason=refusal, evidence=evidence)
+            self.store.add_event(job["id"], f"Not promoted to alias {alias}: {refusal}.",
+                                 level="warn")
+            return False
         if not decision.promote:
             registry.refuse(alias, name, actor=actor, reason=decision.summary(),
                             evidence=evidence)
@@ -187,9 +200,16 @@ class JobEvaluator:
                                  f"/v1/aliases/{alias}/promote.")
             return False
         registry.promote(alias, name, actor=actor, reason=decision.summary(),
-                          evidence=evidence)
+                         evidence=evidence,
+                         project=self.alias_scope(job.get("project", DEFAULT_PROJECT)))
         self.store.add_event(job["id"], f"Promoted: alias {alias} now serves {name}.")
         return True
+
+    def _not_ours(self, registry: Any, job: dict[str, Any], alias: str) -> str | None:
+        """Why this job may not move ``alias`` (another project's, or shared), or None."""
+        return alias_refusal(alias, registry.aliases.target(alias) is not None,
+                             registry.aliases.owner(alias),
+                             self.alias_scope(job.get("project", DEFAULT_PROJECT)))
 
     def _summary(self, job, record, plan, decision, report_dir, alias, current) -> dict[str, Any]:
         labels = {m["label"]: m["model_id"] for m in record["models"]}

@@ -7,6 +7,7 @@ from typing import Any
 
 from service.errors import ModelNotFound
 from service.models.protocol import ModelCard, ModelList
+from service.tenancy import resolve_visible
 
 
 class ModelsServing:
@@ -38,7 +39,7 @@ class ModelsServing:
         for alias, target in self.registry.aliases.all().items():
             record = self.registry.get(target)
             # A target that failed to restore is not servable.
-            if record is not None and record.visible_to(scope):
+            if record is not None and resolve_visible(self.registry, alias, scope):
                 cards.append(self._adapter_card(record, alias))
         return cards
 
@@ -51,7 +52,7 @@ class ModelsServing:
     def get(self, model_id: str, scope: str | None = None) -> ModelCard:
         if model_id == self.base_id:
             return self._base_card()
-        record = self.registry.resolve(model_id)
-        if record is None or not record.visible_to(scope):  # the same 404 (no leak)
+        record = resolve_visible(self.registry, model_id, scope)
+        if record is None:  # absent or another project's: the same 404 (no leak)
             raise ModelNotFound(f"The model `{model_id}` does not exist.", param="model")
         return self._adapter_card(record, model_id if record.name != model_id else None)

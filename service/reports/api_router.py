@@ -13,7 +13,7 @@ from service.reports.protocol import ReportList, ScheduleList
 from service.reports.runs import EvalRun, EvalRunList, EvalRunRequest, EvalRuns, server_url_of
 from service.reports.schedule import describe
 from service.reports.serving import ReportsServing
-from service.tenancy import scope_of
+from service.tenancy import in_scope, report_visible, scope_of
 
 router = APIRouter(tags=["reports"])
 
@@ -27,21 +27,36 @@ def _serving(request: Request) -> ReportsServing:
     return serving
 
 
+def _visible(request: Request):
+    """The caller's report filter: every model a report names must be one its project may
+    use (admins, and a server without keys, see all)."""
+    scope = scope_of(request)
+    return None if scope is None else (
+        lambda models: report_visible(request.app.state, models, scope))
+
+
 @router.get("/reports", response_model=ReportList)
 async def list_reports(request: Request, _: UserAuth, limit: int = 100) -> ReportList:
-    return _serving(request).list(limit=max(1, min(limit, 1000)))
+    return _serving(request).list(limit=max(1, min(limit, 1000)), visible=_visible(request))
 
 
 # Declared before /reports/{report_id}, which would otherwise take "schedules" as an id.
 @router.get("/reports/schedules", response_model=ScheduleList)
 async def list_schedules(request: Request, _: UserAuth) -> ScheduleList:
     scheduler = getattr(request.app.state, "eval_scheduler", None)
-    return describe(scheduler) if scheduler is not None else ScheduleList(data=[])
+    if scheduler is None:
+        return ScheduleList(data=[])
+    scope, state = scope_of(request), request.app.state
+    # A project sees its own entries, and an admin's whose models it may all use.
+    return describe(scheduler, lambda entry: scope is None or (
+        in_scope(entry.project, scope) if entry.project else
+        report_visible(state, [state.base_id if m == "base" else m for m in entry.model_ids],
+                       scope)))
 
 
 @router.get("/reports/{report_id}", include_in_schema=False)
 async def report_index(report_id: str, request: Request, _: UserAuth) -> RedirectResponse:
-    _serving(request).file(report_id, "report.html")  # 404 unless it exists
+    _serving(request).file(report_id, "report.html", _visible(request))  # 404 unless seen
     return RedirectResponse(f"/reports/{report_id}/report.html")
 
 
@@ -50,7 +65,7 @@ async def report_index(report_id: str, request: Request, _: UserAuth) -> Redirec
     responses={404: {"model": ErrorResponse}},
 )
 async def report_file(report_id: str, filename: str, request: Request, _: UserAuth) -> FileResponse:
-    path, media_type = _serving(request).file(report_id, filename)
+    path, media_type = _serving(request).file(report_id, filename, _visible(request))
     return FileResponse(path, media_type=media_type)
 
 

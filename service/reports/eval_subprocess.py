@@ -49,13 +49,6 @@ def eval_command(entry: EvalSchedule, server_url: str, output_dir: Path) -> list
     ]
 
 
-def eval_api_key(settings: Any) -> str | None:
-    """The key an in-service evaluation calls the server with. Least privilege: evaluation
-    only needs inference, so a user key when there is one."""
-    keys = [*settings.user_api_keys, *settings.admin_api_keys]
-    return keys[0] if keys else None
-
-
 def app_reports_root(state: Any) -> Path:
     """Where in-service evaluations write reports: the folder ``/reports`` serves."""
     from tuneserve.home import reports_dir

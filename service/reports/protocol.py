@@ -31,6 +31,7 @@ class ScheduleInfo(BaseModel):
     cron: str  # UTC
     suite: str
     models: str
+    project: str | None = None  # the project it runs for; None: an admin key's run
     next_run_at: str | None = None
     running: bool = False
     runs: int = 0  # runs started since the server started

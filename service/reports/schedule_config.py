@@ -1,11 +1,15 @@
 """Evaluation schedule entries as settings read them (``TUNESERVE_EVAL_SCHEDULES``,
 ``tuneserve serve --eval-schedule``).
 
-An entry is a cron expression (UTC), a suite and the models to compare. Either form works:
+An entry is a cron expression (UTC), a suite, the models to compare and, optionally, the
+project it runs for (it calls the server with that project's key, so it sees that project's
+models and its reports are that project's: ``service.tenancy.schedule_eval_key``; without
+one it runs with an admin key). Either form works:
 
-- JSON: ``[{"cron": "0 3 * * *", "suite": "docker-commands", "models": "base,docker-lora"}]``
-- compact: ``0 3 * * *|docker-commands|base,docker-lora``; entries separated by ``;`` or
-  newlines (one per ``--eval-schedule`` flag).
+- JSON: ``[{"cron": "0 3 * * *", "suite": "docker-commands", "models": "base,docker-lora",
+  "project": "team-a"}]``
+- compact: ``0 3 * * *|docker-commands|base,docker-lora[|team-a]``; entries separated by
+  ``;`` or newlines (one per ``--eval-schedule`` flag).
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ import json
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evaluation.scheduler import validate_cron
 from tuneserve.errors import UserError
 
-COMPACT_FORM = "CRON|SUITE|MODELS, e.g. '0 3 * * *|docker-commands|base,docker-lora'"
+COMPACT_FORM = ("CRON|SUITE|MODELS[|PROJECT], e.g. "
+                "'0 3 * * *|docker-commands|base,docker-lora|team-a'")
 
 
 class EvalSchedule(BaseModel):
@@ -29,6 +34,8 @@ class EvalSchedule(BaseModel):
     cron: str
     suite: str
     models: str
+    # The keys file's project this entry runs for; None: an admin key's run.
+    project: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[\w.-]+$")
 
     @field_validator("cron")
     @classmethod
@@ -64,7 +71,13 @@ class EvalSchedule(BaseModel):
 
     @property
     def label(self) -> str:
-        return f"{self.suite} [{self.cron}] {self.models}"
+        owner = f" (project {self.project})" if self.project else ""
+        return f"{self.suite} [{self.cron}] {self.models}{owner}"
+
+    @property
+    def model_ids(self) -> list[str]:
+        """The server model ids the entry names (``label=id`` gives ``id``; ``base`` stays)."""
+        return [part.split("=", 1)[-1] for part in self.models.split(",")]
 
 
 def parse_schedules(value: object) -> object:
@@ -94,9 +107,9 @@ def _entry(item: object) -> object:
     if text.startswith("{"):
         return _json(text)
     parts = [part.strip() for part in text.split("|")]
-    if len(parts) != 3:
+    if len(parts) not in (3, 4):
         raise ValueError(f"schedule entry {text!r}: want {COMPACT_FORM}")
-    return dict(zip(("cron", "suite", "models"), parts, strict=True))
+    return dict(zip(("cron", "suite", "models", "project"), parts, strict=False))
 
 
 def _json(text: str) -> Any:

@@ -2,13 +2,16 @@
 
 Only plain names are accepted for the folder and the file (letters, digits, ``.``, ``_``,
 ``-``; no leading dot), and the resolved path must stay inside the reports folder, so a
-request can never read anything else (``..``, absolute paths, symlinks out).
+request can never read anything else (``..``, absolute paths, symlinks out). A report is
+shown to a project only when it may use every model the report names
+(``service.tenancy.report_visible``); to others it is absent.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from service.errors import NotFound
@@ -23,17 +26,33 @@ MEDIA_TYPES = {
 }
 
 
+# Whether a caller may see a report that names these model ids (service.tenancy).
+Visible = Callable[[list[str]], bool]
+
+
+def model_ids(folder: Path) -> list[str]:
+    """The server model ids a report evaluated (``report.json``); [] when unreadable."""
+    try:
+        record = json.loads((folder / "report.json").read_text())
+        return [str(m["model_id"]) for m in record["models"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 class ReportsServing:
     """Reads reports under ``root`` (``$TUNESERVE_HOME/reports`` in the service)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def list(self, limit: int = 100) -> ReportList:
-        """Newest first (folder names start with the suite, so sort by mtime)."""
+    def list(self, limit: int = 100, visible: Visible | None = None) -> ReportList:
+        """Newest first (folder names start with the suite, so sort by mtime); only the
+        reports whose models ``visible`` accepts (None: all)."""
         if not self.root.is_dir():
             return ReportList(data=[])
         folders = [p for p in self.root.iterdir() if p.is_dir() and _SAFE_NAME.match(p.name)]
+        if visible is not None:
+            folders = [p for p in folders if visible(model_ids(p))]
         folders.sort(key=lambda p: p.stat().st_mtime, reverse=True)
         return ReportList(data=[self._info(p) for p in folders[:limit]])
 
@@ -59,12 +78,15 @@ class ReportsServing:
             pass
         return info
 
-    def file(self, report_id: str, filename: str) -> tuple[Path, str]:
-        """The path and media type of one report file; NotFound for anything else."""
+    def file(self, report_id: str, filename: str,
+             visible: Visible | None = None) -> tuple[Path, str]:
+        """The path and media type of one report file; NotFound for anything else, and for
+        a report whose models ``visible`` refuses (the same answer: its id says nothing)."""
         if not (_SAFE_NAME.match(report_id) and _SAFE_NAME.match(filename)):
             raise NotFound(f"no report file {report_id}/{filename}")
         path = (self.root / report_id / filename).resolve()
         root = self.root.resolve()
-        if root not in path.parents or not path.is_file():
+        if root not in path.parents or not path.is_file() or (
+                visible is not None and not visible(model_ids(self.root / report_id))):
             raise NotFound(f"no report file {report_id}/{filename}")
         return path, MEDIA_TYPES.get(path.suffix, "application/octet-stream")

@@ -26,6 +26,16 @@ from tests.unit.service_lora import make_lora_adapter
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 420
+# The keys start_server gives every server (its admin key also reads /metrics).
+USER_KEY, ADMIN_KEY = "test-user-key-0123456789", "test-admin-key-0123456789"
+
+
+def metrics_text(base_url: str) -> str:
+    """``/metrics`` of a server started by start_server (it needs the admin key)."""
+    response = httpx.get(f"{base_url}/metrics", timeout=10,
+                         headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    response.raise_for_status()
+    return response.text
 
 
 def _free_port() -> int:
@@ -84,7 +94,7 @@ def start_server(model_path: Path, model_id: str, workdir: Path, *extra: str,
     home, adapters_dir = workdir / "home", workdir / "adapters"
     adapters_dir.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    user_key, admin_key = "test-user-key-0123456789", "test-admin-key-0123456789"
+    user_key, admin_key = USER_KEY, ADMIN_KEY
     env = {
         **os.environ,
         **(env or {}),

@@ -6,6 +6,8 @@ import time
 
 import httpx
 
+from tests.integration.conftest import metrics_text
+
 # What a leaked Python stack trace looks like in a response body.
 TRACE_MARKERS = ("Traceback (most recent call last)", 'File "/', "site-packages")
 
@@ -26,7 +28,7 @@ def assert_error(response: httpx.Response, status: int | tuple[int, ...],
 
 def metric(base_url: str, name: str) -> float:
     """Sum of every sample of metric ``name`` (all label sets) on ``/metrics``."""
-    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    text = metrics_text(base_url)
     total = 0.0
     for line in text.splitlines():
         if line.startswith("#"):

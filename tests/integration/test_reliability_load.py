@@ -33,7 +33,8 @@ def test_load_then_burst_loses_nothing(tiny_live_server, tiny_model_dir, tmp_pat
     try:
         report = run_load(server.base_url, server.user_key, [server.model_id, *names],
                           clients=64, duration_s=60, burst=3 * MAX_IN_FLIGHT, max_tokens=4,
-                          server_pids=[server.process.pid], settle_s=3)
+                          server_pids=[server.process.pid], settle_s=3,
+                          metrics_key=server.admin_key)
     finally:
         for name in names:
             server.unregister_adapter(name)

@@ -16,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from tests.integration.conftest import metrics_text
 from tests.unit.service_lora import make_lora_adapter
 
 pytestmark = pytest.mark.slow
@@ -152,7 +153,7 @@ def test_upload_archive_and_vllm_compatible_endpoints(live_server, gemma_test_ad
 
 
 def _metric(live_server, name: str) -> float:
-    text = httpx.get(f"{live_server.base_url}/metrics").text
+    text = metrics_text(live_server.base_url)
     total = 0.0
     for line in text.splitlines():
         if line.startswith(name) and not line.startswith("#"):

@@ -10,9 +10,9 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
+from tests.integration.conftest import metrics_text
 from training.chat_format import encode_prompt
 
 pytestmark = pytest.mark.slow
@@ -258,7 +258,7 @@ def test_watched_folder_serves_new_adapter(client, live_server, gemma_test_adapt
 
 def test_metrics_per_model_and_engine(live_server, client, served_test_adapter):
     client.chat.completions.create(model=served_test_adapter, messages=MESSAGES, max_tokens=2)
-    text = httpx.get(f"{live_server.base_url}/metrics").text
+    text = metrics_text(live_server.base_url)
     assert f'tuneserve_requests_total{{endpoint="chat",model="{served_test_adapter}",status="200"}}' in text
     assert f'tuneserve_prompt_tokens_total{{model="{served_test_adapter}"}}' in text
     assert "tuneserve_adapters_loaded" in text

@@ -87,14 +87,14 @@ def test_alias_serves_its_target_and_moves_with_promotion_and_rollback(served):
 
     # The target cannot be deleted from under its alias; the alias can go first.
     _assert_error(client.delete("/v1/adapters/first", headers=ADMIN), 409, "adapter_in_use")
-    metrics = client.get("/metrics").text
+    metrics = client.get("/metrics", headers=ADMIN).text
     assert 'tuneserve_alias_target{adapter="first",alias="docker"} 1.0' in metrics
     assert 'tuneserve_requests_total{endpoint="chat",model="docker",status="200"}' in metrics
     assert client.delete("/v1/aliases/docker", headers=ADMIN).json()["action"] == "delete"
     _assert_error(client.post("/v1/chat/completions", headers=USER, json={
         "model": "docker", "messages": [{"role": "user", "content": "hi"}]}), 404)
     assert client.delete("/v1/adapters/first", headers=ADMIN).status_code == 200
-    assert 'alias="docker"' not in client.get("/metrics").text
+    assert 'alias="docker"' not in client.get("/metrics", headers=ADMIN).text
 
 
 def test_an_adapter_cannot_take_an_alias_name(served, tiny_model_dir, tmp_path):

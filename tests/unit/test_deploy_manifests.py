@@ -496,9 +496,14 @@ def test_objects_refer_to_each_other(rendered, overlay: str) -> None:
     monitor = one(objects, "ServiceMonitor")
     assert _matches(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
     service_port_names = {p["name"] for p in service["spec"]["ports"]}
+    server_env = {v["name"]: v for v in container.get("env", [])}
+    metrics_key = server_env["TUNESERVE_METRICS_API_KEYS"]["valueFrom"]["secretKeyRef"]
     for endpoint in monitor["spec"]["endpoints"]:
         assert endpoint["port"] in service_port_names
         assert endpoint["path"] == "/metrics"
+        # /metrics needs a key: the scrape sends the server's own metrics key as a Bearer.
+        assert endpoint["authorization"]["type"] == "Bearer"
+        assert endpoint["authorization"]["credentials"] == metrics_key
 
     names = {(o["kind"], o["metadata"]["name"]) for o in objects}
     secrets = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
@@ -624,7 +629,8 @@ def test_server_pod_starts_serve_with_the_manifest_settings(
     container = pod_spec(deployment)["containers"][0]
     assert "command" not in container and "args" not in container, "must run the image CMD"
     cmd = json.loads(re.search(r"^CMD (\[.*\])$", (REPO / "Dockerfile").read_text(), re.M)[1])
-    real_keys = {"user-api-keys": "u" * 24, "admin-api-keys": "a" * 24, **OUT_OF_BAND_VALUES}
+    real_keys = {"user-api-keys": "u" * 24, "admin-api-keys": "a" * 24,
+                 "metrics-api-key": "m" * 24, **OUT_OF_BAND_VALUES}
     env = {
         **_dockerfile_env(),
         **_configmap_env(objects, container),

@@ -22,7 +22,8 @@ def reports(tmp_path):
     (folder / "report.html").write_text("<html><table id='summary'></table></html>")
     (folder / "report.json").write_text(json.dumps({
         "suite": "docker-commands", "started_at": "2026-01-01T00:00:00+00:00",
-        "models": [{"label": "base"}, {"label": "docker"}],
+        "models": [{"label": "base", "model_id": "tiny"},
+                   {"label": "docker", "model_id": "docker-lora"}],
         "regression": {"regressions": [{"description": "x"}]},
     }))
     (tmp_path / "secret.txt").write_text("do not serve")
@@ -38,6 +39,12 @@ def _client(root, auth: bool = False) -> TestClient:
         key_projects={},
     )
     app.state.reports_serving = ReportsServing(root)
+    # The served models: the base and one shared adapter (the report names both).
+    app.state.base_id = "tiny"
+    shared = SimpleNamespace(visible_to=lambda scope: True)
+    app.state.registry = SimpleNamespace(
+        resolve=lambda name: shared if name == "docker-lora" else None,
+        aliases=SimpleNamespace(target=lambda name: None, owner=lambda name: None))
     return TestClient(app)
 
 

@@ -4,11 +4,13 @@ loop with an injected clock/sleep (no wall-clock waiting, no engine)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -93,6 +95,49 @@ def test_bad_entries_are_one_line_errors_at_startup(value, message):
 def test_schedules_need_a_fixed_port():
     with pytest.raises(UserError, match="fixed port"):
         _serve_settings("--port", "0", "--eval-schedule", "0 3 * * *|hotel|base")
+
+
+def _keys_file(tmp_path: Path, admin: bool = True) -> Path:
+    keys = [{"key": "a" * 24, "project": "a"}, {"key": "b" * 24, "project": "b"}]
+    if admin:
+        keys.append({"key": "z" * 24, "project": "ops", "role": "admin"})
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"keys": keys}))
+    return path
+
+
+async def test_each_schedule_runs_with_its_projects_key(tmp_path, monkeypatch):
+    """An entry naming a project calls the server with that project's key (so its report
+    names only models the project may use, and is that project's); one without a project
+    with an admin key."""
+    import service.reports.schedule as schedule
+
+    settings = _serve_settings("--api-keys-file", str(_keys_file(tmp_path)),
+                               "--eval-schedule", "0 3 * * *|hotel|base,ft:x|b",
+                               "--eval-schedule", "0 4 * * *|hotel|base")
+    assert [e.project for e in settings.eval_schedules] == ["b", None]
+    sent: list[str | None] = []
+
+    async def record(argv, env, log_path):  # the subprocess itself: tests above
+        sent.append(env.get("TUNESERVE_API_KEY"))
+        return 0
+
+    monkeypatch.setattr(schedule, "run_subprocess", record)
+    scheduler = schedule.scheduler_for_app(SimpleNamespace(settings=settings, ready=True))
+    for entry in settings.eval_schedules:
+        await scheduler._runner(entry)
+    assert sent == ["b" * 24, "z" * 24]
+    assert [i.project for i in schedule.describe(scheduler).data] == ["b", None]
+
+
+def test_a_schedule_without_a_key_to_run_with_is_refused_at_startup(tmp_path):
+    keys = str(_keys_file(tmp_path, admin=False))
+    with pytest.raises(UserError, match="without a project needs an admin key"):
+        _serve_settings("--api-keys-file", keys, "--eval-schedule", "0 4 * * *|hotel|base")
+    with pytest.raises(UserError, match="project 'c' needs a user key of project 'c'"):
+        _serve_settings("--api-keys-file", keys, "--eval-schedule", "0 4 * * *|hotel|base|c")
+    # Without keys (a local server) a schedule needs none.
+    assert _serve_settings("--eval-schedule", "0 4 * * *|hotel|base").eval_schedules
 
 
 # ---- the command -------------------------------------------------------------------------

@@ -224,15 +224,20 @@ def test_eval_schedule_runs_in_the_service_and_is_listed(make_client, monkeypatc
     scheduler = client.app.state.eval_scheduler
     assert len(scheduler.tasks) == 1 and not scheduler.tasks[0].done()
     _assert_error(client.get("/reports/schedules"), 401)
+    # A user key sees an admin's entry only when it may use every model it names (the
+    # adapter docker-lora is not served here): the admin sees it.
+    assert client.get("/reports/schedules", headers={"Authorization": f"Bearer {USER_KEY}"}
+                      ).json()["data"] == []
     listing = client.get("/reports/schedules",
-                         headers={"Authorization": f"Bearer {USER_KEY}"}).json()
+                         headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
     assert listing["object"] == "list"
     (item,) = listing["data"]
     assert (item["cron"], item["suite"], item["models"]) == ("0 3 * * *", "docker-commands",
                                                              "base,docker-lora")
     assert item["next_run_at"].endswith("T03:00:00+00:00") and item["runs"] == 0
 
-    # What a fire runs: eval run against this server, the user key in the environment only.
+    # What a fire runs: eval run against this server, with an admin key (the entry names no
+    # project) in the environment only.
     seen: dict = {}
 
     async def fake_subprocess(argv, env, log_path):
@@ -248,8 +253,8 @@ def test_eval_schedule_runs_in_the_service_and_is_listed(make_client, monkeypatc
                             "docker-commands", "--models", "base,docker-lora",
                             "--server", "http://127.0.0.1:8123/v1",
                             "--output-dir", str(reports_dir())]
-    assert seen["env"]["TUNESERVE_API_KEY"] == USER_KEY
-    assert USER_KEY not in " ".join(seen["argv"])
+    assert seen["env"]["TUNESERVE_API_KEY"] == ADMIN_KEY
+    assert ADMIN_KEY not in " ".join(seen["argv"])
     assert seen["log_path"] == tuneserve_home() / "eval-schedules" / "0.log"
 
 

@@ -24,7 +24,7 @@ from tests.unit.service_fake_engine import FakeEngine
 from tests.unit.service_lora import make_lora_adapter
 
 KEYS = {"a": "project-a-key-0123456789", "b": "project-b-key-0123456789",
-        "admin": "admin-key-0123456789"}
+        "admin": "admin-key-0123456789", "metrics": "scrape-only-key-0123456789"}
 ROWS = "".join(json.dumps({"messages": [
     {"role": "user", "content": f"question {i}"},
     {"role": "assistant", "content": f"answer {i}"}]}) + "\n" for i in range(12)).encode()
@@ -47,7 +47,8 @@ def projects(server_factory, tmp_path, monkeypatch, tiny_adapter):
     keys_file = tmp_path / "keys.json"
     keys_file.write_text(json.dumps({"keys": [
         {"key": KEYS["a"], "project": "a"}, {"key": KEYS["b"], "project": "b"},
-        {"key": KEYS["admin"], "project": "ops", "role": "admin"}]}))
+        {"key": KEYS["admin"], "project": "ops", "role": "admin"},
+        {"key": KEYS["metrics"], "role": "metrics"}]}))
     server = server_factory(api_keys_file=keys_file)
 
     def sdk(who: str) -> openai.OpenAI:
@@ -56,6 +57,10 @@ def projects(server_factory, tmp_path, monkeypatch, tiny_adapter):
 
     server.as_ = sdk
     return server
+
+
+def _as(who: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[who]}"}
 
 
 def _not_found(call) -> str:
@@ -154,9 +159,10 @@ def test_a_jobs_adapter_is_private_to_its_project_until_published(projects):
     assert batch.output_file_id is None
 
     # No metrics label names A's model for B's refused requests.
-    assert model not in projects.http.get("/metrics").text
+    metrics = {"Authorization": f"Bearer {KEYS['admin']}"}
+    assert model not in projects.http.get("/metrics", headers=metrics).text
     assert a.chat.completions.create(model=model, **chat).choices
-    assert f'model="{model}"' in projects.http.get("/metrics").text
+    assert f'model="{model}"' in projects.http.get("/metrics", headers=metrics).text
 
     # The gate's refusal names the candidate: only its project (and admins) see that.
     projects.http.app.state.registry.refuse("prod", model, actor="gate", reason="worse")
@@ -219,3 +225,192 @@ def test_a_jobs_evaluation_uses_a_key_that_sees_the_jobs_private_adapter():
     assert project_eval_key(settings, "c") == KEYS["admin"]  # no key of C: an admin key
     assert project_eval_key(SimpleNamespace(user_api_keys=[], admin_api_keys=[],
                                             key_projects={}), "a") is None
+
+
+def _write_report(root: Path, report_id: str, model_ids: list[str] | None) -> None:
+    """A report folder as ``tuneserve eval run`` leaves it (None: no readable record)."""
+    folder = root / report_id
+    folder.mkdir(parents=True)
+    (folder / "report.html").write_text("<html>report</html>")
+    if model_ids is not None:
+        (folder / "report.json").write_text(json.dumps({
+            "suite": "s", "models": [{"label": f"m{i}", "model_id": m}
+                                     for i, m in enumerate(model_ids)]}))
+
+
+def test_a_report_is_visible_only_when_every_model_it_names_is_the_callers(projects):
+    from service.reports.eval_subprocess import app_reports_root
+
+    a, admin = projects.as_("a"), projects.as_("admin")
+    model = _succeeded(a, a.fine_tuning.jobs.create(model="tiny",
+                                                    training_file=_upload(a)).id).fine_tuned_model
+    root = app_reports_root(projects.http.app.state)
+    _write_report(root, "of-a", ["tiny", model])  # names A's private adapter
+    _write_report(root, "of-base", ["tiny"])
+    _write_report(root, "of-gone", ["tiny", "ft:removed-long-ago"])  # owner unknown: admins'
+    _write_report(root, "no-record", None)
+
+    def listed(who: str) -> set[str]:
+        response = projects.http.get("/reports", headers=_as(who))
+        assert response.status_code == 200
+        return {r["id"] for r in response.json()["data"]}
+
+    assert listed("a") == {"of-a", "of-base"}
+    assert listed("b") == {"of-base"}
+    assert listed("admin") == {"of-a", "of-base", "of-gone", "no-record"}
+    assert model not in projects.http.get("/reports", headers=_as("b")).text
+    absent = projects.http.get("/reports/nothing/report.json", headers=_as("b"))
+    for path in ("/reports/of-a/report.json", "/reports/of-a/report.html", "/reports/of-a",
+                 "/reports/of-gone/report.json", "/reports/no-record/report.html"):
+        hidden = projects.http.get(path, headers=_as("b"), follow_redirects=False)
+        assert hidden.status_code == 404, path
+        assert hidden.json()["error"]["code"] == absent.json()["error"]["code"]
+        assert model not in hidden.text
+    assert projects.http.get("/reports/of-a/report.json", headers=_as("a")).json()[
+        "models"][1]["model_id"] == model
+    # Once an admin publishes the adapter, every project may use it: the report is B's too.
+    assert projects.http.post(f"/v1/adapters/{model}/publish",
+                              headers=_as("admin")).status_code == 200
+    assert listed("b") == {"of-a", "of-base"}
+    assert admin.models.retrieve(model).id == model
+
+
+def test_metrics_needs_an_admin_or_a_scrape_only_metrics_key(projects, server_factory):
+    assert projects.http.get("/metrics").status_code == 401
+    assert projects.http.get("/metrics", headers={"Authorization": "Bearer wrong-key-0123456789"}
+                             ).status_code == 401
+    refused = projects.http.get("/metrics", headers=_as("a"))
+    assert refused.status_code == 403 and refused.json()["error"]["type"]
+    for who in ("metrics", "admin"):
+        scraped = projects.http.get("/metrics", headers=_as(who))
+        assert scraped.status_code == 200 and "tuneserve_requests_total" in scraped.text
+    # The metrics key reads /metrics and nothing else.
+    for method, path in (("GET", "/v1/models"), ("GET", "/reports"), ("GET", "/v1/files"),
+                         ("GET", "/v1/aliases"), ("POST", "/v1/chat/completions"),
+                         ("GET", "/v1/audit"), ("POST", "/v1/fine_tuning/jobs")):
+        assert projects.http.request(method, path, headers=_as("metrics"),
+                                     json={}).status_code == 403, path
+
+
+def test_metrics_stay_open_on_a_server_without_keys(server_factory):
+    assert server_factory().http.get("/metrics").status_code == 200
+
+
+def test_an_alias_a_job_made_is_its_projects_and_invisible_to_others(projects):
+    a, b, admin = projects.as_("a"), projects.as_("b"), projects.as_("admin")
+    model = _succeeded(a, a.fine_tuning.jobs.create(model="tiny",
+                                                    training_file=_upload(a)).id).fine_tuned_model
+    registry = projects.http.app.state.registry
+    registry.promote("team-a", model, actor="job:x", reason="passes", project="a")
+    assert registry.get(model).shared is False  # promoting to A's own alias shares nothing
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    assert a.chat.completions.create(model="team-a", **chat).choices
+    assert "team-a" in {m.id for m in a.models.list().data}
+    assert "team-a" not in {m.id for m in b.models.list().data}
+    absent = _not_found(lambda: b.chat.completions.create(model="no-such-alias", **chat))
+    assert _not_found(lambda: b.chat.completions.create(model="team-a", **chat)) == \
+        absent.replace("no-such-alias", "team-a")
+    _not_found(lambda: b.models.retrieve("team-a"))
+    assert projects.http.get("/v1/aliases/team-a", headers=_as("b")).status_code == 404
+    assert projects.http.get("/v1/adapters/team-a", headers=_as("b")).status_code == 404
+    listed = {who: [x["name"] for x in projects.http.get(
+        "/v1/aliases", headers=_as(who)).json()["data"]] for who in ("a", "b", "admin")}
+    assert listed == {"a": ["team-a"], "b": [], "admin": ["team-a"]}
+    # Even pointed at a shared adapter (by an admin), A's alias stays A's.
+    registry.publish(model)
+    assert admin.models.retrieve("team-a").id == "team-a"
+    assert projects.http.get("/v1/aliases/team-a", headers=_as("b")).status_code == 404
+    _not_found(lambda: b.chat.completions.create(model="team-a", **chat))
+
+
+def test_a_jobs_promotion_may_only_move_its_own_projects_aliases(projects):
+    from types import SimpleNamespace
+
+    from service.jobs.verdict import JobEvaluator
+    from service.tenancy import job_alias_scope
+
+    a, b = projects.as_("a"), projects.as_("b")
+    state = projects.http.app.state
+    registry = state.registry
+    jobs = {who: _succeeded(sdk, sdk.fine_tuning.jobs.create(
+        model="tiny", training_file=_upload(sdk)).id) for who, sdk in (("a", a), ("b", b))}
+    registry.promote("team-a", jobs["a"].fine_tuned_model, actor="job:a", reason="ok",
+                     project="a")
+    registry.promote("shared", jobs["a"].fine_tuned_model, actor="admin", reason="admin's")
+    evaluator = JobEvaluator(state.jobs_store, state.files_service, None, server_url="",
+                             api_key=lambda project: None, reports_root=lambda: Path("."),
+                             alias_scope=lambda p: job_alias_scope(state.settings, p))
+    passed = SimpleNamespace(promote=True, summary=lambda: "beats the base")
+    summary = {"report": {"html": "/reports/x/report.html"}, "decision": {}}
+
+    def promote(job, alias: str) -> bool:
+        return evaluator._promote(registry, state.jobs_store.get_job(job.id), alias, passed,
+                                  summary, "file-result")
+
+    b_model = jobs["b"].fine_tuned_model
+    for alias, whose in (("team-a", "belongs to another project"),
+                         ("shared", "is shared")):
+        assert promote(jobs["b"], alias) is False
+        assert registry.aliases.target(alias) == jobs["a"].fine_tuned_model  # unmoved
+        refused = registry.aliases.decisions(alias)[0]
+        assert (refused.action, refused.adapter, refused.actor) == ("refused", b_model,
+                                                                    f"job:{jobs['b'].id}")
+        assert whose in refused.reason and "project 'b'" in refused.reason
+    assert registry.get(b_model).shared is False  # the refused adapter stays private
+    events = [e.message for e in b.fine_tuning.jobs.list_events(jobs["b"].id).data]
+    assert any(m.startswith("Not promoted to alias team-a: alias 'team-a' belongs to")
+               for m in events)
+    # B's own alias (new, then moved again by B's job) is B's; the adapter stays private.
+    assert promote(jobs["b"], "team-b") is True
+    assert (registry.aliases.owner("team-b"), registry.get(b_model).shared) == ("b", False)
+    assert promote(jobs["b"], "team-b") is True
+    # Where jobs are an admin decision (TUNESERVE_JOB_CREATORS=admin) they move any alias.
+    state.settings.job_creators = "admin"
+    try:
+        assert promote(jobs["b"], "team-a") is True
+    finally:
+        state.settings.job_creators = "user"
+    assert registry.aliases.target("team-a") == b_model
+    assert registry.aliases.owner("team-a") == "a"  # still A's, now serving a shared adapter
+    assert registry.get(b_model).shared is True
+
+
+async def test_alias_owners_survive_a_restart_and_old_aliases_stay_shared(tmp_path,
+                                                                          tiny_model_dir,
+                                                                          tiny_adapter):
+    db_path = tmp_path / "registry.sqlite"
+    with sqlite3.connect(db_path) as db:  # an alias table from before alias owners
+        db.execute("CREATE TABLE aliases (name TEXT PRIMARY KEY, adapter TEXT NOT NULL, "
+                   "updated INTEGER NOT NULL)")
+        db.execute("INSERT INTO aliases VALUES ('old', 'mine', 1)")
+    engine = FakeEngine(model_path=tiny_model_dir, tokenizer=None)
+    base = BaseModelShape.from_checkpoint("tiny", tiny_model_dir)
+    registry = AdapterRegistry(db_path, engine, base, max_lora_rank=16)
+    try:
+        await registry.add("mine", tiny_adapter, project="a", shared=False)
+        assert registry.aliases.owner("old") is None  # shared, as every alias was
+        registry.promote("team-a", "mine", actor="job:x", reason="ok", project="a")
+        registry.promote("team-a", "mine", actor="admin", reason="again")  # keeps its owner
+    finally:
+        registry.close()
+    registry = AdapterRegistry(db_path, engine, base, max_lora_rank=16)
+    try:
+        assert (registry.aliases.owner("team-a"), registry.aliases.owner("old")) == ("a", None)
+    finally:
+        registry.close()
+
+
+def test_alias_ownership_rule():
+    from types import SimpleNamespace
+
+    from service.tenancy import alias_refusal, job_alias_scope
+
+    assert alias_refusal("x", exists=False, owner=None, scope="b") is None  # new: B's own
+    assert alias_refusal("x", exists=True, owner="b", scope="b") is None
+    assert "another project" in alias_refusal("x", exists=True, owner="a", scope="b")
+    assert "shared" in alias_refusal("x", exists=True, owner=None, scope="b")
+    assert alias_refusal("x", exists=True, owner="a", scope=None) is None  # admin: any
+    keys = SimpleNamespace(auth_enabled=True, job_creators="user")
+    assert job_alias_scope(keys, "b") == "b"
+    assert job_alias_scope(SimpleNamespace(auth_enabled=True, job_creators="admin"), "b") is None
+    assert job_alias_scope(SimpleNamespace(auth_enabled=False, job_creators="user"), "b") is None
