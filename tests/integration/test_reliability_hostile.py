@@ -21,8 +21,9 @@ from tests.unit.service_lora import make_lora_adapter
 
 pytestmark = pytest.mark.slow
 MESSAGES = [{"role": "user", "content": "hello"}]
-# Routes anyone may call: liveness/readiness probes, Prometheus scrape, the schema, the UI.
-PUBLIC_PATHS = {"/health", "/ready", "/metrics", "/openapi.json", "/docs", "/redoc",
+# Routes anyone may call: liveness/readiness probes, the schema, the UI (`/metrics` needs
+# an admin or metrics key on a server with keys).
+PUBLIC_PATHS = {"/health", "/ready", "/openapi.json", "/docs", "/redoc",
                 "/docs/oauth2-redirect"}
 ADMIN_ROUTES = [
     ("POST", "/v1/adapters", {"name": "x", "path": "/tmp"}),
