@@ -79,6 +79,15 @@ class AliasTable:
         the alias, refused changes nothing."""
         if action not in ACTIONS:
             raise ValueError(f"unknown alias action {action!r}")
+        try:
+            return self._record(alias, action, adapter, actor, reason, evidence)
+        except sa.exc.IntegrityError:
+            # Two replicas created the same new alias at once (PostgreSQL: both saw no row);
+            # the loser retries and finds the winner's alias as its previous target.
+            return self._record(alias, action, adapter, actor, reason, evidence)
+
+    def _record(self, alias: str, action: str, adapter: str | None, actor: str, reason: str,
+                evidence: dict[str, Any] | None) -> Decision:
         mine = aliases.c.base_model == self.base_model
         created = int(time.time())
         with write_transaction(self._engine) as db:
