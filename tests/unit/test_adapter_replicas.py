@@ -19,6 +19,7 @@ from service.adapters.catalog import AdapterStore, adapter_store_dir, register_t
 from service.adapters.checks import BaseModelShape
 from service.adapters.registry import AdapterRegistry
 from service.errors import AdapterRejected, Conflict
+from tests.unit import test_service_api
 from tests.unit.service_fake_engine import FakeEngine
 from tests.unit.service_lora import make_lora_adapter
 
@@ -214,3 +215,51 @@ async def test_a_pre_layer_registry_file_is_adopted_in_place(tmp_path, tiny_mode
     assert (decision.actor, decision.evidence) == ("gate", {"delta": 0.1})
     registry.promote("stable", "old", actor="t", reason="again")
     assert [d.seq for d in registry.aliases.decisions("stable")] == [2, 1]
+
+
+# -- two apps (fake engines) on one database: the upload route and the sync task ---------
+make_client = test_service_api.make_client  # the shared fixture: the app on a fake engine
+
+
+def _archive(folder: Path) -> bytes:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
+        tf.add(folder, arcname="adapter")
+    return buffer.getvalue()
+
+
+def _eventually(check, what: str, timeout_s: float = 10.0):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout_s}s: {what}")
+        time.sleep(0.05)
+
+
+def test_an_upload_lands_in_the_shared_store_and_reaches_the_other_app(
+        database_url, make_client, tiny_adapter, tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    monkeypatch.setenv("TUNESERVE_SHARED_DIR", str(shared))
+    admin = {"Authorization": f"Bearer {test_service_api.ADMIN_KEY}"}
+    one, two = (make_client(admin_api_keys=test_service_api.ADMIN_KEY, sync_interval_s=0.1)
+                for _ in range(2))
+    response = one.post("/v1/adapters", data={"name": "up"}, headers=admin,
+                        files={"file": ("a.tar.gz", _archive(tiny_adapter))})
+    assert response.status_code == 201, response.text
+    stored = Path(response.json()["path"])
+    assert stored.parent == shared / "adapter-store" / "tiny" and stored.is_dir()
+
+    def served_on_two() -> bool:
+        return two.get("/v1/adapters/up", headers=admin).status_code == 200
+
+    _eventually(served_on_two, "the upload served on the second app")
+    assert two.engine.adapters["up"].path == str(stored)
+    assert one.delete("/v1/adapters/up", headers=admin).status_code == 200
+    assert not stored.exists()
+    _eventually(lambda: not served_on_two() and "up" not in two.engine.adapters,
+                "the removal reaches the second app")
