@@ -19,6 +19,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
+from service.adapters.catalog import registry_sqlite
 from service.adapters.checks import BaseModelShape
 from service.adapters.registry import AdapterRegistry
 from service.adapters.serving import AdaptersServing
@@ -45,6 +46,7 @@ from service.reports.schedule import scheduler_for_app
 from service.responses.serving import ResponsesServing
 from service.routers import ROUTERS
 from service.settings import Settings
+from tuneserve.database import database_url
 from tuneserve.home import tuneserve_home
 
 logger = logging.getLogger(__name__)
@@ -83,10 +85,12 @@ async def _start_serving(app: FastAPI, factory: EngineFactory,
         if state.exit_on_engine_failure:
             os.kill(os.getpid(), signal.SIGINT)  # let uvicorn shut down; the CLI exits 1
         return
-    home = tuneserve_home()
     base = BaseModelShape.from_checkpoint(state.base_id, state.model_path)
-    registry = AdapterRegistry(home / "registry" / f"{state.base_id}.sqlite", engine, base,
-                               settings.max_lora_rank)
+    # TUNESERVE_DATABASE_URL set: the one catalog every replica serves from; else the
+    # per-base file under $TUNESERVE_HOME.
+    db_path = registry_sqlite(state.base_id)
+    registry = AdapterRegistry(db_path, engine, base, settings.max_lora_rank,
+                               url=database_url(db_path))
     generator = Generator(engine, registry, state.base_id, settings.max_in_flight)
     state.engine = engine
     state.registry = registry
@@ -96,11 +100,13 @@ async def _start_serving(app: FastAPI, factory: EngineFactory,
     state.responses_serving = ResponsesServing(state.chat_serving)
     state.models_serving = ModelsServing(state.base_id, str(state.model_path),
                                          engine.max_model_len, registry, int(time.time()))
-    state.adapters_serving = AdaptersServing(registry, home / "uploaded-adapters" / state.base_id,
-                                             settings.max_upload_mb * 1024 * 1024)
+    state.adapters_serving = AdaptersServing(registry, settings.max_upload_mb * 1024 * 1024)
+    await asyncio.to_thread(registry.store.sweep)  # what a crashed publish left behind
     failed = await registry.restore()
     for name, reason in failed:
-        logger.warning("previously served adapter %s dropped: %s", name, reason)
+        logger.warning("previously served adapter %s not served: %s", name, reason)
+    # Other replicas' adds, removals, publications and alias moves (and a worker's adapters).
+    state.registry_sync = asyncio.create_task(registry.run_sync(settings.sync_interval_s))
     if settings.adapters_dir is not None:
         state.watcher = AdapterDirWatcher(registry, settings.adapters_dir, settings.watch_interval_s)
         await state.watcher.scan()
@@ -162,6 +168,9 @@ def build_app(
             await app.state.batch_runner.stop()
             if getattr(app.state, "watcher", None) is not None:
                 await app.state.watcher.stop()
+            if getattr(app.state, "registry_sync", None) is not None:
+                app.state.registry_sync.cancel()
+                await asyncio.gather(app.state.registry_sync, return_exceptions=True)
             if getattr(app.state, "engine", None) is not None:
                 app.state.engine.shutdown()
             if getattr(app.state, "registry", None) is not None:
@@ -175,6 +184,7 @@ def build_app(
     app.state.engine_error = None
     app.state.exit_on_engine_failure = exit_on_engine_failure
     app.state.watcher = None
+    app.state.registry_sync = None
     app.state.eval_scheduler = scheduler_for_app(app.state)
     app.state.eval_runs = EvalRuns(app.state)
     _add_batches(app.state, settings)

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
         None, description="Folder scanned at start and watched for finished adapters."
     )
     watch_interval_s: float = Field(2.0, gt=0, description="Seconds between adapters_dir scans.")
+    sync_interval_s: float = Field(
+        2.0, gt=0, description="Seconds between reconciling the served adapters and aliases "
+        "with the registry database (other replicas' changes show up within this)."
+    )
     user_api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated keys allowed to call inference.",

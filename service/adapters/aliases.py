@@ -3,37 +3,22 @@
 Clients call the alias; promotion moves it to a new adapter, rollback moves it back. Every
 decision (a promotion, a refusal by the gate, a rollback, a delete) is appended to
 ``alias_decisions`` with who made it and the evidence, so "why does this name serve that
-adapter?" always has an answer. Kept in the registry's SQLite file (one per served base).
+adapter?" always has an answer. Both tables are on the storage layer next to the adapter
+rows (catalog.py), per base model: every replica reads the same aliases.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS aliases (
-    name TEXT PRIMARY KEY,
-    adapter TEXT NOT NULL,
-    updated INTEGER NOT NULL,
-    project TEXT
-);
-CREATE TABLE IF NOT EXISTS alias_decisions (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    alias TEXT NOT NULL,
-    action TEXT NOT NULL,
-    adapter TEXT,
-    previous TEXT,
-    actor TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    evidence TEXT,
-    created INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS alias_decisions_alias ON alias_decisions(alias, seq);
-"""
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from service.errors import NotFound
+from tuneserve.database import write_transaction
+from tuneserve.database.tables import adapters, alias_decisions, aliases
 
 # What a decision did: moved the alias (promote, rollback), removed it, or left it (refused).
 ACTIONS = ("promote", "rollback", "refused", "delete")
@@ -56,21 +41,35 @@ class Decision:
 
 
 class AliasTable:
-    """Alias → adapter name, and the log of decisions, on the registry's connection."""
+    """Alias → adapter name of one base model, and the log of decisions."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-        self._db.executescript(_SCHEMA)
-        # The owning project (NULL: shared, an admin's) came later; older aliases stay shared.
-        if "project" not in {r[1] for r in self._db.execute("PRAGMA table_info(aliases)")}:
-            self._db.execute("ALTER TABLE aliases ADD COLUMN project TEXT")
-        self._db.commit()
+    def __init__(self, engine: Engine, base_model: str) -> None:
+        self._engine = engine
+        self.base_model = base_model
         # Every inference request resolves its model through target(): kept in memory, not
-        # queried; record() is the only writer (one server process owns a registry file).
-        self._targets: dict[str, str] = dict(
-            self._db.execute("SELECT name, adapter FROM aliases ORDER BY name"))
-        self._owners: dict[str, str | None] = dict(
-            self._db.execute("SELECT name, project FROM aliases"))
+        # queried. record() updates it for this replica's decisions, refresh() (the
+        # registry's sync) for other replicas'.
+        self._targets: dict[str, str] = self.read()
+        self._owners: dict[str, str | None] = self._read_owners()
+
+    def read(self) -> dict[str, str]:
+        """The aliases as the database has them now (synchronous)."""
+        query = sa.select(aliases.c.name, aliases.c.adapter).where(
+            aliases.c.base_model == self.base_model)
+        with self._engine.connect() as db:
+            return dict(db.execute(query).tuples().all())
+
+    def _read_owners(self) -> dict[str, str | None]:
+        query = sa.select(aliases.c.name, aliases.c.project).where(
+            aliases.c.base_model == self.base_model)
+        with self._engine.connect() as db:
+            return dict(db.execute(query).tuples().all())
+
+    def replace(self, targets: dict[str, str]) -> dict[str, str]:
+        """Take ``targets`` (from ``read``) as the aliases; return the previous ones."""
+        previous, self._targets = self._targets, dict(targets)
+        self._owners = self._read_owners()
+        return previous
 
     def all(self) -> dict[str, str]:
         return dict(sorted(self._targets.items()))
@@ -79,7 +78,7 @@ class AliasTable:
         return self._targets.get(name)
 
     def owner(self, name: str) -> str | None:
-        """The project that owns the alias; None: shared (or no such alias)."""
+        """The project that owns the alias; None: shared (an admin's) or no such alias."""
         return self._owners.get(name)
 
     def aliases_of(self, adapter: str) -> list[str]:
@@ -88,40 +87,67 @@ class AliasTable:
     def record(self, alias: str, action: str, *, adapter: str | None, actor: str, reason: str,
                evidence: dict[str, Any] | None = None, project: str | None = None) -> Decision:
         """Append a decision and apply it in one transaction: promote/rollback point the
-        alias at ``adapter``, delete removes the alias, refused changes nothing. ``project``:
-        the owner of an alias this creates (None: shared); a moved alias keeps its owner."""
+        alias at ``adapter`` (NotFound when no replica serves it any more), delete removes
+        the alias, refused changes nothing. ``project``: the owner of an alias this creates
+        (None: shared); a moved alias keeps its owner."""
         if action not in ACTIONS:
             raise ValueError(f"unknown alias action {action!r}")
-        previous = self.target(alias)
-        owner = self._owners.get(alias) if previous is not None else project
+        try:
+            return self._record(alias, action, adapter, actor, reason, evidence, project)
+        except sa.exc.IntegrityError:
+            # Two replicas created the same new alias at once (PostgreSQL: both saw no row);
+            # the loser retries and finds the winner's alias as its previous target.
+            return self._record(alias, action, adapter, actor, reason, evidence, project)
+
+    def _record(self, alias: str, action: str, adapter: str | None, actor: str, reason: str,
+                evidence: dict[str, Any] | None, project: str | None) -> Decision:
+        mine = aliases.c.base_model == self.base_model
         created = int(time.time())
-        with self._db:
+        with write_transaction(self._engine) as db:
             if action in ("promote", "rollback"):
-                self._db.execute("INSERT OR REPLACE INTO aliases (name, adapter, updated, "
-                                 "project) VALUES (?, ?, ?, ?)", (alias, adapter, created, owner))
+                # Locks the adapter's row: a removal on another replica waits, then sees
+                # this alias (catalog.AdapterCatalog.delete).
+                served = db.execute(sa.select(adapters.c.name).where(
+                    adapters.c.base_model == self.base_model, adapters.c.name == adapter)
+                    .with_for_update()).first()
+                if served is None:
+                    raise NotFound(f"no adapter named {adapter!r} is served", param="adapter",
+                                   code="adapter_not_found")
+            # The previous target as the database has it (another replica may have moved it).
+            row = db.execute(sa.select(aliases.c.adapter, aliases.c.project).where(
+                mine, aliases.c.name == alias).with_for_update()).first()
+            previous, owner = (row.adapter, row.project) if row is not None else (None, project)
+            if action in ("promote", "rollback"):
+                if previous is None:
+                    db.execute(aliases.insert().values(base_model=self.base_model, name=alias,
+                                                       adapter=adapter, updated=created,
+                                                       project=owner))
+                else:
+                    db.execute(aliases.update().where(mine, aliases.c.name == alias)
+                               .values(adapter=adapter, updated=created))
             elif action == "delete":
-                self._db.execute("DELETE FROM aliases WHERE name = ?", (alias,))
-            cur = self._db.execute(
-                "INSERT INTO alias_decisions (alias, action, adapter, previous, actor, reason,"
-                " evidence, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (alias, action, adapter, previous, actor, reason,
-                 json.dumps(evidence) if evidence is not None else None, created),
-            )
+                db.execute(aliases.delete().where(mine, aliases.c.name == alias))
+            seq = db.execute(alias_decisions.insert().values(
+                base_model=self.base_model, alias=alias, action=action, adapter=adapter,
+                previous=previous, actor=actor, reason=reason, evidence=evidence,
+                created=created)).inserted_primary_key[0]
         if action in ("promote", "rollback"):
             self._targets[alias] = adapter  # type: ignore[assignment]
             self._owners[alias] = owner
         elif action == "delete":
             self._targets.pop(alias, None)
             self._owners.pop(alias, None)
-        return Decision(int(cur.lastrowid or 0), alias, action, adapter, previous, actor,
-                        reason, evidence, created)
+        return Decision(seq, alias, action, adapter, previous, actor, reason, evidence, created)
 
     def decisions(self, alias: str) -> list[Decision]:
         """The alias's decisions, newest first."""
-        rows = self._db.execute(
-            "SELECT seq, alias, action, adapter, previous, actor, reason, evidence, created"
-            " FROM alias_decisions WHERE alias = ? ORDER BY seq DESC", (alias,))
-        return [Decision(*r[:7], json.loads(r[7]) if r[7] else None, r[8]) for r in rows]
+        d = alias_decisions.c
+        query = (sa.select(d.seq, d.alias, d.action, d.adapter, d.previous, d.actor, d.reason,
+                           d.evidence, d.created)
+                 .where(d.base_model == self.base_model, d.alias == alias)
+                 .order_by(d.seq.desc()))
+        with self._engine.connect() as db:
+            return [Decision(*row) for row in db.execute(query).tuples()]
 
     def rollback_target(self, alias: str) -> str | None:
         """What the alias served before its newest promotion not yet rolled back (a stack:

@@ -1,8 +1,19 @@
-"""The adapter registry: the single source of truth for what is served.
+"""The adapter registry: what this replica serves, kept in step with the catalog.
 
-name → path, base, rank, manifest, state; persisted in SQLite under ``$TUNESERVE_HOME`` so a
-restarted server reloads what it served. Everything that adds an adapter (folder watch,
-upload, API call, finished fine-tuning job) goes through :meth:`AdapterRegistry.add`.
+The truth is the catalog (catalog.py): adapter rows and aliases on the storage layer, per
+base model, and the adapter folders they name. ``TUNESERVE_DATABASE_URL`` set, every
+replica reads and writes the one database; unset, the registry keeps the per-base SQLite
+file ``$TUNESERVE_HOME/registry/<base>.sqlite`` it always used (adopted in place by
+migration 0004), so a restarted server reloads what it served. Everything that adds an
+adapter on this replica (folder watch, upload, API call, finished fine-tuning job) goes
+through :meth:`AdapterRegistry.add`: load into the engine, then insert the row.
+
+Each replica holds its own loaded set (``_served``: record + engine handle) and the aliases
+in memory, so routing a request never queries the database. :meth:`AdapterRegistry.sync`,
+run every ``sync_interval_s`` (``run_sync``), reconciles them with the catalog: it loads
+rows other replicas (or a ``tuneserve worker``) added, unloads rows they removed, takes
+their ``shared`` flags and their alias moves. A change on one replica serves on the others
+within one interval.
 
 Each adapter has an owning project and a ``shared`` flag. What an admin adds (API, upload,
 watched folder) is shared: every project may use it. A fine-tuning job's adapter is
@@ -14,105 +25,67 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
-import sqlite3
+import shutil
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from service import metrics
 from service.adapters.aliases import AliasTable, Decision
+from service.adapters.catalog import (
+    AdapterCatalog,
+    AdapterRecord,
+    AdapterStore,
+    adapter_store_dir,
+)
 from service.adapters.checks import BaseModelShape, check_adapter, check_name
 from service.engine import AdapterHandle, Engine
 from service.errors import AdapterRejected, BadRequest, Conflict, NotFound
-from service.tenancy import DEFAULT_PROJECT, in_scope
+from service.tenancy import DEFAULT_PROJECT
+from tuneserve.database import sqlite_url
+
+__all__ = ["AdapterRecord", "AdapterRegistry"]
 
 logger = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS adapters (
-    name TEXT PRIMARY KEY,
-    path TEXT NOT NULL,
-    base_model TEXT NOT NULL,
-    rank INTEGER NOT NULL,
-    alpha REAL,
-    target_modules TEXT NOT NULL,
-    source TEXT NOT NULL,
-    created INTEGER NOT NULL,
-    manifest TEXT,
-    owned_path INTEGER NOT NULL DEFAULT 0,
-    project TEXT NOT NULL DEFAULT 'default',
-    shared INTEGER NOT NULL DEFAULT 1
-)
-"""
-# Added after the first release; adapters registered before them stay shared (they were
-# visible to every key), owned by the default project.
-_ADDED_COLUMNS = {"project": "TEXT NOT NULL DEFAULT 'default'",
-                  "shared": "INTEGER NOT NULL DEFAULT 1"}
-_COLUMNS = ("name", "path", "base_model", "rank", "alpha", "target_modules", "source", "created",
-            "manifest", "owned_path", "project", "shared")
-
-
-@dataclass
-class AdapterRecord:
-    """One served adapter."""
-
-    name: str
-    path: str
-    base_model: str
-    rank: int
-    alpha: float | None
-    target_modules: list[str]
-    source: str
-    created: int
-    manifest: dict[str, Any] | None = None
-    # True when the registry created the folder (an upload) and deletes it on removal.
-    owned_path: bool = False
-    project: str = DEFAULT_PROJECT
-    # Every project may use it (admin-added, published or promoted); else only ``project``.
-    shared: bool = True
-    # How it was trained (lora, dora, ia3, vera, prompt_tuning, ...) and which engine
-    # serves it ("vllm" or "peft"); read from the folder at every load, not persisted.
-    method: str = "lora"
-    engine: str = "vllm"
-
-    def public(self) -> dict[str, Any]:
-        """The JSON the API shows (no internal flags)."""
-        data = asdict(self)
-        data.pop("owned_path")
-        return data
-
-    def visible_to(self, scope: str | None) -> bool:
-        return self.shared or in_scope(self.project, scope)
-
 
 class AdapterRegistry:
-    """Checks, loads, persists and lists adapters for one engine and base model."""
+    """Checks, loads and lists adapters for one engine and base model; the catalog in the
+    database says what every replica serves."""
 
-    def __init__(self, db_path: Path, engine: Engine, base: BaseModelShape, max_lora_rank: int):
+    def __init__(self, db_path: Path, engine: Engine, base: BaseModelShape, max_lora_rank: int,
+                 *, url: str | None = None, store: AdapterStore | None = None):
+        """``db_path``: the per-base SQLite file, used when ``url`` (a shared database) is
+        None or names that file. ``store``: where uploads and published jobs' adapters go (default: the shared
+        adapter store of ``base``)."""
         self.db_path = Path(db_path)
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.engine = engine
         self.base = base
         self.max_lora_rank = max_lora_rank
-        self._db = sqlite3.connect(self.db_path, check_same_thread=False)
-        # WAL: a kill -9 mid-write leaves the last committed registry intact.
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(adapters)")}
-        for column, kind in _ADDED_COLUMNS.items():
-            if column not in have:
-                self._db.execute(f"ALTER TABLE adapters ADD COLUMN {column} {kind}")
-        self._db.commit()
-        self.aliases = AliasTable(self._db)
+        url = url or sqlite_url(self.db_path)
+        # Per-pod file: a row that no longer loads is this pod's own and is dropped on
+        # restore. In a shared database another replica may still serve it: kept.
+        self._drop_unloadable = url == sqlite_url(self.db_path)
+        self.catalog = AdapterCatalog(url, base.name)
+        self.catalog.claim_unlabelled()
+        self._store = store
+        self.aliases = AliasTable(self.catalog.engine, base.name)
         for alias, adapter in self.aliases.all().items():
             metrics.ALIAS_TARGET.labels(alias, adapter).set(1)
         self._served: dict[str, tuple[AdapterRecord, AdapterHandle]] = {}
+        # name -> (path, created) of rows that failed to load here: not retried every sync,
+        # only when the row changes (another replica re-added the name).
+        self.unloadable: dict[str, tuple[tuple[str, int], str]] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._ids = itertools.count(1)
+
+    @property
+    def store(self) -> AdapterStore:
+        if self._store is None:
+            self._store = AdapterStore(adapter_store_dir(self.base.name))
+        return self._store
 
     # -- queries -----------------------------------------------------------------------
     def list(self, scope: str | None = None) -> list[AdapterRecord]:
@@ -127,8 +100,8 @@ class AdapterRegistry:
             raise NotFound(f"no adapter named {name!r} is served", param="name",
                            code="adapter_not_found")
         if not record.shared:
+            self.catalog.set_shared(name)
             record.shared = True
-            self._persist(record)
             logger.info("adapter %s (project %s) is now shared", name, record.project)
         return record
 
@@ -192,23 +165,22 @@ class AdapterRegistry:
         return decision
 
     def delete_alias(self, alias: str, *, actor: str) -> Decision:
-        target = self.aliases.target(alias)
-        if target is None:
+        if self.aliases.target(alias) is None:
             raise NotFound(f"no alias named {alias!r}", param="alias", code="alias_not_found")
         decision = self.aliases.record(alias, "delete", adapter=None, actor=actor,
                                        reason="alias deleted")
-        self._set_alias_metric(alias, target, None)
+        self._set_alias_metric(alias, decision.previous, None)
         return decision
 
     def _check_alias_name(self, alias: str) -> None:
         check_name(alias, self.base.name)
-        if alias in self._served:
+        if alias in self._served or self.catalog.get(alias) is not None:
             raise BadRequest(f"{alias!r} is an adapter's name; an alias needs a name of its own",
                              param="alias", code="alias_is_adapter")
 
     @staticmethod
     def _set_alias_metric(alias: str, old: str | None, new: str | None) -> None:
-        if old is not None:
+        if old is not None and old != new:
             try:
                 metrics.ALIAS_TARGET.remove(alias, old)
             except KeyError:
@@ -216,14 +188,25 @@ class AdapterRegistry:
         if new is not None:
             metrics.ALIAS_TARGET.labels(alias, new).set(1)
 
+    def _take_aliases(self, targets: dict[str, str]) -> None:
+        """Adopt the database's aliases (another replica's moves) and their metrics."""
+        previous = self.aliases.replace(targets)
+        for alias in previous.keys() | targets.keys():
+            old, new = previous.get(alias), targets.get(alias)
+            if old != new:
+                self._set_alias_metric(alias, old, new)
+                logger.info("alias %s -> %s (from the database)", alias, new)
+
     # -- changes -----------------------------------------------------------------------
     async def add(
         self, name: str, path: str | Path, *, source: str = "api", owned_path: bool = False,
-        project: str = DEFAULT_PROJECT, shared: bool = True,
+        project: str = DEFAULT_PROJECT, shared: bool = True, publish: bool = False,
     ) -> AdapterRecord:
         """Check ``path`` and hot-load it under ``name`` for ``project`` (every project when
-        ``shared``); persist it.
+        ``shared``); insert its row, so every replica serves it after its next sync.
 
+        ``publish``: serve a copy published into the adapter store (a fine-tuning job's
+        folder, which only this pod may see), owned and deleted with the adapter.
         Raises AdapterRejected (with the reason) when a check or the engine load fails.
         """
         check_name(name, self.base.name)
@@ -231,25 +214,48 @@ class AdapterRegistry:
             raise AdapterRejected(f"{name!r} is an alias; an adapter needs a name of its own",
                                   param="name", code="adapter_exists")
         async with self._locks[name]:
-            if name in self._served:
+            if name in self._served or await asyncio.to_thread(self.catalog.get, name):
                 raise AdapterRejected(
                     f"an adapter named {name!r} is already served; delete it first",
                     param="name", code="adapter_exists",
                 )
-            started = time.perf_counter()
+            path = Path(path)
+            if publish:
+                # Checked before the copy: a rejected folder never reaches the store.
+                await asyncio.to_thread(check_adapter, path.expanduser().resolve(), self.base,
+                                        self.max_lora_rank)
+                path = await asyncio.to_thread(self.store.publish_copy, name, path)
+                owned_path = True
             try:
-                record, handle = await self._load(name, Path(path), source, owned_path)
+                record, handle = await self._loaded(name, path, source, owned_path)
                 record.project, record.shared = project, shared
-            except AdapterRejected:
-                metrics.ADAPTER_OPS.labels("load", "rejected").inc()
+                try:
+                    await asyncio.to_thread(self.catalog.insert, record)
+                except BaseException:
+                    await self.engine.remove_adapter(handle)
+                    raise
+            except BaseException:
+                if publish:
+                    self.store.discard(path)
                 raise
-            metrics.ADAPTER_OPS.labels("load", "ok").inc()
-            metrics.ADAPTER_OP_SECONDS.labels("load").observe(time.perf_counter() - started)
             self._served[name] = (record, handle)
-            self._persist(record)
+            self.unloadable.pop(name, None)
             metrics.ADAPTERS_LOADED.set(len(self._served))
             logger.info("serving adapter %s (rank %d) from %s", name, record.rank, record.path)
             return record
+
+    async def _loaded(self, name: str, path: Path, source: str,
+                      owned_path: bool) -> tuple[AdapterRecord, AdapterHandle]:
+        """``_load`` with the load metrics."""
+        started = time.perf_counter()
+        try:
+            loaded = await self._load(name, path, source, owned_path)
+        except AdapterRejected:
+            metrics.ADAPTER_OPS.labels("load", "rejected").inc()
+            raise
+        metrics.ADAPTER_OPS.labels("load", "ok").inc()
+        metrics.ADAPTER_OP_SECONDS.labels("load").observe(time.perf_counter() - started)
+        return loaded
 
     async def _load(
         self, name: str, path: Path, source: str, owned_path: bool
@@ -272,67 +278,117 @@ class AdapterRegistry:
         return record, handle
 
     async def remove(self, name: str) -> AdapterRecord:
-        """Stop serving ``name`` (404 when unknown); running requests on it finish."""
+        """Stop serving ``name`` on every replica (404 when no replica serves it): delete
+        its row, unload it here, then delete its folder when the registry owns it. Other
+        replicas unload it on their next sync; running requests on it finish."""
         async with self._locks[name]:
             entry = self._served.get(name)
-            if entry is None:
+            started = time.perf_counter()
+            # Conflict while an alias points at it (checked in the database, so an alias
+            # another replica just made counts).
+            row = await asyncio.to_thread(self.catalog.delete, name)
+            if row is None and entry is None:
                 raise NotFound(f"no adapter named {name!r} is served", param="name",
                                code="adapter_not_found")
-            record, handle = entry
-            aliases = self.aliases.aliases_of(name)
-            if aliases:
-                raise Conflict(
-                    f"adapter {name!r} is served as alias {', '.join(map(repr, aliases))}; "
-                    "promote another adapter to it or delete the alias first",
-                    param="name", code="adapter_in_use")
-            started = time.perf_counter()
-            del self._served[name]
-            self._db.execute("DELETE FROM adapters WHERE name = ?", (name,))
-            self._db.commit()
-            await self.engine.remove_adapter(handle)
-            metrics.ADAPTER_OPS.labels("unload", "ok").inc()
-            metrics.ADAPTER_OP_SECONDS.labels("unload").observe(time.perf_counter() - started)
-            metrics.ADAPTERS_LOADED.set(len(self._served))
-            if record.owned_path:
-                import shutil
-
-                shutil.rmtree(record.path, ignore_errors=True)
+            record = entry[0] if entry else row
+            if entry is not None:
+                await self._unload(name)
+                metrics.ADAPTER_OP_SECONDS.labels("unload").observe(time.perf_counter() - started)
+            if row is not None and row.owned_path:
+                await asyncio.to_thread(shutil.rmtree, row.path, True)
             logger.info("stopped serving adapter %s", name)
-            return record
+            return record  # type: ignore[return-value]
+
+    async def _unload(self, name: str) -> None:
+        _, handle = self._served.pop(name)
+        await self.engine.remove_adapter(handle)
+        metrics.ADAPTER_OPS.labels("unload", "ok").inc()
+        metrics.ADAPTERS_LOADED.set(len(self._served))
+
+    async def _serve_row(self, row: AdapterRecord) -> str | None:
+        """Load the catalog row ``row`` here (another replica's adapter, or this one's from
+        an earlier run); return why it cannot be served, or None."""
+        async with self._locks[row.name]:
+            if row.name in self._served:
+                return None
+            try:
+                record, handle = await self._loaded(row.name, Path(row.path), row.source,
+                                                    row.owned_path)
+            except AdapterRejected as exc:
+                self.unloadable[row.name] = ((row.path, row.created), exc.message)
+                return exc.message
+            # The row's facts, so every replica lists the adapter alike.
+            record.path, record.created = row.path, row.created
+            record.project, record.shared = row.project, row.shared
+            self._served[row.name] = (record, handle)
+            self.unloadable.pop(row.name, None)
+            metrics.ADAPTERS_LOADED.set(len(self._served))
+            logger.info("serving adapter %s (rank %d) from %s", row.name, record.rank, row.path)
+            return None
 
     async def restore(self) -> list[tuple[str, str]]:
-        """Reload every adapter persisted by an earlier run; return ``(name, reason)`` of
-        those that no longer pass (they are dropped from the registry, the rest serve)."""
-        rows = self._db.execute(
-            "SELECT name, path, source, owned_path, project, shared FROM adapters "
-            "ORDER BY created"
-        ).fetchall()
+        """Load every adapter the catalog has (at start); return ``(name, reason)`` of those
+        that no longer pass. With the per-pod file they are dropped from it; in a shared
+        database the row stays for the replicas that can serve it."""
+        rows = await asyncio.to_thread(self.catalog.rows)
         failed: list[tuple[str, str]] = []
-        for name, path, source, owned, project, shared in rows:
-            # The row stays until the adapter fails its checks: a crash mid-restore must not
-            # forget adapters that were served (add() rewrites the row on success).
-            try:
-                await self.add(name, path, source=source, owned_path=bool(owned),
-                               project=project, shared=bool(shared))
-            except AdapterRejected as exc:
-                logger.warning("adapter %s was not restored: %s", name, exc.message)
-                self._db.execute("DELETE FROM adapters WHERE name = ?", (name,))
-                self._db.commit()
-                failed.append((name, exc.message))
+        for row in rows.values():
+            # A row stays until its adapter fails the checks: a crash mid-restore must not
+            # forget adapters that were served.
+            reason = await self._serve_row(row)
+            if reason is None:
+                continue
+            logger.warning("adapter %s was not restored: %s", row.name, reason)
+            if self._drop_unloadable:
+                await asyncio.to_thread(self.catalog.delete, row.name, force=True)
+            failed.append((row.name, reason))
+        self._take_aliases(await asyncio.to_thread(self.aliases.read))
         return failed
 
-    def _persist(self, record: AdapterRecord) -> None:
-        self._db.execute(
-            f"INSERT OR REPLACE INTO adapters ({', '.join(_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(_COLUMNS))})",
-            (
-                record.name, record.path, record.base_model, record.rank, record.alpha,
-                json.dumps(record.target_modules), record.source, record.created,
-                json.dumps(record.manifest) if record.manifest is not None else None,
-                int(record.owned_path), record.project, int(record.shared),
-            ),
-        )
-        self._db.commit()
+    async def sync(self) -> None:
+        """Converge on the catalog: load rows added elsewhere, unload rows removed
+        elsewhere (or re-added under the same name: reloaded), take ``shared`` flags and
+        aliases. A row that failed to load here is retried only once it changes."""
+        rows = await asyncio.to_thread(self.catalog.rows)
+        targets = await asyncio.to_thread(self.aliases.read)
+        for name, (record, _) in list(self._served.items()):
+            row = rows.get(name)
+            if row is not None and (row.path, row.created) == (record.path, record.created):
+                record.shared, record.project = row.shared, row.project
+                continue
+            async with self._locks[name]:
+                # Re-read under the lock: this replica's own add may have just inserted it.
+                current = await asyncio.to_thread(self.catalog.get, name)
+                served = self._served.get(name)
+                if served is None or (current is not None and (current.path, current.created)
+                                      == (served[0].path, served[0].created)):
+                    continue
+                logger.info("adapter %s was removed or replaced on another replica; unloading",
+                            name)
+                await self._unload(name)
+        for name, row in rows.items():
+            if name in self._served:
+                continue
+            known = self.unloadable.get(name)
+            if known is not None and known[0] == (row.path, row.created):
+                continue
+            reason = await self._serve_row(row)
+            if reason is not None:
+                logger.warning("adapter %s (added on another replica) is not served here: %s",
+                               name, reason)
+        for name in set(self.unloadable) - rows.keys():
+            del self.unloadable[name]
+        self._take_aliases(targets)
+
+    async def run_sync(self, interval_s: float) -> None:
+        """``sync`` every ``interval_s`` seconds until cancelled (a failed pass, e.g. the
+        database unreachable, is logged and retried on the next tick)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sync()
+            except Exception:
+                logger.exception("adapter registry sync failed")
 
     def close(self) -> None:
-        self._db.close()
+        """Nothing to release: the engine's connections belong to the storage layer."""

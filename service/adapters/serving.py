@@ -22,9 +22,8 @@ def to_adapter(record: AdapterRecord) -> Adapter:
 
 
 class AdaptersServing:
-    def __init__(self, registry: AdapterRegistry, uploads_dir: Path, max_upload_bytes: int):
+    def __init__(self, registry: AdapterRegistry, max_upload_bytes: int):
         self.registry = registry
-        self.uploads_dir = Path(uploads_dir)
         self.max_upload_bytes = max_upload_bytes
 
     def list(self, scope: str | None = None) -> AdapterList:
@@ -46,14 +45,16 @@ class AdaptersServing:
         return to_adapter(await self.registry.add(name, path, source=source))
 
     async def register_upload(self, name: str, upload: BinaryIO) -> Adapter:
-        """Save the archive, extract it safely under the uploads folder, register it."""
+        """Save the archive and extract it into the adapter store (every replica reads it;
+        extract_archive stages in the store and renames, so the folder appears whole),
+        then register it."""
         check_name(name, self.registry.base.name)
         if self.registry.get(name) is not None:
             raise AdapterRejected(f"an adapter named {name!r} is already served; delete it first",
                                   param="name", code="adapter_exists")
-        dest = self.uploads_dir / name
-        self.uploads_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=self.uploads_dir, prefix=".archive-") as tmp:
+        store = self.registry.store
+        dest = store.new_path(name)
+        with tempfile.NamedTemporaryFile(dir=store.root, prefix=".archive-") as tmp:
             copied = await asyncio.to_thread(self._copy_bounded, upload, tmp)
             if copied > self.max_upload_bytes:
                 raise AdapterRejected(f"upload is larger than {self.max_upload_bytes} bytes",

@@ -39,13 +39,15 @@ class AdapterDirWatcher:
         """One pass: add new complete folders, drop adapters whose folder vanished."""
         self.folder.mkdir(parents=True, exist_ok=True)
         present: set[str] = set()
+        # Rows another replica's watcher (same shared folder) already added: its sync loads them.
+        cataloged = await asyncio.to_thread(self.registry.catalog.rows)
         for child in sorted(self.folder.iterdir()):
             if child.name.startswith(".") or not child.is_dir():
                 continue
             if not ((child / ADAPTER_CONFIG).is_file() and (child / ADAPTER_WEIGHTS).is_file()):
                 continue
             present.add(child.name)
-            if self.registry.get(child.name) is not None:
+            if self.registry.get(child.name) is not None or child.name in cataloged:
                 continue
             try:
                 stamp = self._stamp(child)

@@ -78,11 +78,12 @@ async def jobs_runtime(state: Any, *, registry: RegistryGetter | None = None,
         get_registry = registry
 
         async def on_success(job: dict[str, Any], adapter: Path) -> None:
-            # Private to the job's project until an admin publishes or promotes it.
+            # Private to the job's project until an admin publishes or promotes it; a copy
+            # in the shared adapter store, so every replica can load it.
             await (await get_registry()).add(job["fine_tuned_model"], adapter,
                                              source="fine_tuning",
                                              project=job.get("project", "default"),
-                                             shared=False)
+                                             shared=False, publish=True)
 
     store = jobs_store()
     files = FilesService(store, max_upload_bytes=int(settings.max_upload_mb * 1e6))

@@ -5,11 +5,11 @@ tests/integration/test_jobs_verdict.py."""
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
 from service.adapters.aliases import AliasTable
+from service.adapters.catalog import AdapterCatalog, AdapterRecord
+from service.errors import Conflict, NotFound
 from tests.unit import test_service_api
 from tests.unit.service_lora import make_lora_adapter
 from tests.unit.test_service_api import ADMIN_KEY, USER_KEY, _assert_error
@@ -20,8 +20,17 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 USER = {"Authorization": f"Bearer {USER_KEY}"}
 
 
-def test_rollback_is_a_stack_of_promotions():
-    table = AliasTable(sqlite3.connect(":memory:"))
+def _catalog_with(url: str, names: tuple[str, ...]) -> AdapterCatalog:
+    catalog = AdapterCatalog(url, "tiny")
+    for name in names:
+        catalog.insert(AdapterRecord(name=name, path=f"/nowhere/{name}", base_model="tiny",
+                                     rank=8, alpha=8.0, target_modules=["q_proj"],
+                                     source="api", created=1))
+    return catalog
+
+
+def test_rollback_is_a_stack_of_promotions(database_url):
+    table = AliasTable(_catalog_with(database_url, ("a", "b", "c")).engine, "tiny")
     for adapter in ("a", "b", "c"):
         table.record("x", "promote", adapter=adapter, actor="t", reason="r")
     table.record("x", "refused", adapter="d", actor="t", reason="gate")
@@ -32,6 +41,20 @@ def test_rollback_is_a_stack_of_promotions():
     assert table.target("x") == "a" and table.rollback_target("x") is None
     assert [d.action for d in table.decisions("x")] == [
         "rollback", "rollback", "refused", "promote", "promote", "promote"]
+    # Another base's aliases in the same database are its own.
+    assert AliasTable(table._engine, "other").all() == {}
+
+
+def test_a_promotion_needs_the_adapters_row_and_blocks_its_removal(database_url):
+    catalog = _catalog_with(database_url, ("a",))
+    table = AliasTable(catalog.engine, "tiny")
+    with pytest.raises(NotFound):
+        table.record("x", "promote", adapter="gone", actor="t", reason="r")
+    table.record("x", "promote", adapter="a", actor="t", reason="r")
+    with pytest.raises(Conflict, match="alias 'x'"):
+        catalog.delete("a")
+    table.record("x", "delete", adapter=None, actor="t", reason="r")
+    assert catalog.delete("a").name == "a" and catalog.rows() == {}
 
 
 @pytest.fixture

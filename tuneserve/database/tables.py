@@ -147,3 +147,51 @@ job_checkpoints = sa.Table(
     sa.UniqueConstraint("job_id", "step_number"),
     sqlite_autoincrement=True,
 )
+
+# service/adapters/catalog.py: the adapters every replica serves, aliases and the log of
+# alias decisions, per base model (one database may hold several bases' registries).
+# Flags stay INTEGER 0/1 and JSON stays TEXT on SQLite, as in the per-base registry file
+# from before the layer (adopted in place by migration 0004).
+adapters = sa.Table(
+    "adapters",
+    metadata,
+    sa.Column("base_model", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("rank", sa.Integer, nullable=False),
+    sa.Column("alpha", sa.Float),
+    sa.Column("target_modules", _JSON, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("created", sa.BigInteger, nullable=False),
+    sa.Column("manifest", _JSON),
+    # 1: the registry created the folder (an upload, a published job) and deletes it.
+    sa.Column("owned_path", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("project", sa.Text, nullable=False, server_default="default"),
+    sa.Column("shared", sa.Integer, nullable=False, server_default="1"),
+)
+aliases = sa.Table(
+    "aliases",
+    metadata,
+    sa.Column("base_model", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("adapter", sa.Text, nullable=False),
+    sa.Column("updated", sa.BigInteger, nullable=False),
+    # The owning project; NULL: shared (an admin's alias, or one from before projects).
+    sa.Column("project", sa.Text),
+)
+alias_decisions = sa.Table(
+    "alias_decisions",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("base_model", sa.Text, nullable=False, server_default=""),
+    sa.Column("alias", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("adapter", sa.Text),
+    sa.Column("previous", sa.Text),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("evidence", _JSON),
+    sa.Column("created", sa.BigInteger, nullable=False),
+    sa.Index("alias_decisions_alias", "base_model", "alias", "seq"),
+    sqlite_autoincrement=True,
+)
