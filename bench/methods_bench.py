@@ -166,6 +166,9 @@ def child_train(config_path: Path, budget_s: float) -> None:
         "train_cpu_s": budget.used_s,
         "train_wall_s": budget.wall_s,
         "steps": manifest.get("steps"),
+        "epochs": manifest.get("epochs"),
+        "trained_tokens": manifest.get("trained_tokens"),
+        "train_rows": (manifest.get("split") or {}).get("train_rows"),
         "trainable_parameters": manifest.get("trainable_parameters"),
         "total_parameters": manifest.get("total_parameters"),
         "train_loss": (manifest.get("metrics") or {}).get("train_loss"),
@@ -323,8 +326,8 @@ def evaluate(results: dict, out: Path, methods: list[str], eval_rows: int, lock:
             record = summarise(paired_record(base, cand))
             entry = results["methods"][method]
             entry["eval"] = {
-                "engine": models[method].get("engine"),
-                "served_method": models[method].get("method"),
+                "engine": models[method]["adapter"]["engine"],  # as /v1/models says
+                "served_method": models[method]["adapter"]["method"],
                 "rows": len(record["examples"]),
                 "split_source": record["dataset"]["split_source"],
                 "metrics": {k: record["metrics"][k] for k in record["metrics"]},
@@ -378,9 +381,11 @@ def _ci(comp: dict, scale: float) -> str:
 
 def render(results: dict, command: str) -> str:
     meta = results["meta"]
+    rows = next((m["train"].get("train_rows") for m in results["methods"].values()
+                 if "train" in m), "?")
     lines = [
         f"`{command}` ({meta['started']}; {meta['machine']}). Gemma 3 270M, docker-commands "
-        f"training rows (2178), batch 8, max length 128, seed 42; each method trains until "
+        f"training rows ({rows}), batch 8, max length 128, seed 42; each method trains until "
         f"its training loop has used {meta['cpu_budget_s']:g} CPU seconds. Evaluation: "
         f"{meta['eval_rows']} held-out rows, greedy, through one `tuneserve serve`. "
         "Exact match (EM) in %, chrF 0-100; Δ = method − base with its 95% paired-bootstrap "
@@ -433,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/methods-bench"),
                         help="results folder; a re-run resumes from OUT/results.json")
     parser.add_argument("--train-only", action="store_true", help="stop after training")
+    parser.add_argument("--write", type=Path, metavar="MD",
+                        help="put the table between the methods-bench markers of this file "
+                        "(docs/training-methods.md)")
     parser.add_argument("--no-lock", action="store_true",
                         help=f"do not take {LOCK} around heavy steps")
     parser.add_argument("--child-train", type=Path, help=argparse.SUPPRESS)
@@ -463,12 +471,28 @@ def main(argv: list[str] | None = None) -> int:
             evaluate(results, out, methods, args.eval_rows, not args.no_lock)
             save(results, out)
     command = ("python bench/methods_bench.py --cpu-budget-s "
-               f"{args.cpu_budget_s:g} --eval-rows {args.eval_rows}"
-               + (f" --only {' '.join(args.only)}" if args.only else ""))
+               f"{args.cpu_budget_s:g} --eval-rows {args.eval_rows} --out {args.out}"
+               + (f" --only {' '.join(args.only)}" if args.only else "")
+               + (f" --write {args.write}" if args.write else ""))
     table = render(results, command)
     (out / "table.md").write_text(table + "\n")
     print(table)
+    if args.write:
+        write_section(args.write, table)
     return 0
+
+
+START, END = "<!-- methods-bench:start -->", "<!-- methods-bench:end -->"
+
+
+def write_section(path: Path, table: str) -> None:
+    """Replace what is between the markers (the file must have them)."""
+    text = path.read_text()
+    head, sep, rest = text.partition(START)
+    _, sep2, tail = rest.partition(END)
+    if not (sep and sep2):
+        raise SystemExit(f"{path} has no {START} ... {END} markers")
+    path.write_text(f"{head}{START}\n{table}\n{END}{tail}")
 
 
 if __name__ == "__main__":
