@@ -318,7 +318,8 @@ def evaluate(results: dict, out: Path, methods: list[str], eval_rows: int, lock:
         base_id = next(m for m in models.values() if not m.get("parent"))["id"]
         _collect(warm, "base", base_id, server, None)
         base = _collect(base_suite, "base", base_id, server, None)
-        results["base"] = {"engine": "vllm", **throughput(base)}
+        results["base"] = {"engine": "vllm", "concurrency": suite.concurrency,
+                           **throughput(base)}
         for method in methods:
             adapter = out / "adapters" / method
             _collect(warm, method, method, server, adapter)  # loads it into its engine
@@ -396,6 +397,7 @@ def render(results: dict, command: str) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|",
     ]
     base = results.get("base")
+    conc = (base or {}).get("concurrency", "?")
     first = next((m for m in results["methods"].values() if "eval" in m), None)
     if base and first:
         bm = first["eval"]["metrics"]["base"]
@@ -421,7 +423,7 @@ def render(results: dict, command: str) -> str:
         "",
         "Train CPU s / wall s: the training loop's (the whole subprocess's, with model "
         "loading and saving, in brackets). Peak RSS: the training subprocess's. tokens/s: "
-        "generated tokens / wall for that model's rows alone (32 requests in flight; vLLM "
+        f"generated tokens / wall for that model's rows alone ({conc} requests in flight; vLLM "
         "batches them, the PEFT engine answers one at a time).",
     ]
     return "\n".join(lines)
