@@ -198,8 +198,8 @@ def train_one(method: str, out: Path, budget_s: float, lock: bool) -> dict[str, 
     cfg.write_text(yaml.safe_dump(method_config(method, out / "adapters"), sort_keys=False))
     log = out / "logs" / f"train-{method}.log"
     log.parent.mkdir(exist_ok=True)
-    env = {**os.environ, "TUNESERVE_HOME": str(out / "home"), "TQDM_DISABLE": "1",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    # The real TUNESERVE_HOME (where the base is prepared); output_dir keeps the adapter here.
+    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cmd = [sys.executable, __file__, "--child-train", str(cfg), "--cpu-budget-s", str(budget_s)]
     with heavy_lock(lock), open(log, "w") as fh:
         started = time.monotonic()
