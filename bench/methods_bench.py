@@ -445,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(docs/training-methods.md)")
     parser.add_argument("--no-lock", action="store_true",
                         help=f"do not take {LOCK} around heavy steps")
+    parser.add_argument("--one-lock", action="store_true",
+                        help="take the heavy-job lock once for the whole run instead of once "
+                        "per training and once for the evaluation (when the lock is busy)")
     parser.add_argument("--child-train", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.cpu_budget_s <= 0 or args.eval_rows <= 0:
@@ -457,21 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     results = load_results(out, args.cpu_budget_s, args.eval_rows)
-    for method in methods:
-        entry = results["methods"].setdefault(method, {})
-        if "train" in entry and (out / "adapters" / method).is_dir():
-            continue  # resumed
-        print(f"training {method} …", flush=True)
-        entry["train"] = train_one(method, out, args.cpu_budget_s, not args.no_lock)
-        entry.pop("eval", None)  # a new adapter needs a new evaluation
-        print(f"{method}: {entry['train']}", flush=True)
-        save(results, out)
-    if not args.train_only:
-        todo = [m for m in methods if "eval" not in results["methods"][m]]
-        if todo or "base" not in results:
-            # One server for every method: a resumed evaluation re-asks them all.
-            evaluate(results, out, methods, args.eval_rows, not args.no_lock)
-            save(results, out)
+    with heavy_lock(args.one_lock and not args.no_lock):
+        per_step_lock = not (args.no_lock or args.one_lock)
+        run(args, methods, out, results, per_step_lock)
     command = ("python bench/methods_bench.py --cpu-budget-s "
                f"{args.cpu_budget_s:g} --eval-rows {args.eval_rows} --out {args.out}"
                + (f" --only {' '.join(args.only)}" if args.only else "")
@@ -482,6 +473,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         write_section(args.write, table)
     return 0
+
+
+def run(args: argparse.Namespace, methods: list[str], out: Path, results: dict,
+        lock: bool) -> None:
+    """Train what is not trained yet, then evaluate (resuming from ``results``)."""
+    for method in methods:
+        entry = results["methods"].setdefault(method, {})
+        if "train" in entry and (out / "adapters" / method).is_dir():
+            continue  # resumed
+        print(f"training {method} …", flush=True)
+        entry["train"] = train_one(method, out, args.cpu_budget_s, lock)
+        entry.pop("eval", None)  # a new adapter needs a new evaluation
+        print(f"{method}: {entry['train']}", flush=True)
+        save(results, out)
+    if not args.train_only:
+        todo = [m for m in methods if "eval" not in results["methods"][m]]
+        if todo or "base" not in results:
+            # One server for every method: a resumed evaluation re-asks them all.
+            evaluate(results, out, methods, args.eval_rows, lock)
+            save(results, out)
 
 
 START, END = "<!-- methods-bench:start -->", "<!-- methods-bench:end -->"
