@@ -460,13 +460,17 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     results = load_results(out, args.cpu_budget_s, args.eval_rows)
-    with heavy_lock(args.one_lock and not args.no_lock):
+    trained = [m for m in methods
+               if "train" in results["methods"].get(m, {}) and (out / "adapters" / m).is_dir()]
+    pending = len(trained) < len(methods) or not args.train_only and (
+        "base" not in results or any("eval" not in results["methods"][m] for m in methods))
+    with heavy_lock(pending and args.one_lock and not args.no_lock):
         per_step_lock = not (args.no_lock or args.one_lock)
         run(args, methods, out, results, per_step_lock)
     command = ("python bench/methods_bench.py --cpu-budget-s "
                f"{args.cpu_budget_s:g} --eval-rows {args.eval_rows} --out {args.out}"
                + (f" --only {' '.join(args.only)}" if args.only else "")
-               + (f" --write {args.write}" if args.write else ""))
+               + (" --one-lock" if args.one_lock else ""))
     table = render(results, command)
     (out / "table.md").write_text(table + "\n")
     print(table)
