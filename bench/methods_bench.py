@@ -229,7 +229,8 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def serve(out: Path, methods: list[str]):
-    """``tuneserve serve`` on the real base, watching OUT/adapters; yields (base URL, the
+    """``tuneserve serve`` on the real base, watching OUT/adapters (a full fine-tune is
+    registered with POST /v1/adapters); yields (base URL, the
     /v1/models entries) once every method's adapter is listed."""
     import httpx
 
@@ -260,6 +261,11 @@ def serve(out: Path, methods: list[str]):
                     models = {m["id"]: m for m in listed}
                     if all(m in models for m in methods):
                         break
+                    if "full" in methods and "full" not in models:
+                        # The watcher picks up adapter folders; a full fine-tune (a whole
+                        # checkpoint) is registered through the API.
+                        httpx.post(f"{url}/v1/adapters", timeout=300, json={
+                            "name": "full", "path": str(out / "adapters" / "full")})
             time.sleep(2)
         else:
             raise SystemExit(f"server not ready with {methods} after 900 s, see {log}")
