@@ -122,8 +122,10 @@ class Server:
                                 SimpleNamespace(clients=1, max_tokens=args.max_tokens)))
         conc = asyncio.run(drive(self.port, self.key, many,
                                  SimpleNamespace(clients=args.clients, max_tokens=args.max_tokens)))
+        # The machine is shared: the 1-minute load average shows how contended it was.
         return {"tok_s_1": one["tok_per_s"], "ttft_s": one["ttft_p50_s"],
-                "tok_s_n": conc["tok_per_s"], "rss_mib": tree_rss_mib(self.proc.pid)}
+                "tok_s_n": conc["tok_per_s"], "rss_mib": tree_rss_mib(self.proc.pid),
+                "load": os.getloadavg()[0]}
 
     def stop(self) -> None:
         stop_process_group(self.proc)
@@ -182,21 +184,23 @@ def markdown(args, results: dict[str, dict], command: str) -> str:
         "output tokens each (ignore_eos, greedy), the same prompts. RSS: the server process "
         "tree. Added memory: RSS after registering and using the adapter minus before (for "
         "an own engine: its whole RSS). Load: the registration call, or merge + save + "
-        "server start. Ratios vs the base on vLLM. Figures from one run.", "",
+        "server start. Load avg: the machine's 1-minute load average after the model's "
+        "measurement (other work on a shared machine slows every path). Ratios vs the base "
+        "on vLLM. Figures from one run.", "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), "
         f"{platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "", f"    {command}", "",
         "| model (path) | tok/s 1 stream | x base | tok/s "
         f"{args.clients} streams | x base | TTFT p50 s | x base | server RSS MiB | "
-        "added MiB | load s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "added MiB | load s | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in results.items():
         lines.append(
             f"| {label} | {r['tok_s_1']:.1f} | {r['tok_s_1'] / ref['tok_s_1']:.2f}x | "
             f"{r['tok_s_n']:.1f} | {r['tok_s_n'] / ref['tok_s_n']:.2f}x | {r['ttft_s']:.3f} | "
             f"{r['ttft_s'] / ref['ttft_s']:.2f}x | {r['rss_mib']:.0f} | {r['added_mib']:.0f} | "
-            f"{r['load_s']:.1f} |")
+            f"{r['load_s']:.1f} | {r['load']:.1f} |")
     lines.append(END)
     return "\n".join(lines)
 
