@@ -46,11 +46,6 @@ class JobsSettings(BaseSettings):
         "and TUNESERVE_HOME): at start it settles at once the running jobs a previous process "
         "of the same replica left, and leaves other replicas' jobs to their leases.",
     )
-    worker_server_url: str | None = Field(
-        None, description="`tuneserve worker` only: the server that serves the worker's "
-        "adapters, for their evaluation (the worker does not run the automatic evaluation "
-        "itself yet: it names this server in its start-up log line).",
-    )
     max_resume_attempts: int = Field(
         1, ge=0, description="Times an interrupted job is resumed from its last checkpoint."
     )

@@ -11,7 +11,7 @@ A succeeded job's adapter is published without an engine:
 store and inserts a private registry row; the serving replicas load it on their next sync.
 The automatic evaluation (service/jobs/verdict.py) needs a server that serves the adapter
 and the alias registry for its promotion; the worker does not run it yet and says so in one
-log line at start (naming ``TUNESERVE_JOBS_WORKER_SERVER_URL`` when set).
+log line at start.
 """
 
 from __future__ import annotations
@@ -49,10 +49,8 @@ async def run_worker(settings: JobsSettings | None = None, *,
         log.warning("TUNESERVE_JOBS_ENABLED=false: this worker will take no job")
     if settings.evaluate_on_success:
         # The evaluation calls a server that serves the new adapter (the worker has no engine).
-        log.info("automatic evaluation skipped: %s", "TUNESERVE_JOBS_WORKER_SERVER_URL is unset"
-                 if not settings.worker_server_url else
-                 "not run by `tuneserve worker` yet; evaluate with `tuneserve eval run` against "
-                 f"{settings.worker_server_url}")
+        log.info("automatic evaluation skipped: not run by `tuneserve worker` yet; evaluate "
+                 "its adapters with `tuneserve eval run` or POST /v1/evaluations")
     store = await asyncio.to_thread(jobs_store)
     supervisor = JobSupervisor(store, settings, on_success=on_success or publish_adapter)
     if stop is None:

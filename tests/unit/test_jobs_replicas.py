@@ -217,7 +217,7 @@ def test_tuneserve_worker_claims_jobs_and_requeues_on_sigterm(shared, tmp_path, 
         if worker.poll() is None:
             worker.kill()
     assert worker.returncode == 0, output
-    assert "automatic evaluation skipped: TUNESERVE_JOBS_WORKER_SERVER_URL is unset" in output
+    assert "automatic evaluation skipped: not run by `tuneserve worker` yet" in output
     job = store.get_job(job_id)
     assert job["status"] == "queued", job  # resumes from its checkpoint on the next claim
 
