@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -134,6 +135,24 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
 
 def migrate(engine: Engine) -> None:
     """Upgrade ``engine``'s database to the newest schema (Alembic, no alembic.ini)."""
+    for attempt in range(1, _SQLITE_MIGRATE_ATTEMPTS + 1):
+        try:
+            return _migrate_once(engine)
+        except sa.exc.OperationalError as exc:
+            # Processes opening a new SQLite file at once can get "database is locked"
+            # without SQLite's busy handler ever waiting (seen under load in the test of
+            # concurrent starts: the first connections race to switch the file to WAL).
+            # The migration is one transaction: trying it again is safe.
+            if (engine.dialect.name != "sqlite" or "locked" not in str(exc)
+                    or attempt == _SQLITE_MIGRATE_ATTEMPTS):
+                raise
+            time.sleep(0.1 * attempt)
+
+
+_SQLITE_MIGRATE_ATTEMPTS = 5
+
+
+def _migrate_once(engine: Engine) -> None:
     from alembic import command
     from alembic.config import Config
 
