@@ -146,6 +146,14 @@ class VllmEngine:
     ) -> AsyncIterator[Any]:
         from vllm.inputs import TokensPrompt
 
+        if adapter is not None and not os.path.isfile(os.path.join(adapter.path,
+                                                                   "adapter_config.json")):
+            # vLLM reads the folder again whenever it reloads the adapter into a LoRA slot,
+            # and a missing folder there kills the whole engine: refuse this one request.
+            from service.errors import NotFound
+
+            raise NotFound(f"the adapter {adapter.name!r} is being removed (its folder is "
+                           "gone)", param="model", code="model_not_found")
         return self._llm.generate(
             TokensPrompt(prompt_token_ids=prompt_ids),
             params,

@@ -49,6 +49,11 @@ from tuneserve.database import sqlite_url
 __all__ = ["AdapterRecord", "AdapterRegistry"]
 
 logger = logging.getLogger(__name__)
+# A removed adapter's folder outlives its row by this many sync intervals when the catalog
+# is shared: other replicas serve it until their next sync, and vLLM re-reads an adapter's
+# folder whenever it loads it into a LoRA slot again (a missing folder kills that engine).
+REMOVED_FOLDER_SYNCS = 5
+DEFAULT_SYNC_INTERVAL_S = 2.0
 
 
 class AdapterRegistry:
@@ -68,6 +73,11 @@ class AdapterRegistry:
         # Per-pod file: a row that no longer loads is this pod's own and is dropped on
         # restore. In a shared database another replica may still serve it: kept.
         self._drop_unloadable = url == sqlite_url(self.db_path)
+        # Seconds a removed adapter's folder is kept (0 on the per-pod file: nobody else
+        # serves it); run_sync ties it to the actual interval.
+        self.folder_grace_s = (0.0 if self._drop_unloadable
+                               else REMOVED_FOLDER_SYNCS * DEFAULT_SYNC_INTERVAL_S)
+        self._discards: set[asyncio.Task] = set()
         self.catalog = AdapterCatalog(url, base.name)
         self.catalog.claim_unlabelled()
         self._store = store
@@ -295,7 +305,7 @@ class AdapterRegistry:
                 await self._unload(name)
                 metrics.ADAPTER_OP_SECONDS.labels("unload").observe(time.perf_counter() - started)
             if row is not None and row.owned_path:
-                await asyncio.to_thread(shutil.rmtree, row.path, True)
+                await self._discard_folder(row.path)
             logger.info("stopped serving adapter %s", name)
             return record  # type: ignore[return-value]
 
@@ -380,9 +390,30 @@ class AdapterRegistry:
             del self.unloadable[name]
         self._take_aliases(targets)
 
+    async def _discard_folder(self, path: str) -> None:
+        """Delete a removed adapter's folder: at once on the per-pod file, else after
+        ``folder_grace_s`` (a folder a shutdown leaves behind stays in the store)."""
+        if self.folder_grace_s <= 0:
+            await asyncio.to_thread(shutil.rmtree, path, True)
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(self.folder_grace_s)
+            await asyncio.to_thread(shutil.rmtree, path, True)
+
+        task = asyncio.create_task(later())
+        self._discards.add(task)
+        task.add_done_callback(self._discards.discard)
+
+    async def discards_done(self) -> None:
+        """Wait until the removed adapters' folders waiting for their grace are deleted."""
+        await asyncio.gather(*self._discards)
+
     async def run_sync(self, interval_s: float) -> None:
         """``sync`` every ``interval_s`` seconds until cancelled (a failed pass, e.g. the
         database unreachable, is logged and retried on the next tick)."""
+        if not self._drop_unloadable:
+            self.folder_grace_s = REMOVED_FOLDER_SYNCS * interval_s
         while True:
             await asyncio.sleep(interval_s)
             try:

@@ -83,10 +83,14 @@ async def test_a_jobs_adapter_is_published_private_and_removed_with_its_folder(r
     await b.sync()
     assert [r.name for r in b.list("q")] == ["ft:tiny:p:1"]
 
-    await b.remove("ft:tiny:p:1")  # removed on B: row, then folder; A unloads on sync
-    assert not stored.exists() and tiny_adapter.is_dir()
+    b.folder_grace_s = 0.05
+    await b.remove("ft:tiny:p:1")  # removed on B: the row; A unloads on sync
+    # The folder outlives the row for a grace (A still serves from it until its sync).
+    assert stored.is_dir()
     await a.sync()
     assert a.list() == [] and a.engine.adapters == {}
+    await b.discards_done()
+    assert not stored.exists() and tiny_adapter.is_dir()
 
 
 async def test_an_alias_promoted_on_one_replica_routes_on_the_other(replicas, tiny_adapter,
@@ -260,6 +264,8 @@ def test_an_upload_lands_in_the_shared_store_and_reaches_the_other_app(
     _eventually(served_on_two, "the upload served on the second app")
     assert two.engine.adapters["up"].path == str(stored)
     assert one.delete("/v1/adapters/up", headers=admin).status_code == 200
-    assert not stored.exists()
+    assert stored.is_dir()  # kept while the other app may still serve from it
     _eventually(lambda: not served_on_two() and "up" not in two.engine.adapters,
                 "the removal reaches the second app")
+    # Then deleted, five sync intervals (0.5 s here) after the removal.
+    _eventually(lambda: not stored.exists(), "the removed adapter's folder deleted")
