@@ -48,7 +48,7 @@ def role_of(request: Request) -> Role:
         role: Role = "admin"
     elif _matches(key, settings.user_api_keys):
         role = "user"
-    elif _matches(key, getattr(settings, "metrics_api_keys", [])):
+    elif _matches(key, settings.metrics_api_keys):
         role = "metrics"
     else:
         raise Unauthorized("invalid API key")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -43,6 +42,7 @@ from service.adapters.catalog import (
 from service.adapters.checks import BaseModelShape, check_adapter, check_name
 from service.engine import AdapterHandle, Engine
 from service.errors import AdapterRejected, BadRequest, Conflict, NotFound
+from service.settings import Settings
 from service.tenancy import DEFAULT_PROJECT
 from tuneserve.database import sqlite_url
 
@@ -53,7 +53,6 @@ logger = logging.getLogger(__name__)
 # is shared: other replicas serve it until their next sync, and vLLM re-reads an adapter's
 # folder whenever it loads it into a LoRA slot again (a missing folder kills that engine).
 REMOVED_FOLDER_SYNCS = 5
-DEFAULT_SYNC_INTERVAL_S = 2.0
 
 
 class AdapterRegistry:
@@ -70,13 +69,15 @@ class AdapterRegistry:
         self.base = base
         self.max_lora_rank = max_lora_rank
         url = url or sqlite_url(self.db_path)
-        # Per-pod file: a row that no longer loads is this pod's own and is dropped on
-        # restore. In a shared database another replica may still serve it: kept.
-        self._drop_unloadable = url == sqlite_url(self.db_path)
+        # Per-pod file: no other replica serves its rows, so a row that no longer loads is
+        # dropped on restore and a removed adapter's folder goes at once. In a shared
+        # database another replica may still serve either: kept (for a grace, the folder).
+        self._per_pod = url == sqlite_url(self.db_path)
         # Seconds a removed adapter's folder is kept (0 on the per-pod file: nobody else
         # serves it); run_sync ties it to the actual interval.
-        self.folder_grace_s = (0.0 if self._drop_unloadable
-                               else REMOVED_FOLDER_SYNCS * DEFAULT_SYNC_INTERVAL_S)
+        self.folder_grace_s = (0.0 if self._per_pod
+                               else REMOVED_FOLDER_SYNCS
+                               * Settings.model_fields["sync_interval_s"].default)
         self._discards: set[asyncio.Task] = set()
         self.catalog = AdapterCatalog(url, base.name)
         self.catalog.claim_unlabelled()
@@ -349,7 +350,7 @@ class AdapterRegistry:
             if reason is None:
                 continue
             logger.warning("adapter %s was not restored: %s", row.name, reason)
-            if self._drop_unloadable:
+            if self._per_pod:
                 await asyncio.to_thread(self.catalog.delete, row.name, force=True)
             failed.append((row.name, reason))
         self._take_aliases(await asyncio.to_thread(self.aliases.read))
@@ -394,12 +395,12 @@ class AdapterRegistry:
         """Delete a removed adapter's folder: at once on the per-pod file, else after
         ``folder_grace_s`` (a folder a shutdown leaves behind stays in the store)."""
         if self.folder_grace_s <= 0:
-            await asyncio.to_thread(shutil.rmtree, path, True)
+            await asyncio.to_thread(self.store.discard, path)
             return
 
         async def later() -> None:
             await asyncio.sleep(self.folder_grace_s)
-            await asyncio.to_thread(shutil.rmtree, path, True)
+            await asyncio.to_thread(self.store.discard, path)
 
         task = asyncio.create_task(later())
         self._discards.add(task)
@@ -412,7 +413,7 @@ class AdapterRegistry:
     async def run_sync(self, interval_s: float) -> None:
         """``sync`` every ``interval_s`` seconds until cancelled (a failed pass, e.g. the
         database unreachable, is logged and retried on the next tick)."""
-        if not self._drop_unloadable:
+        if not self._per_pod:
             self.folder_grace_s = REMOVED_FOLDER_SYNCS * interval_s
         while True:
             await asyncio.sleep(interval_s)
