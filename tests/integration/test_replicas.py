@@ -196,6 +196,12 @@ def test_twenty_jobs_survive_kills_of_workers_and_of_a_whole_replica(deployment)
     with contextlib.suppress(ProcessLookupError):  # unless it finished meanwhile
         os.killpg(held["pid"], signal.SIGKILL)
     kills["replica"] += 1
+    # The other replica takes the job over once the dead one's lease runs out. Bring the
+    # victim back only after that: a replica that restarts sooner recovers its own job
+    # itself (also right, but then no takeover is seen: the race CI hit).
+    victim = _replica_prefix(store, victim_server)
+    _wait(lambda: (j := store.get_job(held["id"]))["status"] in TERMINAL
+          or not j["claimed_by"].startswith(victim), 120, "the held job taken over")
     victim_server.launch()
     for _ in range(3):
         _wait(running, 60, "a running job")
