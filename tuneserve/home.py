@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import socket
 from pathlib import Path
 
@@ -39,6 +40,17 @@ def replica_id() -> str:
     settles what its predecessor held at once and leaves other replicas' work alone."""
     home = hashlib.sha1(str(tuneserve_home().resolve()).encode()).hexdigest()[:8]
     return f"{socket.gethostname()}/{home}"
+
+
+def lease_owner(replica: str | None = None) -> str:
+    """A lease holder's id, ``<replica>:<pid>:<token>``: unique per process (even after a
+    restart under the same pid), its replica readable back with ``owner_replica``."""
+    return f"{replica or replica_id()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def owner_replica(owner: str | None) -> str | None:
+    """The replica id of a lease owner id ``<replica>:<pid>:<token>``."""
+    return owner.rsplit(":", 2)[0] if owner and owner.count(":") >= 2 else None
 
 
 def models_dir() -> Path:

@@ -305,8 +305,15 @@ def to_job(record: dict[str, Any]) -> FineTuningJob:
         status=record["status"], trained_tokens=record["trained_tokens"] if done else None,
         training_file=record["training_file"], validation_file=record["validation_file"],
         metadata=record["metadata"], method=record["method"],
-        result_files=record.get("result_files") or [], evaluation=record.get("evaluation"),
+        result_files=record.get("result_files") or [], evaluation=_public(record.get("evaluation")),
     )
+
+
+def _public(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The job's evaluation without the replica's claim on it (JobStore.claim_evaluation)."""
+    if evaluation is None:
+        return None
+    return {key: value for key, value in evaluation.items() if key != "claim"}
 
 
 def to_event(record: dict[str, Any]) -> FineTuningJobEvent:

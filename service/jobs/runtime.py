@@ -88,7 +88,7 @@ async def jobs_runtime(state: Any, *, registry: RegistryGetter | None = None,
     store = jobs_store()
     files = FilesService(store, max_upload_bytes=int(settings.max_upload_mb * 1e6))
     evaluator: JobEvaluator | None = None
-    if serving and settings.evaluate_on_success:
+    if serving:  # claims what any replica or worker marked pending (evaluate_on_success)
         evaluator = JobEvaluator(store, files, registry,
                                  server_url=local_server_url(state.settings.host,
                                                              state.settings.port),
@@ -96,9 +96,11 @@ async def jobs_runtime(state: Any, *, registry: RegistryGetter | None = None,
                                                                           project),
                                  reports_root=lambda: app_reports_root(state),
                                  alias_scope=lambda project: job_alias_scope(state.settings,
-                                                                             project))
+                                                                             project),
+                                 lease_s=settings.lease_s, replica=settings.replica_id)
     supervisor = JobSupervisor(store, settings, on_success=on_success,
-                               after_success=evaluator.submit if evaluator else None)
+                               after_success=(evaluator.submit if evaluator and
+                                              settings.evaluate_on_success else None))
     state.jobs_store = store
     state.jobs_supervisor = supervisor
     state.files_service = files
@@ -109,9 +111,9 @@ async def jobs_runtime(state: Any, *, registry: RegistryGetter | None = None,
         max_processes=settings.max_processes,
     )
     demo: asyncio.Task | None = None
+    if evaluator is not None:  # also with training off: it evaluates what worker pods trained
+        evaluator.start()
     if settings.enabled:
-        if evaluator is not None:
-            evaluator.start()
         await supervisor.start()
         if settings.demo_job_if_no_adapters and registry is not None:
             demo = asyncio.create_task(_demo_when_ready(state, settings, registry))

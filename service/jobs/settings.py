@@ -65,7 +65,9 @@ class JobsSettings(BaseSettings):
     )
     evaluate_on_success: bool = Field(
         True, description="Evaluate every succeeded job's adapter against the base on its "
-        "held-out rows, give the verdict and apply the promotion gate (service/jobs/verdict.py).",
+        "held-out rows, give the verdict and apply the promotion gate (service/jobs/verdict.py). "
+        "Read where the job trains (a server or `tuneserve worker`): it marks the evaluation "
+        "pending, and a serving replica claims and runs it.",
     )
     demo_job_if_no_adapters: bool = Field(
         False,

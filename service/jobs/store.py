@@ -22,6 +22,7 @@ job (``verdict.py``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from service.ids import new_id
 from tuneserve.database import engine_for, sqlite_url, write_transaction
 from tuneserve.database.tables import files, job_checkpoints, job_events, jobs
+from tuneserve.home import owner_replica
 
 # A claimed job's lease: a worker renews it while the job runs (``renew_lease``); one that
 # dies stops renewing and the job goes to the next claimer once the lease ran out.
@@ -159,6 +161,83 @@ class JobStore:
                               .where(c.id == job_id, c.claimed_by == owner,
                                      c.status == "running")
                               .values(lease_until=now() + lease_s)).rowcount == 1
+
+    # ---- the post-training evaluation's claim -------------------------------------------
+    # A succeeded job's ``evaluation`` (service/jobs/verdict.py) is a small queue of its own:
+    # ``pending`` until a serving replica claims it; ``running`` under ``claim`` (owner and
+    # lease end) while that replica renews it. Any replica may claim a pending one, or a
+    # running one whose lease ran out (its replica died), so each runs once and none is lost.
+    def evaluations_to_run(self) -> list[str]:
+        """Ids of succeeded jobs whose evaluation is pending or running, oldest first."""
+        state = jobs.c.evaluation["status"].as_string()
+        query = (sa.select(jobs.c.id)
+                 .where(jobs.c.status == "succeeded", state.in_(["pending", "running"]))
+                 .order_by(jobs.c.seq))
+        return [row["id"] for row in self._all(query)]
+
+    def claim_evaluation(self, job_id: str, owner: str, lease_s: int) -> bool:
+        """Make ``owner`` the one evaluator of the job for ``lease_s`` seconds; False when
+        it is not claimable: not pending, or running under another live claim. A claim of
+        another process of ``owner``'s own replica is a dead predecessor's (one process per
+        replica): taken at once, as the supervisor settles its predecessor's jobs."""
+        t = now()
+
+        def claim(evaluation: dict[str, Any]) -> dict[str, Any] | None:
+            holder = (evaluation.get("claim") or {}).get("owner")
+            free = evaluation.get("status") == "pending" or (
+                evaluation.get("status") == "running"
+                and ((evaluation.get("claim") or {}).get("until", 0) < t
+                     or (holder != owner and owner_replica(holder) == owner_replica(owner))))
+            return (dict(evaluation, status="running", claim={"owner": owner, "until": t + lease_s})
+                    if free else None)
+
+        return self._change_evaluation(job_id, claim, jobs.c.status == "succeeded")
+
+    def renew_evaluation(self, job_id: str, owner: str, lease_s: int) -> bool:
+        """Extend ``owner``'s claim while its evaluation runs; False only when another
+        evaluator holds the job now (``owner``'s lease ran out: it must stop)."""
+        lost = False
+
+        def renew(evaluation: dict[str, Any]) -> dict[str, Any] | None:
+            nonlocal lost
+            if evaluation.get("status") not in ("pending", "running"):
+                return None  # finished meanwhile: nothing to hold
+            if (evaluation.get("claim") or {}).get("owner") != owner:
+                lost = True
+                return None
+            return dict(evaluation, claim={"owner": owner, "until": now() + lease_s})
+
+        self._change_evaluation(job_id, renew)
+        return not lost
+
+    def update_evaluation(self, job_id: str, **fields: Any) -> None:
+        """Set fields of the job's ``evaluation``; a finished one (not pending or running)
+        drops its claim."""
+        def update(evaluation: dict[str, Any]) -> dict[str, Any]:
+            evaluation = dict(evaluation, **fields)
+            if evaluation.get("status") not in ("pending", "running"):
+                evaluation.pop("claim", None)
+            return evaluation
+
+        self._change_evaluation(job_id, update)
+
+    def _change_evaluation(self, job_id: str,
+                           change: Callable[[dict[str, Any]], dict[str, Any] | None],
+                           *conditions: sa.ColumnElement[bool]) -> bool:
+        """Read, change and write a job's ``evaluation`` as one locked step (a claim's
+        renewal and the evaluator's writes must not undo each other), if the job meets
+        ``conditions``; ``change`` returns None to write nothing. True when written."""
+        with write_transaction(self._engine) as db:
+            row = db.execute(sa.select(jobs.c.evaluation)
+                             .where(jobs.c.id == job_id, *conditions)
+                             .with_for_update()).first()
+            if row is None:
+                return False
+            evaluation = change(dict(row.evaluation or {}))
+            if evaluation is None:
+                return False
+            db.execute(jobs.update().where(jobs.c.id == job_id).values(evaluation=evaluation))
+        return True
 
     def update_job(self, job_id: str, *, only_if_status: set[str] | None = None,
                    owner: str | None = None, **fields: Any) -> bool:

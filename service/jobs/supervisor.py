@@ -31,9 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
-import secrets
 import shutil
 import signal
 import socket
@@ -49,7 +47,7 @@ from service.jobs.store import JobStore, now
 from service.jobs.train_config import job_processes
 from service.process_group import signal_group, stop_group
 from training.config import TrainConfig
-from tuneserve.home import replica_id
+from tuneserve.home import lease_owner, owner_replica, replica_id
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +55,6 @@ log = logging.getLogger(__name__)
 OnSuccess = Callable[[dict[str, Any], Path], Awaitable[None]]
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 _ERROR_TAIL_CHARS = 1500
-
-
-def owner_replica(owner: str | None) -> str | None:
-    """The replica id of an owner id ``<replica>:<pid>:<token>``."""
-    return owner.rsplit(":", 2)[0] if owner and owner.count(":") >= 2 else None
 
 
 def fine_tuned_model_name(base: str, suffix: str | None, job_id: str) -> str:
@@ -124,7 +117,7 @@ class JobSupervisor:
         # Who holds this supervisor's job leases: its replica, then a part unique per process
         # (even after a restart under the same pid); renewed on every poll.
         self.replica_id = settings.replica_id or replica_id()
-        self.owner = f"{self.replica_id}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.owner = lease_owner(self.replica_id)
         self.lease_s = settings.lease_s
 
     # ---- lifecycle --------------------------------------------------------------------

@@ -1,9 +1,13 @@
 """From a succeeded job to a verdict: evaluate, report, gate, promote.
 
-When a job succeeds (its adapter is registered and served), ``JobEvaluator.submit`` queues
-its evaluation. One at a time, each runs ``tuneserve eval run`` as a subprocess against
-this server (the same worker pattern as the scheduled evaluations: never on the serving
-event loop, never in the engine's process), on the job's held-out rows:
+When a job succeeds its evaluation is marked ``pending`` (``mark_evaluation_pending``: by
+the supervisor of a serving replica or of a ``tuneserve worker`` pod). Every serving
+replica's ``JobEvaluator`` claims pending evaluations from the shared jobs table
+(``JobStore.claim_evaluation``: a lease it renews while it runs, so each evaluation runs on
+one replica, and one whose replica died is taken up by another once the lease ran out). It
+runs them one at a time, as ``tuneserve eval run`` subprocesses against its own server (the
+same worker pattern as the scheduled evaluations: never on the serving event loop, never in
+the engine's process), on the job's held-out rows:
 
 - models: the base, the candidate and, when the job names an alias that already points at
   an adapter, that current target (rows the current target trained on are then dropped);
@@ -19,8 +23,8 @@ field. With ``metadata.alias`` set, a passing candidate is promoted to that alia
 alias the job's project owns (or a new one, which it then owns; the adapter stays private)
 may be moved by a job, unless jobs are an admin decision (``service.tenancy.
 job_alias_scope``); another project's or a shared alias is refused with that reason. The job's
-``evaluation.status`` (pending → running → done | skipped | failed) survives a restart: a
-pending or running evaluation is run again when the service starts.
+``evaluation.status`` (pending → running → done | skipped | failed) lives in the jobs
+table: a restarted replica takes its predecessor's running evaluation back at once.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from service.jobs.store import JobStore
 from service.reports.eval_subprocess import eval_env, run_subprocess
 from service.tenancy import DEFAULT_PROJECT, alias_refusal
 from training.manifest import read_held_out
+from tuneserve.home import lease_owner
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +55,19 @@ CANDIDATE, CURRENT = "candidate", "current"
 
 
 class JobEvaluator:
-    """Runs the post-success evaluation of jobs, one at a time, in subprocesses."""
+    """Runs the post-training evaluations this replica claims, one at a time, in
+    subprocesses."""
 
     def __init__(self, store: JobStore, files: FilesService,
                  registry: Callable[[], Awaitable[Any]], *, server_url: str,
                  api_key: Callable[[str], str | None],
                  reports_root: Callable[[], Path],
-                 alias_scope: Callable[[str], str | None] = lambda project: project) -> None:
+                 alias_scope: Callable[[str], str | None] = lambda project: project,
+                 lease_s: int = 60, replica: str | None = None) -> None:
         self.store = store
         self.files = files
-        # Awaited before each evaluation: the adapter registry once the engine is up (after
-        # a restart the re-queued evaluations wait for it).
+        # Awaited before the first claim: the adapter registry once the engine is up (a
+        # replica whose engine is not up yet claims nothing).
         self.registry = registry
         self.server_url = server_url
         # project -> the key to evaluate with: one that can see the job's private adapter.
@@ -68,17 +75,20 @@ class JobEvaluator:
         self.reports_root = reports_root  # the folder /reports serves, looked up when used
         # project -> whose aliases its jobs may promote to (None: any; service.tenancy).
         self.alias_scope = alias_scope
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        # The claim on a running evaluation (JobStore.claim_evaluation), renewed a few
+        # times per lease; the queue is scanned every half lease, so an evaluation left
+        # pending by a worker pod, or running by a dead replica, is taken up by a live one.
+        self.lease_s = lease_s
+        self.owner = lease_owner(replica)
+        self._wake = asyncio.Event()
+        self._loop_of_task: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
 
     # ---- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
-        """Start the worker and re-queue evaluations a stopped service left unfinished."""
+        """Start claiming evaluations, those a stopped service left unfinished first."""
+        self._loop_of_task = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._loop(), name="job-evaluator")
-        jobs, _ = self.store.list_jobs(limit=10_000, statuses=frozenset({"succeeded"}))
-        for job in reversed(jobs):  # oldest first
-            if (job.get("evaluation") or {}).get("status") in ("pending", "running"):
-                self._queue.put_nowait(job["id"])
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -87,20 +97,53 @@ class JobEvaluator:
                 await self._task
 
     def submit(self, job_id: str) -> None:
-        """Queue the evaluation of a job that just succeeded."""
-        self._set(job_id, status="pending")
-        self._queue.put_nowait(job_id)
+        """Queue the evaluation of a job that just succeeded (callable from any thread)."""
+        mark_evaluation_pending(self.store, job_id)
+        if self._loop_of_task is not None:
+            self._loop_of_task.call_soon_threadsafe(self._wake.set)
 
     async def _loop(self) -> None:
+        try:
+            registry = await self.registry()
+        except Exception:  # no engine, no served adapter to evaluate: leave them to others
+            log.exception("job evaluator: no adapter registry; this replica evaluates no job")
+            return
         while True:
-            job_id = await self._queue.get()
-            try:
-                await self.evaluate(job_id, await self.registry())
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # one job's evaluation must not stop the others
-                log.exception("evaluation of job %s failed", job_id)
-                self._fail(job_id, f"the evaluation could not run: {exc}")
+            for job_id in await asyncio.to_thread(self.store.evaluations_to_run):
+                if await asyncio.to_thread(self.store.claim_evaluation, job_id, self.owner,
+                                           self.lease_s):
+                    await self._run_claimed(job_id, registry)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.lease_s / 2)
+            self._wake.clear()
+
+    async def _run_claimed(self, job_id: str, registry: Any) -> None:
+        """Evaluate a claimed job while keeping the claim; stop if another replica took it."""
+        lost = asyncio.Event()
+        evaluation = asyncio.create_task(self.evaluate(job_id, registry))
+        keeper = asyncio.create_task(self._keep_claim(job_id, evaluation, lost))
+        try:
+            await evaluation
+        except asyncio.CancelledError:
+            if not lost.is_set():
+                raise  # the service is stopping
+            log.warning("evaluation of job %s stopped: its claim ran out and another replica "
+                        "took it", job_id)
+        except Exception as exc:  # one job's evaluation must not stop the others
+            log.exception("evaluation of job %s failed", job_id)
+            self._fail(job_id, f"the evaluation could not run: {exc}")
+        finally:
+            keeper.cancel()
+
+    async def _keep_claim(self, job_id: str, evaluation: asyncio.Task,
+                          lost: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            if not await asyncio.to_thread(self.store.renew_evaluation, job_id, self.owner,
+                                           self.lease_s):
+                lost.set()
+                evaluation.cancel()
+                return
 
     # ---- one job ----------------------------------------------------------------------
     async def evaluate(self, job_id: str, registry: Any) -> None:
@@ -115,6 +158,7 @@ class JobEvaluator:
                                  "than 10 training rows and no validation_file), so nothing the "
                                  "adapter never saw can judge it.", level="warn")
             return
+        await _served_here(registry, job["fine_tuned_model"])
         plan = plan_for_references([row["messages"][-1]["content"] for row in held_out])
         metadata = job.get("metadata") or {}
         alias = metadata.get(ALIAS_KEY)
@@ -236,13 +280,27 @@ class JobEvaluator:
 
     # ---- job.evaluation ---------------------------------------------------------------
     def _set(self, job_id: str, **fields: Any) -> None:
-        job = self.store.get_job(job_id) or {}
-        evaluation = dict(job.get("evaluation") or {}, **fields)
-        self.store.update_job(job_id, evaluation=evaluation)
+        self.store.update_evaluation(job_id, **fields)
 
     def _fail(self, job_id: str, message: str) -> None:
         self._set(job_id, status="failed", error=message)
         self.store.add_event(job_id, f"Evaluation failed: {message}", level="error")
+
+
+async def _served_here(registry: Any, name: str) -> None:
+    """Make sure this replica serves the adapter it is about to evaluate: one a worker pod
+    (or another replica) published reaches here on the next registry sync, done now."""
+    if registry.get(name) is None:
+        await registry.sync()
+    if registry.get(name) is None:
+        reason = registry.unloadable.get(name, (None, "it is not in the adapter catalog"))[1]
+        raise RuntimeError(f"this replica does not serve the adapter {name}: {reason}")
+
+
+def mark_evaluation_pending(store: JobStore, job_id: str) -> None:
+    """Queue a succeeded job's evaluation for whichever serving replica claims it first
+    (the supervisor's ``after_success`` on a server, and on ``tuneserve worker``)."""
+    store.update_evaluation(job_id, status="pending")
 
 
 def _suite(job: dict[str, Any], plan: EvalPlan, dataset_path: str) -> dict[str, Any]:

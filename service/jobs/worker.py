@@ -9,9 +9,8 @@ train on dedicated worker pods while its serving pods run with
 A succeeded job's adapter is published without an engine:
 ``service.adapters.catalog.register_trained_adapter`` copies it into the shared adapter
 store and inserts a private registry row; the serving replicas load it on their next sync.
-The automatic evaluation (service/jobs/verdict.py) needs a server that serves the adapter
-and the alias registry for its promotion; the worker does not run it yet and says so in one
-log line at start.
+The automatic evaluation (service/jobs/verdict.py) needs a server that serves the adapter:
+the worker marks it pending, and a serving replica claims it and gives the verdict.
 """
 
 from __future__ import annotations
@@ -19,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from service.jobs.runtime import jobs_store
 from service.jobs.settings import JobsSettings
 from service.jobs.supervisor import JobSupervisor, OnSuccess
+from service.jobs.verdict import mark_evaluation_pending
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,12 @@ async def run_worker(settings: JobsSettings | None = None, *,
     settings = settings or JobsSettings()
     if not settings.enabled:
         log.warning("TUNESERVE_JOBS_ENABLED=false: this worker will take no job")
-    if settings.evaluate_on_success:
-        # The evaluation calls a server that serves the new adapter (the worker has no engine).
-        log.info("automatic evaluation skipped: not run by `tuneserve worker` yet; evaluate "
-                 "its adapters with `tuneserve eval run` or POST /v1/evaluations")
     store = await asyncio.to_thread(jobs_store)
-    supervisor = JobSupervisor(store, settings, on_success=on_success or publish_adapter)
+    # The evaluation needs an engine serving the adapter: a serving replica claims it.
+    after_success = (partial(mark_evaluation_pending, store) if settings.evaluate_on_success
+                     else None)
+    supervisor = JobSupervisor(store, settings, on_success=on_success or publish_adapter,
+                               after_success=after_success)
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -52,7 +52,7 @@ def deployment(tiny_model_dir, postgres_server, tmp_path_factory):
     env = {
         "TUNESERVE_JOBS_LEASE_S": str(LEASE_S), "TUNESERVE_JOBS_POLL_INTERVAL_S": "0.3",
         "TUNESERVE_JOBS_MAX_RESUME_ATTEMPTS": "50", "TUNESERVE_JOBS_CANCEL_GRACE_S": "5",
-        "TUNESERVE_JOBS_EVALUATE_ON_SUCCESS": "false", "TUNESERVE_SYNC_INTERVAL_S": "0.5",
+        "TUNESERVE_SYNC_INTERVAL_S": "0.5",
         "TUNESERVE_JOBS_TRAIN_COMMAND": json.dumps(replica_train_command()),
         "REPLICAS_REPORT_DIR": str(report), "REPLICAS_FAKE_TRAINER": str(root / "use-fake"),
         "FAKE_TRAIN_STEP_S": "0.25",
@@ -108,6 +108,15 @@ def test_a_job_is_listed_by_both_replicas_and_trained_once(deployment):
                  "the real training job")
     assert done["status"] == "succeeded", (done["error"], deployment["servers"][0].log_tail())
     assert two.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
+    # Its evaluation is claimed from the shared table by one replica: judged once, one verdict.
+    judged = _wait(lambda: (j := two.fine_tuning.jobs.retrieve(job.id)).evaluation
+                   and j.evaluation["status"] in ("done", "skipped", "failed") and j, 240,
+                   "the job's verdict")
+    assert judged.evaluation["status"] == "done", judged.evaluation
+    assert "claim" not in judged.evaluation  # the replicas' lease is not part of the API
+    events = _events(store, job.id)
+    assert sum(m.startswith("Evaluating ") for m in events) == 1, events
+    assert sum(m.startswith("Verdict: ") for m in events) == 1, events
     assert done["attempts"] == 1  # one claim
     events = _events(store, job.id)
     assert events.count("Fine-tuning job started.") == 1

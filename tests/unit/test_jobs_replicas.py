@@ -190,6 +190,8 @@ def test_the_worker_trains_what_an_api_only_replica_queued(shared, tmp_path, mon
     job = jobs_store().get_job(job_id)
     assert job["status"] == "succeeded" and job["claimed_by"].startswith("worker-1:")
     assert published == [(job["fine_tuned_model"], Path(job["adapter_path"]))]
+    # No engine here: the verdict is left to a serving replica, which claims it from the table.
+    assert job["evaluation"] == {"status": "pending"}
 
 
 def test_tuneserve_worker_claims_jobs_and_requeues_on_sigterm(shared, tmp_path, monkeypatch):
@@ -217,7 +219,6 @@ def test_tuneserve_worker_claims_jobs_and_requeues_on_sigterm(shared, tmp_path, 
         if worker.poll() is None:
             worker.kill()
     assert worker.returncode == 0, output
-    assert "automatic evaluation skipped: not run by `tuneserve worker` yet" in output
     job = store.get_job(job_id)
     assert job["status"] == "queued", job  # resumes from its checkpoint on the next claim
 

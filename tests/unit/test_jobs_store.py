@@ -113,6 +113,60 @@ def test_a_claimer_that_stops_renewing_loses_the_job(database_url, tmp_path):
     assert not store.renew_lease("ftjob-a", "w1")
 
 
+def test_an_evaluation_is_claimed_once_and_taken_over_when_its_claim_runs_out(
+        database_url, tmp_path):
+    store = JobStore(tmp_path / "jobs", url=database_url)
+    for job_id in ("ftjob-a", "ftjob-b", "ftjob-c"):
+        store.add_job(_job(job_id, status="succeeded"))
+    store.add_job(_job("ftjob-q"))  # queued: not trained, so nothing to evaluate
+    for job_id in ("ftjob-a", "ftjob-b", "ftjob-q"):
+        store.update_evaluation(job_id, status="pending")
+    store.update_evaluation("ftjob-c", status="done", verdict="beats the base")
+    assert store.evaluations_to_run() == ["ftjob-a", "ftjob-b"]  # oldest first
+
+    one, two = "replica-1:10:aa", "replica-2:20:bb"
+    assert store.claim_evaluation("ftjob-a", one, lease_s=60)
+    assert not store.claim_evaluation("ftjob-a", two, lease_s=60)  # one live claim
+    assert not store.claim_evaluation("ftjob-c", two, lease_s=60)  # done: never again
+    assert not store.claim_evaluation("ftjob-q", two, lease_s=60)  # not a succeeded job
+    assert store.renew_evaluation("ftjob-a", one, lease_s=-1)  # ... then replica 1 dies
+    assert store.claim_evaluation("ftjob-a", two, lease_s=60)  # its lease ran out
+    assert not store.renew_evaluation("ftjob-a", one, lease_s=60)  # it must stop now
+    assert store.get_job("ftjob-a")["evaluation"]["claim"]["owner"] == two
+
+    # A restarted replica 2 (another process, same replica) takes its predecessor's at once.
+    assert store.claim_evaluation("ftjob-a", "replica-2:21:cc", lease_s=60)
+    store.update_evaluation("ftjob-a", status="done", verdict="does not beat the base")
+    assert store.get_job("ftjob-a")["evaluation"] == {"status": "done",
+                                                      "verdict": "does not beat the base"}
+    assert store.renew_evaluation("ftjob-a", "replica-2:21:cc", lease_s=60)  # finished: no loss
+    assert store.evaluations_to_run() == ["ftjob-b"]
+
+
+def test_evaluators_in_threads_claim_each_evaluation_exactly_once(database_url, tmp_path):
+    store = JobStore(tmp_path / "jobs", url=database_url)
+    ids = [f"ftjob-{n:02d}" for n in range(12)]
+    for job_id in ids:
+        store.add_job(_job(job_id, status="succeeded"))
+        store.update_evaluation(job_id, status="pending")
+    won: dict[str, list[str]] = {f"r{n}:1:x": [] for n in range(4)}
+    start = threading.Barrier(len(won), timeout=60)
+
+    def work(owner: str) -> None:
+        mine = JobStore(tmp_path / "jobs", url=database_url)
+        start.wait()
+        for job_id in ids:  # every evaluator tries every evaluation, as the loops do
+            if mine.claim_evaluation(job_id, owner, lease_s=60):
+                won[owner].append(job_id)
+
+    threads = [threading.Thread(target=work, args=(owner,)) for owner in won]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(j for claimed in won.values() for j in claimed) == ids
+
+
 # The jobs file of the first release: no project, result_files, evaluation or claim columns.
 _LEGACY = """
 CREATE TABLE files (id TEXT PRIMARY KEY, filename TEXT NOT NULL, purpose TEXT NOT NULL,
