@@ -181,3 +181,34 @@ def test_app_routes_peft_adapters_and_refuses_what_it_cannot_honour(
     with pytest.raises(openai.NotFoundError):
         server.sdk.chat.completions.create(model="ia3", messages=[{"role": "user",
                                                                    "content": "hi"}])
+
+
+def test_dora_answers_from_peft_cache_and_a_removed_adapter_leaves_none(
+        tiny_model_dir, adapters, tmp_path):
+    other = make_peft_adapter(tiny_model_dir, tmp_path / "dora-b", "dora", seed=1)
+    engine = PeftEngine(tiny_model_dir)
+    prompt = engine.tokenizer("docker ps -a")["input_ids"]
+    one = AdapterHandle("dora", 1, str(adapters["dora"]), "peft")
+    two = AdapterHandle("dora-b", 2, str(other), "peft")
+
+    def cached() -> set[str]:  # PEFT's keys: "<what>-<adapter name>", names "adapter-<id>"
+        model = engine._groups["LORA"].model
+        return {"-".join(key.split("-")[-2:]) for m in model.modules()
+                for key in getattr(m, "_dora_cache", {})}
+
+    async def main():
+        for handle in (one, two):
+            await engine.add_adapter(handle)
+        # Cached weights give PEFT's own (uncached) answer, per adapter, in any order.
+        for handle, path in ((one, adapters["dora"]), (two, other), (one, adapters["dora"])):
+            tokens, _, _ = await _run(engine, prompt, _params(), handle)
+            assert tokens == peft_greedy(tiny_model_dir, path, prompt, 10, [2**31 - 1])
+        assert cached() == {"adapter-1", "adapter-2"}
+        await engine.remove_adapter(two)
+        assert cached() == set()  # the removed adapter's weights are not kept
+        tokens, _, _ = await _run(engine, prompt, _params(), one)
+        assert tokens == peft_greedy(tiny_model_dir, adapters["dora"], prompt, 10, [2**31 - 1])
+        assert cached() == {"adapter-1"}
+
+    asyncio.run(main())
+    engine.shutdown()
