@@ -109,10 +109,13 @@ class JobEvaluator:
             log.exception("job evaluator: no adapter registry; this replica evaluates no job")
             return
         while True:
-            for job_id in await asyncio.to_thread(self.store.evaluations_to_run):
-                if await asyncio.to_thread(self.store.claim_evaluation, job_id, self.owner,
-                                           self.lease_s):
-                    await self._run_claimed(job_id, registry)
+            try:
+                for job_id in await asyncio.to_thread(self.store.evaluations_to_run):
+                    if await asyncio.to_thread(self.store.claim_evaluation, job_id,
+                                               self.owner, self.lease_s):
+                        await self._run_claimed(job_id, registry)
+            except Exception:  # e.g. the database unreachable: scan again on the next tick
+                log.exception("job evaluator: could not read or claim the evaluations")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.lease_s / 2)
             self._wake.clear()
