@@ -166,7 +166,7 @@ def test_a_2gb_upload_is_cut_off_at_the_cap(server):
                 peak_rss = max(peak_rss, process.memory_info().rss)
     except (BrokenPipeError, ConnectionResetError):
         pass
-    reply = sock.recv(65536).decode(errors="replace")
+    reply = _read_response(sock)
     sock.close()
     assert reply.startswith("HTTP/1.1 413"), reply[:300]
     assert '"payload_too_large"' in reply
@@ -462,3 +462,23 @@ def test_keys_never_logged(server):
     assert log, "the server log is empty; nothing was checked"
     for secret in (server.user_key, server.admin_key, "wrong-secret-zyx-987654"):
         assert secret not in log
+
+
+def _read_response(sock) -> str:
+    """One whole HTTP response: the headers, then ``content-length`` bytes of body (they may
+    come in separate segments: one recv got only the headers in a CI run)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = sock.recv(65536)
+        if not more:
+            return data.decode(errors="replace")
+        data += more
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        more = sock.recv(65536)
+        if not more:
+            break
+        body += more
+    return (head + b"\r\n\r\n" + body).decode(errors="replace")
