@@ -38,6 +38,9 @@ from tuneserve.home import owner_replica
 # dies stops renewing and the job goes to the next claimer once the lease ran out.
 DEFAULT_LEASE_S = 60
 
+# The ``evaluation`` statuses still to be run (not done, skipped or failed).
+OPEN_EVALUATION = ("pending", "running")
+
 
 def now() -> int:
     return int(time.time())
@@ -171,7 +174,7 @@ class JobStore:
         """Ids of succeeded jobs whose evaluation is pending or running, oldest first."""
         state = jobs.c.evaluation["status"].as_string()
         query = (sa.select(jobs.c.id)
-                 .where(jobs.c.status == "succeeded", state.in_(["pending", "running"]))
+                 .where(jobs.c.status == "succeeded", state.in_(OPEN_EVALUATION))
                  .order_by(jobs.c.seq))
         return [row["id"] for row in self._all(query)]
 
@@ -183,11 +186,12 @@ class JobStore:
         t = now()
 
         def claim(evaluation: dict[str, Any]) -> dict[str, Any] | None:
-            holder = (evaluation.get("claim") or {}).get("owner")
+            held = evaluation.get("claim") or {}
             free = evaluation.get("status") == "pending" or (
                 evaluation.get("status") == "running"
-                and ((evaluation.get("claim") or {}).get("until", 0) < t
-                     or (holder != owner and owner_replica(holder) == owner_replica(owner))))
+                and (held.get("until", 0) < t
+                     or (held.get("owner") != owner
+                         and owner_replica(held.get("owner")) == owner_replica(owner))))
             return (dict(evaluation, status="running", claim={"owner": owner, "until": t + lease_s})
                     if free else None)
 
@@ -200,7 +204,7 @@ class JobStore:
 
         def renew(evaluation: dict[str, Any]) -> dict[str, Any] | None:
             nonlocal lost
-            if evaluation.get("status") not in ("pending", "running"):
+            if evaluation.get("status") not in OPEN_EVALUATION:
                 return None  # finished meanwhile: nothing to hold
             if (evaluation.get("claim") or {}).get("owner") != owner:
                 lost = True
@@ -215,7 +219,7 @@ class JobStore:
         drops its claim."""
         def update(evaluation: dict[str, Any]) -> dict[str, Any]:
             evaluation = dict(evaluation, **fields)
-            if evaluation.get("status") not in ("pending", "running"):
+            if evaluation.get("status") not in OPEN_EVALUATION:
                 evaluation.pop("claim", None)
             return evaluation
 

@@ -118,7 +118,6 @@ def test_a_job_is_listed_by_both_replicas_and_trained_once(deployment):
     assert sum(m.startswith("Evaluating ") for m in events) == 1, events
     assert sum(m.startswith("Verdict: ") for m in events) == 1, events
     assert done["attempts"] == 1  # one claim
-    events = _events(store, job.id)
     assert events.count("Fine-tuning job started.") == 1
     assert not any(m.startswith("Resuming") for m in events)
     assert not list(deployment["report"].glob("CONCURRENT-*"))
