@@ -62,22 +62,38 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 180) -> None:
         time.sleep(0.2)
 
 
+def _checkpoint_steps(folder: Path) -> list[int]:
+    if not folder.is_dir():
+        return []
+    return sorted(
+        int(p.name.removeprefix("checkpoint-"))
+        for p in folder.glob("checkpoint-*")
+        if (p / "trainer_state.json").is_file()
+    )
+
+
 def test_killed_run_resumes_from_checkpoint(tmp_path, tiny_model_dir):
-    config = _config(tmp_path, tiny_model_dir, max_steps=60)
+    # The first run cannot finish before it is killed (CI once trained all of a short run
+    # between two polls); the resumed one is told to stop 10 steps past its checkpoint.
+    config = _config(tmp_path, tiny_model_dir, max_steps=100000)
     checkpoints = tmp_path / "out" / ".checkpoints" / "res"
     proc = _start(config)
-    _wait_for(lambda: (checkpoints / "checkpoint-10" / "trainer_state.json").is_file(), proc)
+    _wait_for(lambda: bool(_checkpoint_steps(checkpoints)), proc)
     proc.send_signal(signal.SIGKILL)  # a hard kill: no handler runs, nothing is cleaned up
     proc.wait(timeout=30)
     assert not (tmp_path / "out" / "res").exists()
+    last_checkpoint = _checkpoint_steps(checkpoints)[-1]
+    total_steps = last_checkpoint + 10
 
-    resumed = _start(config, "--set", "resume_from_checkpoint=true")
+    resumed = _start(
+        config, "--set", "resume_from_checkpoint=true", "--set", f"max_steps={total_steps}"
+    )
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert "adapter res written to" in out
     manifest = json.loads((tmp_path / "out" / "res" / "tuneserve.json").read_text())
-    assert manifest["resumed_from"].endswith(tuple(f"checkpoint-{n}" for n in range(10, 60, 5)))
-    assert manifest["steps"] == 60
+    assert manifest["resumed_from"].endswith(f"checkpoint-{last_checkpoint}")
+    assert manifest["steps"] == total_steps
     events = [
         json.loads(x) for x in (tmp_path / "out" / "res.train.jsonl").read_text().splitlines()
     ]
@@ -85,7 +101,7 @@ def test_killed_run_resumes_from_checkpoint(tmp_path, tiny_model_dir):
     # The resumed run continued the step count instead of starting over.
     last_start = max(i for i, e in enumerate(events) if "resuming from" in e.get("message", ""))
     resumed_steps = [e["step"] for e in events[last_start:] if e["type"] == "progress"]
-    assert resumed_steps and resumed_steps[0] > 10
+    assert resumed_steps and resumed_steps[0] > last_checkpoint
 
 
 def test_sigterm_stops_the_run_and_leaves_no_adapter(tmp_path, tiny_model_dir):
